@@ -1,0 +1,66 @@
+"""Consume a queue in micro-batches: whatever arrived while the last batch was processed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+log = logging.getLogger(__name__)
+
+
+class BatchConsumer:
+    def __init__(self, queue: AbstractQueue, *, max_batch: int, window_ms: float) -> None:
+        self._queue = queue
+        self._max_batch = max_batch
+        self._window = window_ms / 1000.0
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._consumer_tag: str | None = None
+
+    async def start(self) -> None:
+        self._consumer_tag = await self._queue.consume(self._inbox.put, no_ack=False)
+
+    async def stop(self) -> None:
+        """Stop taking new messages; what is already delivered and unacked goes back on close."""
+        if self._consumer_tag is not None:
+            tag, self._consumer_tag = self._consumer_tag, None
+            try:
+                await self._queue.cancel(tag)
+            except Exception:  # the channel may already be gone; nothing to cancel then
+                log.debug("cancel of consumer %s failed", tag, exc_info=True)
+
+    def pending(self) -> int:
+        return self._inbox.qsize()
+
+    async def next_batch(self) -> list[AbstractIncomingMessage]:
+        batch = [await self._inbox.get()]
+        self._drain(batch)
+        if self._window > 0 and len(batch) < self._max_batch:
+            await asyncio.sleep(self._window)
+            self._drain(batch)
+        return batch
+
+    def _drain(self, batch: list[AbstractIncomingMessage]) -> None:
+        while len(batch) < self._max_batch and not self._inbox.empty():
+            batch.append(self._inbox.get_nowait())
+
+
+async def ack_all(messages: Sequence[AbstractIncomingMessage]) -> None:
+    """Ack a processed batch: one multiple-ack per channel the messages came on.
+
+    After a reconnect a batch can hold deliveries of a dead channel; their tags mean nothing
+    on the new one, and the broker has already requeued them, so their ack is skipped.
+    """
+    last_by_channel: dict[int, AbstractIncomingMessage] = {}
+    for message in messages:
+        key = id(message.channel)
+        current = last_by_channel.get(key)
+        if current is None or (message.delivery_tag or 0) > (current.delivery_tag or 0):
+            last_by_channel[key] = message
+    for message in last_by_channel.values():
+        try:
+            await message.ack(multiple=True)
+        except Exception as exc:  # a closed channel: the broker redelivers, the ledger dedupes
+            log.warning("could not ack a batch (channel closed?): %s", exc)

@@ -1,0 +1,31 @@
+"""Connecting to RabbitMQ with a deadline and a name that shows in the management UI."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+
+from orchestrator.errors import ServiceUnavailable
+
+
+async def connect(url: str, *, name: str, timeout: float = 5.0) -> AbstractRobustConnection:
+    """A robust connection: it reconnects and re-declares its consumers by itself."""
+    try:
+        return await asyncio.wait_for(
+            aio_pika.connect_robust(
+                url, client_properties={"connection_name": name}, timeout=timeout
+            ),
+            timeout=timeout + 1,
+        )
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise ServiceUnavailable(f"cannot reach RabbitMQ at {_safe(url)}: {exc}") from exc
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for error messages."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    return f"{scheme}://{rest.split('@', 1)[1]}"

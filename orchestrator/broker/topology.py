@@ -1,0 +1,91 @@
+"""Exchange and queue names, and their idempotent declaration.
+
+See docs/wire-protocol.md; rabbitmq/definitions.json holds the same for the default namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+REPORT_ROUTING_KEY = "report"
+COMMAND_ROUTING_KEY = "command"
+DEAD_REASON_HEADER = "x-orch-dead-reason"
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str
+
+    @property
+    def tasks_exchange(self) -> str:
+        return f"{self.namespace}.tasks"
+
+    @property
+    def reports_exchange(self) -> str:
+        return f"{self.namespace}.reports"
+
+    @property
+    def reports_queue(self) -> str:
+        return f"{self.namespace}.reports"
+
+    @property
+    def commands_exchange(self) -> str:
+        return f"{self.namespace}.commands"
+
+    @property
+    def commands_queue(self) -> str:
+        return f"{self.namespace}.commands"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.namespace}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.namespace}.dead"
+
+    def task_queue(self, topic: str) -> str:
+        return f"{self.namespace}.task.{topic}"
+
+    def _queue_arguments(self) -> dict[str, Any]:
+        return {"x-dead-letter-exchange": self.dead_exchange}
+
+
+async def declare_core(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare the exchanges and the engine's queues; a no-op when they already exist."""
+    dead = await channel.declare_exchange(
+        topology.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead_queue = await channel.declare_queue(topology.dead_queue, durable=True)
+    await dead_queue.bind(dead, routing_key="")
+    await channel.declare_exchange(
+        topology.tasks_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for exchange_name, queue_name, key in (
+        (topology.reports_exchange, topology.reports_queue, REPORT_ROUTING_KEY),
+        (topology.commands_exchange, topology.commands_queue, COMMAND_ROUTING_KEY),
+    ):
+        exchange = await channel.declare_exchange(
+            exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments=topology._queue_arguments()
+        )
+        await queue.bind(exchange, routing_key=key)
+
+
+async def declare_task_queue(
+    channel: AbstractChannel, topology: Topology, topic: str
+) -> AbstractQueue:
+    exchange: AbstractExchange = await channel.declare_exchange(
+        topology.tasks_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    queue = await channel.declare_queue(
+        topology.task_queue(topic), durable=True, arguments=topology._queue_arguments()
+    )
+    await queue.bind(exchange, routing_key=topic)
+    return queue

@@ -1,0 +1,110 @@
+"""The `orchestrator` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from orchestrator.client import Client
+from orchestrator.config import Settings
+from orchestrator.errors import OrchestratorError
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("engine", help="run the engine daemon (applies migrations first)")
+    commands.add_parser("migrate", help="create the database if needed and apply migrations")
+    worker = commands.add_parser("worker", help="run workers: orchestrator worker pkg.mod:worker")
+    worker.add_argument("spec", help="module:attribute of a workers.Worker")
+    deploy = commands.add_parser("deploy", help="deploy a YAML/JSON process definition")
+    deploy.add_argument("file", type=Path)
+    start = commands.add_parser("start", help="start an instance; prints its id as JSON")
+    start.add_argument("key", help="process key")
+    start.add_argument("--business-key")
+    start.add_argument("--idempotency-key")
+    start.add_argument("--version", type=int)
+    start.add_argument("--vars", default="{}", help="variables as a JSON object")
+    instance = commands.add_parser("instance", help="show an instance as JSON")
+    instance.add_argument("id")
+    stats = commands.add_parser("stats", help="instance counts and engine counters")
+    stats.add_argument("--process")
+    demo = commands.add_parser("demo", help="run the order demo with engine and workers")
+    demo.add_argument("--instances", type=int, default=100)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--timeout", type=float, default=300.0)
+    return parser
+
+
+async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[Any]]) -> None:
+    async with Client(settings, name="orchestrator-cli") as client:
+        _print_json(await action(client))
+
+
+async def _start(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    variables = orjson.loads(args.vars)
+    if not isinstance(variables, dict):
+        raise SystemExit("--vars must be a JSON object")
+    started = await client.start(
+        args.key,
+        variables=variables,
+        business_key=args.business_key,
+        idempotency_key=args.idempotency_key,
+        version=args.version,
+    )
+    return {"instance_id": started.instance_id, "created": started.created}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings.from_env()
+    try:
+        _dispatch(args, settings)
+    except OrchestratorError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(1) from None
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
+    if args.command == "engine":
+        from orchestrator.daemon.app import run_engine
+
+        run_engine(settings)
+    elif args.command == "migrate":
+        from orchestrator.store.commands import migrate
+
+        _print_json(asyncio.run(migrate(settings.database_url)))
+    elif args.command == "worker":
+        from workers.loader import load_worker
+
+        worker = load_worker(args.spec)
+        worker.settings = worker.settings or settings
+        worker.run()
+    elif args.command == "deploy":
+        asyncio.run(_with_client(settings, lambda c: c.deploy_file(args.file)))
+    elif args.command == "start":
+        asyncio.run(_with_client(settings, lambda c: _start(c, args)))
+    elif args.command == "instance":
+        asyncio.run(_with_client(settings, lambda c: c.get_instance(args.id)))
+    elif args.command == "stats":
+        asyncio.run(_with_client(settings, lambda c: c.stats(args.process)))
+    elif args.command == "demo":
+        from orchestrator.demo import run_demo
+
+        raise SystemExit(run_demo(replace(settings), args.instances, args.workers, args.timeout))

@@ -1,0 +1,47 @@
+"""Settings shared by the engine, the client, the workers and the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orchestrator"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+_NAMESPACE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the services are and how the engine paces itself."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    amqp_url: str = DEFAULT_AMQP_URL
+    #: Prefix of every exchange and queue, so several deployments can share one vhost.
+    namespace: str = "orch"
+    #: A report batch closes after this many messages or this many milliseconds.
+    batch_size: int = 500
+    batch_window_ms: float = 2.0
+    #: How often the reaper looks for expired leases and due retries.
+    reaper_interval_ms: int = 200
+    #: Outbox rows the relay did not publish are swept up after this long.
+    outbox_claim_ms: int = 5_000
+    #: Reports larger than this are dead-lettered instead of processed.
+    max_report_bytes: int = 1_048_576
+    #: How long an idempotency key of a start is remembered after it was used.
+    start_key_retention_days: int = 7
+    pool_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE_PATTERN.match(self.namespace):
+            raise ValueError(f"invalid namespace {self.namespace!r}: use [a-z][a-z0-9_-]*")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        base = cls(
+            database_url=env.get("ORCH_DATABASE_URL", DEFAULT_DATABASE_URL),
+            amqp_url=env.get("ORCH_AMQP_URL", DEFAULT_AMQP_URL),
+            namespace=env.get("ORCH_NAMESPACE", "orch"),
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]

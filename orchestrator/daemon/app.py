@@ -1,0 +1,377 @@
+"""The engine daemon: consumers, relay, reaper, supervised together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aio_pika
+import asyncpg
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from orchestrator.broker.batches import BatchConsumer, ack_all
+from orchestrator.broker.connection import connect
+from orchestrator.broker.publisher import Outgoing, Publisher
+from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_core
+from orchestrator.config import Settings
+from orchestrator.daemon import admin
+from orchestrator.daemon.db import RETRYABLE, in_transaction
+from orchestrator.daemon.parsing import Malformed, parse_command, parse_report
+from orchestrator.daemon.processes import ProcessCache
+from orchestrator.daemon.reaper import reap_once
+from orchestrator.daemon.relay import Relay
+from orchestrator.daemon.reports import BatchOutcome, IncomingReport, Notice, ReportBatch
+from orchestrator.daemon.starts import StartBatch, StartResult
+from orchestrator.daemon.supervisor import supervise
+from orchestrator.errors import InvalidCommand, OrchestratorError
+from orchestrator.faults import crash_point
+from orchestrator.model.wire import (
+    Command,
+    CommandError,
+    CommandReply,
+    DeployCommand,
+    GetInstanceCommand,
+    StartCommand,
+    StatsCommand,
+)
+from orchestrator.store.migrate import apply_migrations, ensure_database
+from orchestrator.store.pool import create_pool
+from orchestrator.store.queries import Q
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Message = AbstractIncomingMessage
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topology = Topology(settings.namespace)
+        self.stop = asyncio.Event()
+        self.processes = ProcessCache()
+        self.engine_id = f"engine-{socket.gethostname()}-{os.getpid()}"
+        self._pool: asyncpg.Pool | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: Publisher | None = None
+        self._relay: Relay | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.open()
+        try:
+            await supervise(
+                {
+                    "reports": self._consume_loop(self._reports, self._handle_reports),
+                    "commands": self._consume_loop(self._commands, self._handle_commands),
+                    "reaper": self._reaper_loop(),
+                    "relay-sweeper": self.relay.sweep_forever(0.5, self.stop),
+                },
+                self.stop,
+            )
+        finally:
+            await self.close()
+
+    async def open(self) -> None:
+        settings = self.settings
+        await ensure_database(settings.database_url)
+        self._pool = await create_pool(settings.database_url, size=settings.pool_size)
+        async with self.pool.acquire() as conn:
+            await apply_migrations(conn)
+            topics = await admin.deployed_topics(conn)
+        self._connection = await connect(settings.amqp_url, name=self.engine_id)
+        setup = await self._connection.channel()
+        await declare_core(setup, self.topology)
+        self._publisher = await Publisher.open(self._connection)
+        self._relay = Relay(
+            self.pool, self._publisher, setup, self.topology, claim_ms=settings.outbox_claim_ms
+        )
+        await self.relay.ensure_queues(topics)
+        self._reports = await self._consumer(self.topology.reports_queue, settings.batch_size)
+        self._commands = await self._consumer(self.topology.commands_queue, 200)
+        log.info("engine %s started (namespace %s)", self.engine_id, settings.namespace)
+
+    async def _consumer(self, queue_name: str, batch_size: int) -> BatchConsumer:
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=batch_size * 2)
+        queue = await channel.get_queue(queue_name, ensure=False)
+        consumer = BatchConsumer(
+            queue, max_batch=batch_size, window_ms=self.settings.batch_window_ms
+        )
+        await consumer.start()
+        return consumer
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("engine %s stopped", self.engine_id)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop.set)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("engine is not open")
+        return self._pool
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise RuntimeError("engine is not open")
+        return self._connection
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise RuntimeError("engine is not open")
+        return self._publisher
+
+    @property
+    def relay(self) -> Relay:
+        if self._relay is None:
+            raise RuntimeError("engine is not open")
+        return self._relay
+
+    # --- loops ---------------------------------------------------------------------------
+
+    async def _consume_loop(
+        self, consumer: BatchConsumer, handle: Callable[[list[Message]], Awaitable[None]]
+    ) -> None:
+        while not self.stop.is_set():
+            batch = await self._next_batch(consumer)
+            if batch is None:
+                break
+            await handle(batch)
+        await consumer.stop()
+
+    async def _next_batch(self, consumer: BatchConsumer) -> list[Message] | None:
+        getter = asyncio.ensure_future(consumer.next_batch())
+        stopper = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        return None
+
+    async def _reaper_loop(self) -> None:
+        interval = self.settings.reaper_interval_ms / 1000
+        prune_every = max(1, int(60 / interval))
+        rounds = 0
+        while not self.stop.is_set():
+            rows: list[Any] = []
+            try:
+                rows = await in_transaction(self.pool, self._reap, stop=self.stop)
+                await self.relay.publish(rows)
+                rounds += 1
+                if rounds % prune_every == 0:
+                    async with self.pool.acquire() as conn:
+                        await conn.execute(
+                            Q.prune_start_ledger, self.settings.start_key_retention_days
+                        )
+            except RETRYABLE as exc:
+                log.warning("reaper: %s", exc)
+            if not rows_left(rows):
+                await _sleep_or_stop(self.stop, interval)
+
+    async def _reap(self, conn: asyncpg.Connection) -> list[Any]:
+        return await reap_once(
+            conn, self.processes, limit=500, outbox_claim_ms=self.settings.outbox_claim_ms
+        )
+
+    # --- reports -------------------------------------------------------------------------
+
+    async def _handle_reports(self, batch: list[Message]) -> None:
+        items: list[tuple[Message, IncomingReport]] = []
+        dead: list[tuple[Message, str]] = []
+        for message in batch:
+            try:
+                report = parse_report(message.body, self.settings.max_report_bytes)
+                items.append((message, IncomingReport(report, message.reply_to)))
+            except Malformed as exc:
+                dead.append((message, str(exc)))
+        outcome = await self._apply_reports([item for _, item in items], len(dead))
+        dead.extend((items[index][0], reason) for index, reason in outcome.dead.items())
+        crash_point("after_commit")
+        await self.relay.publish(outcome.publish)
+        await self._send_notices(outcome.notices)
+        await self._dead_letter(dead, self.topology.reports_queue)
+        await ack_all(batch)
+
+    async def _apply_reports(self, items: list[IncomingReport], malformed: int) -> BatchOutcome:
+        """Apply in one transaction; if that fails for a reason other than the database being
+        away, split the batch to isolate the report that causes it and dead-letter that one."""
+
+        async def work(conn: asyncpg.Connection) -> BatchOutcome:
+            batch = ReportBatch(conn, self.processes, self.settings.outbox_claim_ms)
+            return await batch.run(items, malformed)
+
+        if not items and not malformed:
+            return BatchOutcome()
+        try:
+            return await in_transaction(self.pool, work, stop=self.stop)
+        except RETRYABLE:
+            raise
+        except Exception as exc:
+            if len(items) <= 1:
+                log.exception("report could not be applied; dead-lettering it")
+                return BatchOutcome(dead={0: f"engine error: {type(exc).__name__}: {exc}"})
+        middle = len(items) // 2
+        first = await self._apply_reports(items[:middle], malformed)
+        second = await self._apply_reports(items[middle:], 0)
+        first.publish += second.publish
+        first.notices += second.notices
+        first.dead.update({index + middle: reason for index, reason in second.dead.items()})
+        return first
+
+    async def _send_notices(self, notices: list[Notice]) -> None:
+        if notices:
+            await self.publisher.publish_many(
+                [
+                    Outgoing("", n.reply_to, n.body, persistent=False, mandatory=False)
+                    for n in notices
+                ]
+            )
+
+    async def _dead_letter(self, dead: list[tuple[Message, str]], source: str) -> None:
+        for message, reason in dead:
+            log.warning("dead-lettering a message from %s: %s", source, reason)
+            headers = {DEAD_REASON_HEADER: reason[:1000], "x-orch-source-queue": source}
+            try:
+                await self.publisher.publish(
+                    Outgoing(
+                        self.topology.dead_exchange,
+                        "",
+                        message.body,
+                        message_id=message.message_id,
+                        headers=headers,
+                        mandatory=False,
+                    )
+                )
+            except Exception:  # let the queue's own dead-letter exchange take it instead
+                log.exception("could not publish a dead letter; rejecting it to the DLX")
+                await message.reject(requeue=False)
+
+    # --- commands ------------------------------------------------------------------------
+
+    async def _handle_commands(self, batch: list[Message]) -> None:
+        starts: list[tuple[Message, StartCommand]] = []
+        dead: list[tuple[Message, str]] = []
+        for message in batch:
+            try:
+                command = parse_command(message.body, self.settings.max_report_bytes)
+            except Malformed as exc:
+                await self._reply(message, InvalidCommand(str(exc)))
+                dead.append((message, str(exc)))
+                continue
+            if isinstance(command, StartCommand):
+                starts.append((message, command))
+            else:
+                await self._reply(message, await self._answer(command))
+        if starts:
+            results = await self._start_all([command for _, command in starts])
+            for (message, _), result in zip(starts, results, strict=True):
+                await self._reply(message, result)
+        await self._dead_letter(dead, self.topology.commands_queue)
+        await ack_all(batch)
+
+    async def _start_all(self, commands: list[StartCommand]) -> list[StartResult]:
+        async def work(conn: asyncpg.Connection) -> tuple[list[StartResult], list[Any]]:
+            return await StartBatch(conn, self.processes, self.settings.outbox_claim_ms).run(
+                commands
+            )
+
+        try:
+            results, rows = await in_transaction(self.pool, work, stop=self.stop)
+        except RETRYABLE:
+            raise
+        except Exception as exc:
+            if len(commands) == 1:
+                log.exception("start failed")
+                return [OrchestratorError(f"start failed: {type(exc).__name__}: {exc}")]
+            middle = len(commands) // 2
+            return await self._start_all(commands[:middle]) + await self._start_all(
+                commands[middle:]
+            )
+        crash_point("after_start_commit")
+        await self.relay.publish(rows)
+        return results
+
+    async def _answer(self, command: Command) -> dict[str, Any] | OrchestratorError:
+        try:
+            if isinstance(command, DeployCommand):
+                async with self.pool.acquire() as conn:
+                    result, process = await admin.deploy(conn, command.source)
+                await self.relay.ensure_queues(process.topics)
+                return result
+            async with self.pool.acquire() as conn:
+                if isinstance(command, GetInstanceCommand):
+                    return await admin.describe_instance(conn, command.instance_id)
+                if isinstance(command, StatsCommand):
+                    return await admin.stats(conn, command.process_key)
+        except OrchestratorError as exc:
+            return exc
+        except (asyncpg.DataError, ValueError) as exc:
+            return InvalidCommand(str(exc))
+        return InvalidCommand(f"unsupported command {command.type}")
+
+    async def _reply(self, message: Message, result: dict[str, Any] | OrchestratorError) -> None:
+        if not message.reply_to:
+            return
+        if isinstance(result, OrchestratorError):
+            reply = CommandReply(
+                ok=False, error=CommandError(code=result.code, message=str(result))
+            )
+        else:
+            reply = CommandReply(ok=True, result=result)
+        outgoing = Outgoing(
+            "",
+            message.reply_to,
+            orjson.dumps(reply.model_dump(mode="json")),
+            correlation_id=message.correlation_id,
+            persistent=False,
+            mandatory=False,
+        )
+        try:
+            await self.publisher.publish(outgoing)
+        except (aio_pika.exceptions.AMQPError, TimeoutError, RuntimeError) as exc:
+            log.warning("could not reply to %s: %s", message.reply_to, exc)
+
+
+def rows_left(rows: list[Any]) -> bool:
+    """A full reaper pass means more may be due: go again without sleeping."""
+    return len(rows) >= 500
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def run_engine(settings: Settings) -> None:
+    async def main() -> None:
+        engine = Engine(settings)
+        engine.install_signal_handlers()
+        await engine.run()
+
+    _run(main())
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)  # type: ignore[arg-type]

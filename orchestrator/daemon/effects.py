@@ -1,0 +1,85 @@
+"""Carry out a pure transition's effects inside the current unit of work."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from orchestrator.engine.state import (
+    CreateTask,
+    InstanceEnded,
+    RaiseIncident,
+    Record,
+    Transition,
+)
+from orchestrator.model.wire import TaskMessage
+from orchestrator.store.unit_of_work import OutboxMessage, TaskRow, UnitOfWork
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What a task message needs to know about its instance."""
+
+    id: str
+    process_key: str
+    business_key: str | None
+
+
+def task_message(task: TaskRow, info: InstanceInfo, variables: dict[str, Any]) -> OutboxMessage:
+    message = TaskMessage(
+        task_id=task.id,
+        attempt=task.attempt,
+        topic=task.topic,
+        instance_id=info.id,
+        process_key=info.process_key,
+        node_id=task.node_id,
+        business_key=info.business_key,
+        variables=variables,
+        lock_ms=task.lock_ms,
+        retries_left=task.retries_left,
+        idempotency_key=task.id,
+        created_at_ms=int(time.time() * 1000),
+    )
+    body = orjson.dumps(message.model_dump(mode="json"))
+    return OutboxMessage(task.topic, f"{task.id}:{task.attempt}", body)
+
+
+def dispatch_attempt(
+    uow: UnitOfWork, task: TaskRow, info: InstanceInfo, variables: dict[str, Any]
+) -> None:
+    """Queue `task` (already at its new attempt number) for publishing after commit."""
+    uow.outbox.append(task_message(task, info, variables))
+
+
+def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition) -> None:
+    state = transition.state
+    for effect in transition.effects:
+        if isinstance(effect, CreateTask):
+            task = TaskRow(
+                id=effect.task_id,
+                instance_id=info.id,
+                node_id=effect.node_id,
+                topic=effect.topic,
+                status="queued",
+                attempt=1,
+                retries_left=effect.max_attempts - 1,
+                lock_ms=effect.lock_ms,
+                worker_id=None,
+                lease_expires_at=None,
+                lease_expiries=0,
+            )
+            uow.new_tasks.append(
+                (task.id, info.id, task.node_id, task.topic, task.retries_left, task.lock_ms)
+            )
+            dispatch_attempt(uow, task, info, state.variables)
+            uow.count("tasks_created")
+        elif isinstance(effect, RaiseIncident):
+            uow.incident(info.id, effect.node_id, "process", effect.message, task_id=effect.task_id)
+        elif isinstance(effect, InstanceEnded):
+            uow.ended_instances.append(info.id)
+            uow.count(f"instances_{effect.status}")
+        elif isinstance(effect, Record):
+            uow.record(info.id, effect.kind, effect.node_id, effect.task_id, effect.detail or None)

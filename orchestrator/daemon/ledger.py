@@ -1,0 +1,67 @@
+"""Payload fingerprints and the in-batch view of the report ledger."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from orchestrator.model.wire import BpmnErrorReport, Completed, Failed
+from orchestrator.store.queries import Q
+from orchestrator.store.unit_of_work import UnitOfWork
+
+OUTCOME_SLOT = "outcome"
+
+
+def fingerprint(value: Any) -> bytes:
+    """A stable hash of a JSON-able value: key order does not matter."""
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).digest()[:16]
+
+
+def report_fingerprint(report: Completed | Failed | BpmnErrorReport) -> bytes:
+    if isinstance(report, Completed):
+        return fingerprint(["completed", report.variables])
+    if isinstance(report, BpmnErrorReport):
+        return fingerprint(["bpmn_error", report.code, report.message, report.variables])
+    return fingerprint(
+        ["failed", report.error_message, report.error_code, report.retries, report.retry_delay_ms]
+    )
+
+
+def slot_of(report: Completed | Failed | BpmnErrorReport) -> str:
+    return f"failed:{report.attempt}" if isinstance(report, Failed) else OUTCOME_SLOT
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    kind: str
+    attempt: int
+    payload_hash: bytes
+
+
+class BatchLedger:
+    """The ledger rows of the batch's tasks, plus what this batch adds to them."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self._entries: dict[tuple[str, str], LedgerEntry] = {}
+
+    async def load(self, conn: asyncpg.Connection, task_ids: list[str]) -> None:
+        for row in await conn.fetch(Q.ledger_for_tasks, task_ids):
+            key = (str(row["task_id"]), row["slot"])
+            self._entries[key] = LedgerEntry(row["kind"], row["attempt"], row["payload_hash"])
+
+    def recorded(self, task_id: str, slot: str) -> LedgerEntry | None:
+        return self._entries.get((task_id, slot))
+
+    def insert(self, report: Completed | Failed | BpmnErrorReport, payload_hash: bytes) -> None:
+        slot = slot_of(report)
+        self._entries[(report.task_id, slot)] = LedgerEntry(
+            report.type, report.attempt, payload_hash
+        )
+        self._uow.ledger_inserts.append(
+            (report.task_id, slot, report.type, report.attempt, report.worker_id, payload_hash)
+        )

@@ -1,0 +1,50 @@
+"""Turning raw AMQP bodies into wire models, with a reason for anything that is not one."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from pydantic import ValidationError
+
+from orchestrator.model.wire import COMMAND_ADAPTER, REPORT_ADAPTER, Command, Report
+
+
+class Malformed(ValueError):
+    """The message is not one we can process; str() is the dead-letter reason."""
+
+
+def _load(body: bytes, max_bytes: int) -> object:
+    if len(body) > max_bytes:
+        raise Malformed(f"oversized: {len(body)} bytes > limit {max_bytes}")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed(f"not JSON: {exc}") from None
+
+
+def _schema_error(exc: ValidationError) -> Malformed:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return Malformed(f"wrong schema: {where}: {first['msg']} ({exc.error_count()} errors)")
+
+
+def parse_report(body: bytes, max_bytes: int) -> Report:
+    data = _load(body, max_bytes)
+    try:
+        report = REPORT_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise _schema_error(exc) from None
+    try:
+        uuid.UUID(report.task_id)
+    except ValueError:
+        raise Malformed(f"unknown task: {report.task_id!r} is not a task id") from None
+    return report
+
+
+def parse_command(body: bytes, max_bytes: int) -> Command:
+    data = _load(body, max_bytes)
+    try:
+        return COMMAND_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise _schema_error(exc) from None

@@ -1,0 +1,70 @@
+"""Expired leases become new attempts (or incidents); due retries are dispatched again."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from orchestrator.daemon.effects import InstanceInfo, dispatch_attempt
+from orchestrator.daemon.processes import ProcessCache
+from orchestrator.model.definition import ServiceTask
+from orchestrator.store.queries import Q
+from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork
+
+
+async def reap_once(
+    conn: asyncpg.Connection, processes: ProcessCache, *, limit: int, outbox_claim_ms: int
+) -> list[PublishedRow]:
+    """One pass, inside the caller's transaction. Rows are locked with SKIP LOCKED, so any
+    number of engines can reap at once without taking the same task twice."""
+    uow = UnitOfWork()
+    for record in await conn.fetch(Q.lock_due_tasks, limit):
+        task = TaskRow.from_record(record)
+        info = InstanceInfo(task.instance_id, record["process_key"], record["business_key"])
+        node = (await processes.get(conn, record["definition_id"])).nodes[task.node_id]
+        max_expiries = node.max_lease_expiries if isinstance(node, ServiceTask) else 1
+        uow.changed_tasks[task.id] = task
+        if task.status == "claimed":
+            _expired(uow, task, info, record["variables"], max_expiries)
+        else:
+            uow.record(
+                task.instance_id,
+                "task_retry_due",
+                task.node_id,
+                task.id,
+                {"attempt": task.attempt + 1},
+            )
+            _redispatch(uow, task, info, record["variables"])
+    return await uow.write(conn, outbox_claim_ms)
+
+
+def _expired(
+    uow: UnitOfWork,
+    task: TaskRow,
+    info: InstanceInfo,
+    variables: dict[str, object],
+    max_expiries: int,
+) -> None:
+    task.lease_expiries += 1
+    uow.count("leases_expired")
+    detail = {"attempt": task.attempt, "worker": task.worker_id, "expiries": task.lease_expiries}
+    uow.record(task.instance_id, "lease_expired", task.node_id, task.id, detail)
+    if task.lease_expiries >= max_expiries:
+        task.status, task.worker_id, task.lease_ms = "incident", None, None
+        uow.incident(
+            task.instance_id,
+            task.node_id,
+            "lease_expired",
+            f"the lease of task {task.id} expired {task.lease_expiries} times "
+            "(its workers die or hang)",
+            task_id=task.id,
+        )
+        return
+    _redispatch(uow, task, info, variables)
+
+
+def _redispatch(
+    uow: UnitOfWork, task: TaskRow, info: InstanceInfo, variables: dict[str, object]
+) -> None:
+    task.attempt += 1
+    task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
+    dispatch_attempt(uow, task, info, variables)

@@ -1,0 +1,100 @@
+"""The outbox relay: publish committed task messages with confirms, then delete their rows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from aio_pika.abc import AbstractChannel
+
+from orchestrator.broker.publisher import Outgoing, Publisher
+from orchestrator.broker.topology import Topology, declare_task_queue
+from orchestrator.daemon.db import RETRYABLE
+from orchestrator.store.queries import Q
+from orchestrator.store.unit_of_work import OutboxMessage, PublishedRow
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        declare_channel: AbstractChannel,
+        topology: Topology,
+        *,
+        claim_ms: int,
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._declare_channel = declare_channel
+        self._topology = topology
+        self._claim_ms = claim_ms
+        self._declared: set[str] = set()
+
+    async def ensure_queues(self, topics: set[str] | frozenset[str]) -> None:
+        for topic in sorted(set(topics) - self._declared):
+            await declare_task_queue(self._declare_channel, self._topology, topic)
+            self._declared.add(topic)
+
+    def _outgoing(self, message: OutboxMessage) -> Outgoing:
+        return Outgoing(
+            self._topology.tasks_exchange,
+            message.routing_key,
+            message.body,
+            message_id=message.message_id,
+        )
+
+    async def publish(self, rows: list[PublishedRow]) -> int:
+        """Publish rows this engine committed; rows that fail stay for the sweeper."""
+        if not rows:
+            return 0
+        await self.ensure_queues({row.message.routing_key for row in rows})
+        results = await self._publisher.publish_many([self._outgoing(r.message) for r in rows])
+        confirmed = [row.id for row, error in zip(rows, results, strict=True) if error is None]
+        failed = len(rows) - len(confirmed)
+        if failed:
+            first = next(error for error in results if error is not None)
+            log.warning(
+                "%d of %d task messages not confirmed (%s); the sweeper retries them",
+                failed,
+                len(rows),
+                first,
+            )
+            self._declared.clear()  # a returned message may mean a deleted queue
+        if confirmed:
+            try:
+                async with self._pool.acquire() as conn:
+                    await conn.execute(Q.delete_outbox, confirmed)
+            except RETRYABLE as exc:  # rows stay; the sweep republishes, consumers dedupe
+                log.warning("could not delete %d published outbox rows: %s", len(confirmed), exc)
+        return len(confirmed)
+
+    async def sweep_once(self, limit: int = 500) -> int:
+        """Publish rows whose committing engine did not (it died, or the broker was away)."""
+        async with self._pool.acquire() as conn:
+            records = await conn.fetch(Q.claim_lapsed_outbox, self._claim_ms, limit)
+        rows = [
+            PublishedRow(r["id"], OutboxMessage(r["routing_key"], r["message_id"], r["body"]))
+            for r in records
+        ]
+        if rows:
+            log.info("relay: republishing %d outbox rows", len(rows))
+        return await self.publish(rows)
+
+    async def sweep_forever(self, interval: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                while await self.sweep_once() > 0:
+                    pass
+            except RETRYABLE as exc:
+                log.warning("relay sweep: database unavailable: %s", exc)
+            await _wait(stop, interval)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

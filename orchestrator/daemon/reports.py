@@ -1,0 +1,310 @@
+"""One batch of worker reports -> one transaction: ledger, leases, engine steps, outbox.
+
+Runs under row locks (instances, then tasks, each in id order, so replicas never deadlock)
+and decides everything in memory; the unit of work writes it in a few statements.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import asyncpg
+import orjson
+
+from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_attempt
+from orchestrator.daemon.ledger import BatchLedger, report_fingerprint, slot_of
+from orchestrator.daemon.processes import ProcessCache
+from orchestrator.engine.retry import GiveUp, after_failure
+from orchestrator.engine.state import InstanceState
+from orchestrator.engine.step import EngineStepError, complete_task
+from orchestrator.model.definition import ServiceTask
+from orchestrator.model.wire import (
+    BpmnErrorReport,
+    Claimed,
+    Completed,
+    ExtendLock,
+    Failed,
+    LockAnswer,
+    Released,
+    Report,
+    ReportAnswer,
+    TaskRevoked,
+)
+from orchestrator.store.queries import Q
+from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork, state_from_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IncomingReport:
+    report: Report
+    reply_to: str | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An answer for the worker that sent a report; best effort, never persisted."""
+
+    reply_to: str
+    body: bytes
+
+
+@dataclass
+class BatchOutcome:
+    publish: list[PublishedRow] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    #: Index into the batch -> reason, for reports that name no known task.
+    dead: dict[int, str] = field(default_factory=dict)
+
+
+class ReportBatch:
+    """Applies one batch of reports inside the caller's transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, processes: ProcessCache, outbox_claim_ms: int):
+        self._conn = conn
+        self._processes = processes
+        self._outbox_claim_ms = outbox_claim_ms
+        self._uow = UnitOfWork()
+        self._ledger = BatchLedger(self._uow)
+        self._tasks: dict[str, TaskRow] = {}
+        self._instances: dict[str, asyncpg.Record] = {}
+        self._states: dict[str, InstanceState] = {}
+        self._outcome = BatchOutcome()
+
+    async def run(self, reports: list[IncomingReport], malformed: int) -> BatchOutcome:
+        if malformed:
+            self._uow.count("reports_dead_lettered", malformed)
+        await self._lock([item.report.task_id for item in reports])
+        for index, item in enumerate(reports):
+            task = self._tasks.get(item.report.task_id)
+            if task is None:
+                self._outcome.dead[index] = f"unknown task: {item.report.task_id}"
+                self._uow.count("reports_dead_lettered")
+                continue
+            self._uow.count(f"reports_{item.report.type}")
+            self._apply(item, task)
+        self._outcome.publish = await self._uow.write(self._conn, self._outbox_claim_ms)
+        return self._outcome
+
+    async def _lock(self, task_ids: list[str]) -> None:
+        unique = sorted(set(task_ids))
+        instance_ids = [row[0] for row in await self._conn.fetch(Q.instances_of_tasks, unique)]
+        for row in await self._conn.fetch(Q.lock_instances, instance_ids):
+            self._instances[str(row["id"])] = row
+        definition_ids = {row["definition_id"] for row in self._instances.values()}
+        await self._processes.preload(self._conn, definition_ids)
+        for row in await self._conn.fetch(Q.lock_tasks, unique):
+            task = TaskRow.from_record(row)
+            self._tasks[task.id] = task
+        await self._ledger.load(self._conn, unique)
+
+    def _apply(self, item: IncomingReport, task: TaskRow) -> None:
+        report = item.report
+        if isinstance(report, Claimed):
+            self._claim(item, report, task)
+        elif isinstance(report, Completed | BpmnErrorReport):
+            self._outcome_report(item, report, task)
+        elif isinstance(report, Failed):
+            self._failure(item, report, task)
+        elif isinstance(report, ExtendLock):
+            self._extend(item, report, task)
+        elif isinstance(report, Released):
+            self._release(report, task)
+
+    # --- leases ------------------------------------------------------------------------
+
+    def _claim(self, item: IncomingReport, report: Claimed, task: TaskRow) -> None:
+        if task.status == "queued" and task.attempt == report.attempt:
+            self._take_lease(task, report.worker_id, task.lock_ms)
+        elif not self._holds(task, report):
+            self._uow.count("claims_revoked")
+            reason = "closed" if not task.is_open else "not the current holder"
+            self._notify(item, TaskRevoked(task_id=task.id, attempt=report.attempt, reason=reason))
+
+    def _holds(self, task: TaskRow, report: Claimed | ExtendLock | Released) -> bool:
+        return (
+            task.status == "claimed"
+            and task.attempt == report.attempt
+            and task.worker_id == report.worker_id
+        )
+
+    def _take_lease(self, task: TaskRow, worker_id: str, lease_ms: int) -> None:
+        task.status, task.worker_id, task.lease_ms = "claimed", worker_id, lease_ms
+        self._uow.changed_tasks[task.id] = task
+
+    def _extend(self, item: IncomingReport, report: ExtendLock, task: TaskRow) -> None:
+        queued_same = task.status == "queued" and task.attempt == report.attempt
+        held = queued_same or self._holds(task, report)
+        if held:
+            self._take_lease(task, report.worker_id, report.lock_ms)
+        cancelled = self._instances[task.instance_id]["status"] == "cancelled"
+        self._notify(
+            item,
+            LockAnswer(
+                task_id=task.id,
+                attempt=report.attempt,
+                request_id=report.request_id,
+                held=held,
+                cancelled=cancelled,
+                lock_expires_in_ms=report.lock_ms if held else None,
+            ),
+        )
+
+    def _release(self, report: Released, task: TaskRow) -> None:
+        queued_same = task.status == "queued" and task.attempt == report.attempt
+        if queued_same or self._holds(task, report):
+            self._uow.record(
+                task.instance_id,
+                "task_released",
+                task.node_id,
+                task.id,
+                {"attempt": task.attempt, "worker": report.worker_id},
+            )
+            self._next_attempt(task)
+
+    def _next_attempt(self, task: TaskRow) -> None:
+        task.attempt += 1
+        task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
+        self._uow.changed_tasks[task.id] = task
+        state = self._state(task.instance_id)
+        dispatch_attempt(self._uow, task, self._info(task.instance_id), state.variables)
+
+    # --- outcomes ----------------------------------------------------------------------
+
+    def _seen_before(
+        self, item: IncomingReport, report: Completed | Failed | BpmnErrorReport, task: TaskRow
+    ) -> tuple[bool, bytes]:
+        """Record a repeat in the ledger and answer it; True when it was one."""
+        payload_hash = report_fingerprint(report)
+        slot = slot_of(report)
+        recorded = self._ledger.recorded(task.id, slot)
+        if recorded is None:
+            return False, payload_hash
+        conflict = recorded.payload_hash != payload_hash or recorded.kind != report.type
+        self._uow.repeat(task.id, slot, conflict=conflict)
+        self._notify(
+            item,
+            ReportAnswer(
+                task_id=task.id,
+                attempt=report.attempt,
+                status="conflict" if conflict else "duplicate",
+                recorded_kind=recorded.kind,
+                recorded_attempt=recorded.attempt,
+            ),
+        )
+        return True, payload_hash
+
+    def _outcome_report(
+        self, item: IncomingReport, report: Completed | BpmnErrorReport, task: TaskRow
+    ) -> None:
+        repeated, payload_hash = self._seen_before(item, report, task)
+        if repeated:
+            return
+        self._ledger.insert(report, payload_hash)
+        if not task.is_open:
+            # Closed without an outcome in the ledger: the instance was cancelled.
+            self._uow.count("reports_after_close")
+            self._notify(
+                item, ReportAnswer(task_id=task.id, attempt=report.attempt, status="cancelled")
+            )
+            return
+        task.status, task.worker_id = "completed", report.worker_id
+        task.lease_ms = task.due_ms = None
+        self._uow.changed_tasks[task.id] = task
+        if isinstance(report, Completed):
+            self._advance(task, report)
+        else:
+            task.status = "incident"
+            self._uow.incident(
+                task.instance_id,
+                task.node_id,
+                "unhandled_bpmn_error",
+                f"business error {report.code!r} has no matching error boundary event",
+                task_id=task.id,
+                details=report.message,
+            )
+
+    def _advance(self, task: TaskRow, report: Completed) -> None:
+        process_row = self._instances[task.instance_id]
+        state = self._state(task.instance_id)
+        process = self._processes.cached(process_row["definition_id"])
+        try:
+            transition = complete_task(process, state, task.id, report.variables)
+        except EngineStepError as exc:
+            log.error("cannot advance instance %s: %s", task.instance_id, exc)
+            self._uow.incident(task.instance_id, task.node_id, "engine", str(exc), task_id=task.id)
+            return
+        self._states[task.instance_id] = transition.state
+        self._uow.changed_instances[task.instance_id] = transition.state
+        apply_transition(self._uow, self._info(task.instance_id), transition)
+
+    def _failure(self, item: IncomingReport, report: Failed, task: TaskRow) -> None:
+        repeated, payload_hash = self._seen_before(item, report, task)
+        if repeated:
+            return
+        self._ledger.insert(report, payload_hash)
+        current = task.status in ("queued", "claimed") and task.attempt == report.attempt
+        if not current:
+            self._uow.count("reports_stale")
+            self._notify(
+                item, ReportAnswer(task_id=task.id, attempt=report.attempt, status="stale")
+            )
+            return
+        node = self._node(task)
+        decision = after_failure(
+            node.retry,
+            attempt=task.attempt,
+            retries_left=task.retries_left,
+            error_code=report.error_code,
+            retries_override=report.retries,
+            delay_override_ms=report.retry_delay_ms,
+            unit_random=random.random(),
+        )
+        task.error, task.error_details = report.error_message, report.error_details
+        task.worker_id, task.lease_ms = None, None
+        self._uow.changed_tasks[task.id] = task
+        detail = {"attempt": task.attempt, "error": report.error_message}
+        self._uow.record(task.instance_id, "task_failed", task.node_id, task.id, detail)
+        if isinstance(decision, GiveUp):
+            task.status, task.retries_left = "incident", 0
+            self._uow.incident(
+                task.instance_id,
+                task.node_id,
+                "failed_task",
+                f"{report.error_message} ({decision.reason})",
+                task_id=task.id,
+                details=report.error_details,
+            )
+        else:
+            task.status, task.retries_left = "retry_wait", decision.retries_left
+            task.due_ms = decision.delay_ms
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _node(self, task: TaskRow) -> ServiceTask:
+        process = self._processes.cached(self._instances[task.instance_id]["definition_id"])
+        node = process.nodes[task.node_id]
+        if not isinstance(node, ServiceTask):
+            raise EngineStepError(f"node {task.node_id} is not a service task")
+        return node
+
+    def _state(self, instance_id: str) -> InstanceState:
+        state = self._states.get(instance_id)
+        if state is None:
+            state = state_from_record(self._instances[instance_id])
+            self._states[instance_id] = state
+        return state
+
+    def _info(self, instance_id: str) -> InstanceInfo:
+        row = self._instances[instance_id]
+        return InstanceInfo(instance_id, row["process_key"], row["business_key"])
+
+    def _notify(
+        self, item: IncomingReport, notice: LockAnswer | TaskRevoked | ReportAnswer
+    ) -> None:
+        if item.reply_to:
+            body = orjson.dumps(notice.model_dump(mode="json"))
+            self._outcome.notices.append(Notice(item.reply_to, body))

@@ -1,0 +1,38 @@
+"""Run named background loops; if one dies, stop them all and fail loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundTaskDied(RuntimeError):
+    """A background loop of the engine stopped unexpectedly."""
+
+
+async def supervise(
+    loops: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event, *, grace_s: float = 5.0
+) -> None:
+    """Loops watch `stop` and return after their current batch; stragglers are cancelled."""
+    tasks = {asyncio.create_task(coro, name=name): name for name, coro in loops.items()}
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is stopper:
+                continue
+            name = tasks[task]  # type: ignore[index]
+            error = task.exception()
+            log.critical("background task %r died: %r", name, error)
+            raise BackgroundTaskDied(f"background task {name!r} died: {error!r}") from error
+    finally:
+        stop.set()
+        stopper.cancel()
+        await asyncio.wait([*tasks], timeout=grace_s)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, stopper, return_exceptions=True)

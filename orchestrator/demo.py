@@ -1,0 +1,145 @@
+"""`orchestrator demo`: the order process end to end, with its own engine and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from orchestrator.client import Client
+from orchestrator.config import Settings
+from orchestrator.services import resolve
+
+WORKER_SPEC = "workers.examples.order:worker"
+
+
+def example_definition() -> str:
+    return resources.files("orchestrator.definitions").joinpath("examples/order.yaml").read_text()
+
+
+def run_demo(settings: Settings, instances: int, workers: int, timeout: float) -> int:
+    return asyncio.run(_demo(settings, instances, workers, timeout))
+
+
+async def _demo(settings: Settings, instances: int, workers: int, timeout: float) -> int:
+    services = await resolve(settings.database_url, settings.amqp_url)
+    settings = replace(settings, database_url=services.database_url, amqp_url=services.amqp_url)
+    logs = Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        processes.append(await _spawn(settings, logs / "engine.log", "engine"))
+        for index in range(workers):
+            processes.append(
+                await _spawn(settings, logs / f"worker-{index}.log", "worker", WORKER_SPEC)
+            )
+        return await _drive(settings, instances, timeout, processes, logs)
+    finally:
+        await _stop_all(processes)
+        services.stop()
+
+
+async def _spawn(settings: Settings, log: Path, *args: str) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "ORCH_DATABASE_URL": settings.database_url,
+        "ORCH_AMQP_URL": settings.amqp_url,
+        "ORCH_NAMESPACE": settings.namespace,
+    }
+    with log.open("wb") as sink:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator", *args, env=env, stdout=sink, stderr=sink
+        )
+
+
+async def _stop_all(processes: list[asyncio.subprocess.Process]) -> None:
+    for process in processes:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+
+
+async def _drive(
+    settings: Settings,
+    instances: int,
+    timeout: float,
+    processes: list[asyncio.subprocess.Process],
+    logs: Path,
+) -> int:
+    async with Client(settings, name="orchestrator-demo") as client:
+        deployed = await client.deploy(example_definition(), filename="order.yaml")
+        _status(
+            f"deployed {deployed['process_key']} v{deployed['version']}; "
+            f"engine and workers log to {logs}"
+        )
+        before = await client.stats("order")
+        run = uuid.uuid4().hex[:8]
+        started_at = time.monotonic()
+        await asyncio.gather(
+            *(
+                client.start(
+                    "order",
+                    business_key=f"demo-{run}-{i}",
+                    variables={"quantity": random.randint(1, 12), "order_no": i},
+                )
+                for i in range(instances)
+            )
+        )
+        _status(f"started {instances} instances")
+        summary = await _wait_for_completion(client, before, instances, timeout, processes)
+    summary["elapsed_s"] = round(time.monotonic() - started_at, 3)
+    summary["instances"] = instances
+    sys.stderr.write("\n")
+    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    return 0 if summary["completed"] == instances else 1
+
+
+async def _wait_for_completion(
+    client: Client,
+    before: dict[str, Any],
+    instances: int,
+    timeout: float,
+    processes: list[asyncio.subprocess.Process],
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await client.stats("order")
+        completed = _delta(stats, before, "completed")
+        active = _delta(stats, before, "active")
+        incidents = stats["open_incidents"] - before["open_incidents"]
+        _status(f"completed {completed}/{instances}  active {active}  incidents {incidents}")
+        dead = [p.pid for p in processes if p.returncode is not None]
+        if completed >= instances or time.monotonic() > deadline or dead:
+            return {
+                "completed": completed,
+                "active": active,
+                "incidents": incidents,
+                "dead_processes": dead,
+                "ok": completed == instances,
+            }
+        await asyncio.sleep(0.25)
+
+
+def _delta(stats: dict[str, Any], before: dict[str, Any], state: str) -> int:
+    now: int = stats["instances"].get(state, 0)
+    then: int = before["instances"].get(state, 0)
+    return now - then
+
+
+def _status(line: str) -> None:
+    sys.stderr.write(f"\r{line}\033[K" if sys.stderr.isatty() else f"{line}\n")
+    sys.stderr.flush()

@@ -1,0 +1,70 @@
+"""One root exception; each subclass's docstring is its default message."""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """The orchestrator failed."""
+
+    code = "error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class DefinitionError(OrchestratorError):
+    """The process definition is invalid."""
+
+    code = "invalid_definition"
+
+    def __init__(self, problems: list[str] | str) -> None:
+        if isinstance(problems, str):  # rebuilt from a command reply
+            problems = [line.strip(" -") for line in problems.splitlines()[1:]] or [problems]
+        self.problems = problems
+        super().__init__("invalid process definition:\n  - " + "\n  - ".join(problems))
+
+
+class NotFound(OrchestratorError):
+    """The requested object does not exist."""
+
+    code = "not_found"
+
+
+class IdempotencyConflict(OrchestratorError):
+    """The idempotency key was already used with a different payload."""
+
+    code = "idempotency_conflict"
+
+
+class BusinessKeyConflict(OrchestratorError):
+    """An active instance of this process already has this business key."""
+
+    code = "business_key_conflict"
+
+
+class InvalidCommand(OrchestratorError):
+    """The command is malformed."""
+
+    code = "invalid_command"
+
+
+class ServiceUnavailable(OrchestratorError):
+    """PostgreSQL or RabbitMQ cannot be reached."""
+
+    code = "service_unavailable"
+
+
+class CommandTimeout(OrchestratorError):
+    """The engine did not answer in time."""
+
+    code = "timeout"
+
+
+ERRORS_BY_CODE: dict[str, type[OrchestratorError] | type[DefinitionError]] = {
+    cls.code: cls
+    for cls in (NotFound, IdempotencyConflict, BusinessKeyConflict, InvalidCommand, DefinitionError)
+}

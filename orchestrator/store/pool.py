@@ -1,0 +1,37 @@
+"""Connection pool with jsonb decoded by orjson."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
+    )
+
+
+async def create_pool(url: str, *, size: int = 8, timeout: float = 5.0) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=1,
+        max_size=size,
+        timeout=timeout,
+        command_timeout=60,
+        init=_init_connection,
+        server_settings={"application_name": "orchestrator"},
+    )
+    if pool is None:  # asyncpg types it Optional; it is never None once awaited
+        raise RuntimeError("asyncpg returned no pool")
+    return pool

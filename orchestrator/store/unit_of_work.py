@@ -1,0 +1,202 @@
+"""Everything one engine transaction writes, collected in memory and written in few round trips.
+
+The engine decides in Python (under row locks) and this class turns the decisions into
+batched statements: one executemany per kind of row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from orchestrator.engine.state import InstanceState, Token
+from orchestrator.store.queries import Q
+
+OPEN_TASK_STATES = frozenset({"queued", "claimed", "retry_wait", "incident"})
+
+
+@dataclass
+class TaskRow:
+    """A task row, changed in memory during a batch and written once at its end."""
+
+    id: str
+    instance_id: str
+    node_id: str
+    topic: str
+    status: str
+    attempt: int
+    retries_left: int
+    lock_ms: int
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    lease_expiries: int
+    #: Pending: set the lease (or the retry due time) to now + this many ms on write.
+    lease_ms: int | None = None
+    due_ms: int | None = None
+    error: str | None = None
+    error_details: str | None = None
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> TaskRow:
+        return cls(
+            id=str(record["id"]),
+            instance_id=str(record["instance_id"]),
+            node_id=record["node_id"],
+            topic=record["topic"],
+            status=record["status"],
+            attempt=record["attempt"],
+            retries_left=record["retries_left"],
+            lock_ms=record["lock_ms"],
+            worker_id=record["worker_id"],
+            lease_expires_at=record["lease_expires_at"],
+            lease_expiries=record["lease_expiries"],
+        )
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_TASK_STATES
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    routing_key: str
+    message_id: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """An outbox row after insert: the relay publishes it, then deletes it by id."""
+
+    id: int
+    message: OutboxMessage
+
+
+def state_to_row(state: InstanceState) -> tuple[Any, ...]:
+    tokens = [[t.id, t.node_id, t.task_id] for t in state.tokens]
+    return (state.id, state.status, state.variables, tokens, state.seq)
+
+
+def state_from_record(record: asyncpg.Record) -> InstanceState:
+    tokens = tuple(Token(t[0], t[1], t[2]) for t in record["tokens"])
+    return InstanceState(
+        str(record["id"]), record["status"], record["variables"], tokens, record["seq"]
+    )
+
+
+@dataclass
+class UnitOfWork:
+    new_instances: list[tuple[Any, ...]] = field(default_factory=list)
+    changed_instances: dict[str, InstanceState] = field(default_factory=dict)
+    new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
+    changed_tasks: dict[str, TaskRow] = field(default_factory=dict)
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    incidents: list[tuple[Any, ...]] = field(default_factory=list)
+    ledger_inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    ledger_repeats: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    ended_instances: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+    def record(
+        self,
+        instance_id: str,
+        kind: str,
+        node_id: str | None = None,
+        task_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.history.append((instance_id, kind, node_id, task_id, detail))
+
+    def incident(
+        self, instance_id: str, node_id: str, kind: str, message: str, **extra: str | None
+    ) -> None:
+        incident_id = str(uuid.uuid4())
+        self.incidents.append(
+            (
+                incident_id,
+                instance_id,
+                extra.get("task_id"),
+                node_id,
+                kind,
+                message,
+                extra.get("details"),
+            )
+        )
+        self.record(
+            instance_id,
+            "incident_raised",
+            node_id,
+            extra.get("task_id"),
+            {"incident_id": incident_id, "kind": kind, "message": message},
+        )
+        self.count("incidents_raised")
+
+    def repeat(self, task_id: str, slot: str, *, conflict: bool) -> None:
+        counts = self.ledger_repeats.setdefault((task_id, slot), [0, 0])
+        counts[1 if conflict else 0] += 1
+        self.count("reports_conflicting" if conflict else "reports_duplicate")
+
+    async def write(self, conn: asyncpg.Connection, outbox_claim_ms: int) -> list[PublishedRow]:
+        """Write everything; return the outbox rows this engine should publish after commit."""
+        if self.new_instances:
+            await conn.executemany(Q.insert_instance, self.new_instances)
+        if self.changed_instances:
+            rows = [state_to_row(state) for state in self.changed_instances.values()]
+            await conn.executemany(Q.update_instance, rows)
+        if self.ended_instances:
+            await conn.execute(Q.release_business_keys, self.ended_instances)
+        if self.new_tasks:
+            await conn.executemany(Q.insert_task, self.new_tasks)
+        if self.changed_tasks:
+            await conn.executemany(
+                Q.update_task, [_task_args(t) for t in self.changed_tasks.values()]
+            )
+        if self.ledger_inserts:
+            await conn.executemany(Q.insert_ledger, self.ledger_inserts)
+        if self.ledger_repeats:
+            repeats = [(t, s, d, c) for (t, s), (d, c) in self.ledger_repeats.items()]
+            await conn.executemany(Q.count_ledger_repeats, repeats)
+        if self.incidents:
+            await conn.executemany(Q.insert_incident, self.incidents)
+        if self.history:
+            await conn.executemany(Q.insert_history, self.history)
+        if self.counters:
+            await conn.executemany(Q.bump_counter, list(self.counters.items()))
+        return await self._write_outbox(conn, outbox_claim_ms)
+
+    async def _write_outbox(
+        self, conn: asyncpg.Connection, outbox_claim_ms: int
+    ) -> list[PublishedRow]:
+        if not self.outbox:
+            return []
+        ids = await conn.fetch(
+            Q.insert_outbox,
+            [m.routing_key for m in self.outbox],
+            [m.message_id for m in self.outbox],
+            [m.body for m in self.outbox],
+            outbox_claim_ms,
+        )
+        return [PublishedRow(row["id"], m) for row, m in zip(ids, self.outbox, strict=True)]
+
+
+def _task_args(task: TaskRow) -> tuple[Any, ...]:
+    return (
+        task.id,
+        task.status,
+        task.attempt,
+        task.retries_left,
+        task.worker_id,
+        task.lease_ms,
+        task.due_ms,
+        task.lease_expiries,
+        task.error,
+        task.error_details,
+    )

@@ -1,0 +1,65 @@
+"""What a handler sees of its task."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    task_id: str
+    """Id of the task; the same for every attempt."""
+    attempt: int
+    """1 for the first delivery, then one more for each retry or expired lease."""
+    retries_left: int
+    """Failed attempts still allowed by the retry policy after this one."""
+    topic: str
+    instance_id: str
+    process_key: str
+    node_id: str
+    """Id of the service task in the process definition."""
+    business_key: str | None
+    lock_ms: int
+    """The visibility deadline: how long this worker holds the task without extending."""
+    idempotency_key: str
+    """Pass to the services the handler calls so a repeated attempt has no second effect."""
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    held: bool
+    """False: another worker has the task now, or it is closed. Stop working on it."""
+    cancelled: bool
+    """The instance was cancelled meanwhile."""
+
+
+class TaskContext:
+    """Handed to every handler: the task's variables and identity, and its lock."""
+
+    def __init__(
+        self,
+        info: TaskInfo,
+        variables: dict[str, Any],
+        extend: Callable[[int], Awaitable[LockStatus]],
+    ) -> None:
+        self.info = info
+        self.variables = variables
+        self._extend = extend
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.info.idempotency_key
+
+    @property
+    def attempt(self) -> int:
+        return self.info.attempt
+
+    @property
+    def business_key(self) -> str | None:
+        return self.info.business_key
+
+    async def extend_lock(self, lock_ms: int | None = None) -> LockStatus:
+        """Hold the task for another `lock_ms` (default: its lock duration) from now."""
+        return await self._extend(lock_ms or self.info.lock_ms)

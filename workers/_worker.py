@@ -1,0 +1,387 @@
+"""The worker: takes tasks from topic queues, runs handlers, reports back with confirms.
+
+The lease protocol (see docs/wire-protocol.md): a delivery stays unacked until the worker's
+`claimed` report (or, for a task that finishes within `claim_after_ms`, its outcome) is
+confirmed by the broker; from then on the engine's lease in PostgreSQL is the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from pydantic import ValidationError
+
+from orchestrator.broker.connection import connect
+from orchestrator.broker.publisher import Outgoing, Publisher
+from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology, declare_task_queue
+from orchestrator.config import Settings
+from orchestrator.model.wire import (
+    NOTICE_ADAPTER,
+    BpmnErrorReport,
+    Claimed,
+    Completed,
+    ExtendLock,
+    Failed,
+    LockAnswer,
+    Released,
+    TaskMessage,
+    TaskRevoked,
+)
+from workers._context import LockStatus, TaskContext, TaskInfo
+from workers._errors import BpmnError, LockLost, TaskFailure
+
+log = logging.getLogger(__name__)
+Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
+Report = Claimed | Completed | Failed | BpmnErrorReport | ExtendLock | Released
+_TRACEBACK_LIMIT = 4_000
+
+
+@dataclass
+class _Topic:
+    name: str
+    handler: Handler
+    concurrency: int
+    #: Deliveries beyond this wait unclaimed (their lease has not started) for a free slot.
+    slots: asyncio.Semaphore | None = None
+
+
+@dataclass
+class _Running:
+    task: TaskMessage
+    delivery: AbstractIncomingMessage
+    handler: asyncio.Task[None] | None = None
+    acked: bool = False
+    claim_sent: bool = False
+    revoked: bool = False
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Worker:
+    """Register handlers with `@worker.task("topic")`, then `worker.run()`."""
+
+    def __init__(
+        self,
+        name: str = "worker",
+        *,
+        settings: Settings | None = None,
+        claim_after_ms: float = 20.0,
+        shutdown_grace_s: float = 20.0,
+        lock_answer_timeout_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.claim_after_ms = claim_after_ms
+        self.shutdown_grace_s = shutdown_grace_s
+        self.lock_answer_timeout_s = lock_answer_timeout_s
+        self.worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._topics: dict[str, _Topic] = {}
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._lock_answers: dict[str, asyncio.Future[LockAnswer]] = {}
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: Publisher | None = None
+        self._inbox_name = ""
+        self._consumers: list[tuple[Any, str]] = []
+        self._stopping = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def task(self, topic: str, *, concurrency: int = 10) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            if topic in self._topics:
+                raise ValueError(f"topic {topic!r} already has a handler")
+            self._topics[topic] = _Topic(topic, handler, concurrency)
+            return handler
+
+        return register
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await self.run_until(stop)
+
+        try:
+            import uvloop
+
+            uvloop.run(main())
+        except ImportError:  # pragma: no cover
+            asyncio.run(main())
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        if not self._topics:
+            raise ValueError("the worker has no handlers: register one with @worker.task(topic)")
+        settings = self.settings or Settings.from_env()
+        topology = Topology(settings.namespace)
+        self._topology = topology
+        self._connection = await connect(settings.amqp_url, name=self.worker_id)
+        self._publisher = await Publisher.open(self._connection)
+        inbox_channel = await self._connection.channel()
+        self._inbox_name = f"{topology.namespace}.worker.{self.worker_id}"
+        inbox = await inbox_channel.declare_queue(
+            self._inbox_name, exclusive=True, auto_delete=True
+        )
+        await inbox.consume(self._on_notice, no_ack=True)
+        for topic in self._topics.values():
+            topic.slots = asyncio.Semaphore(topic.concurrency)
+            channel = await self._connection.channel()
+            await channel.set_qos(prefetch_count=topic.concurrency)
+            queue = await declare_task_queue(channel, topology, topic.name)
+            tag = await queue.consume(self._on_task, no_ack=False)
+            self._consumers.append((queue, tag))
+        log.info("worker %s consuming %s", self.worker_id, ", ".join(self._topics))
+
+    async def shutdown(self) -> None:
+        """Stop taking tasks; let running ones finish for a grace period; give back the rest."""
+        self._stopping.set()
+        for queue, tag in self._consumers:
+            try:
+                await queue.cancel(tag)
+            except Exception:  # connection already gone: the broker requeued everything
+                log.debug("could not cancel consumer %s", tag)
+        running = [r.settled.wait() for r in self._running.values()]
+        if running:
+            try:
+                await asyncio.wait_for(asyncio.gather(*running), self.shutdown_grace_s)
+            except TimeoutError:
+                log.warning(
+                    "%d tasks still running after the grace period: giving them back",
+                    len(self._running),
+                )
+        for item in list(self._running.values()):
+            await self._give_back(item)
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def _give_back(self, item: _Running) -> None:
+        if item.handler is not None and not item.handler.done():
+            item.revoked = True
+            item.handler.cancel()
+        if item.acked:
+            await self._send(item, Released(**self._ids(item)))
+        else:
+            try:
+                await item.delivery.nack(requeue=True)
+            except Exception:
+                log.debug("nack failed; the broker requeues on close")
+
+    # --- deliveries --------------------------------------------------------------------
+
+    async def _on_task(self, delivery: AbstractIncomingMessage) -> None:
+        try:
+            task = TaskMessage.model_validate_json(delivery.body)
+        except ValidationError as exc:
+            log.error("malformed task message %s dead-lettered: %s", delivery.message_id, exc)
+            await delivery.reject(requeue=False)
+            return
+        key = (task.task_id, task.attempt)
+        if self._stopping.is_set():
+            await delivery.nack(requeue=True)
+            return
+        existing = self._running.get(key)
+        if existing is not None:
+            # Redelivered after a reconnect while still running here: keep the new tag.
+            if existing.acked:
+                await delivery.ack()
+            else:
+                existing.delivery = delivery
+            return
+        item = _Running(task, delivery)
+        self._running[key] = item
+        item.handler = asyncio.create_task(self._execute(item))
+
+    async def _execute(self, item: _Running) -> None:
+        topic = self._topics[item.task.topic]
+        report: Report | None = None
+        if topic.slots is None:
+            raise RuntimeError("worker is not started")
+        try:
+            async with topic.slots:
+                # A task that finishes within claim_after_ms sends its outcome only; a longer
+                # one claims first, so its lease starts about when its handler did.
+                claim = asyncio.get_running_loop().call_later(
+                    self.claim_after_ms / 1000, lambda: self._spawn(self._claim(item))
+                )
+                try:
+                    report = await self._call_handler(topic.handler, item)
+                finally:
+                    claim.cancel()
+        except asyncio.CancelledError:
+            report = None
+        try:
+            if report is not None and not item.revoked:
+                await self._send(item, report)
+            elif item.revoked and not item.acked and not self._stopping.is_set():
+                await self._ack(item)
+        finally:
+            item.settled.set()
+            self._running.pop((item.task.task_id, item.task.attempt), None)
+
+    async def _call_handler(self, handler: Handler, item: _Running) -> Report:
+        task = item.task
+        info = TaskInfo(
+            task.task_id,
+            task.attempt,
+            task.retries_left,
+            task.topic,
+            task.instance_id,
+            task.process_key,
+            task.node_id,
+            task.business_key,
+            task.lock_ms,
+            task.idempotency_key,
+        )
+        context = TaskContext(
+            info, dict(task.variables), lambda lock_ms: self._extend(item, lock_ms)
+        )
+        ids = self._ids(item)
+        try:
+            result = await handler(context)
+        except BpmnError as exc:
+            return BpmnErrorReport(
+                **ids, code=exc.code, message=exc.message, variables=exc.variables
+            )
+        except TaskFailure as exc:
+            return Failed(
+                **ids,
+                error_message=str(exc)[:10_000],
+                error_code=exc.error_code,
+                error_details=exc.details or _short_traceback(exc),
+                retries=exc.retries,
+                retry_delay_ms=exc.retry_delay_ms,
+            )
+        except Exception as exc:
+            log.warning("task %s attempt %d failed: %r", task.task_id, task.attempt, exc)
+            return Failed(
+                **ids,
+                error_message=f"{type(exc).__name__}: {exc}"[:10_000],
+                error_details=_short_traceback(exc),
+            )
+        return Completed(**ids, variables=result or {})
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _ids(self, item: _Running) -> dict[str, Any]:
+        return {
+            "task_id": item.task.task_id,
+            "attempt": item.task.attempt,
+            "worker_id": self.worker_id,
+        }
+
+    async def _claim(self, item: _Running) -> None:
+        if item.claim_sent or item.settled.is_set():
+            return
+        await self._send(item, Claimed(**self._ids(item)))
+
+    async def _send(self, item: _Running, report: Report) -> None:
+        """Publish a report until the broker confirms it; then the delivery can be acked."""
+        if isinstance(report, Claimed | Completed | Failed | BpmnErrorReport):
+            item.claim_sent = True
+        delay = 0.1
+        while True:
+            try:
+                await self._publish(report)
+                break
+            except Exception as exc:
+                if self._stopping.is_set() and delay > 1:
+                    log.error("giving up on report for %s: %s", item.task.task_id, exc)
+                    return
+                log.warning("report for %s not confirmed (%s); retrying", item.task.task_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if not item.acked:
+            await self._ack(item)
+
+    async def _publish(self, report: Report) -> None:
+        if self._publisher is None:
+            raise RuntimeError("worker is not started")
+        body = orjson.dumps(report.model_dump(mode="json"))
+        await self._publisher.publish(
+            Outgoing(
+                self._topology.reports_exchange,
+                REPORT_ROUTING_KEY,
+                body,
+                message_id=f"{report.task_id}:{report.attempt}:{report.type}",
+                reply_to=self._inbox_name,
+            )
+        )
+
+    async def _ack(self, item: _Running) -> None:
+        item.acked = True
+        try:
+            await item.delivery.ack()
+        except Exception as exc:  # channel replaced by a reconnect: its tags are gone
+            log.info("ack of %s skipped (%s); the broker redelivers it", item.task.task_id, exc)
+
+    # --- engine answers ----------------------------------------------------------------
+
+    async def _extend(self, item: _Running, lock_ms: int) -> LockStatus:
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[LockAnswer] = asyncio.get_running_loop().create_future()
+        self._lock_answers[request_id] = future
+        try:
+            await self._send(
+                item, ExtendLock(**self._ids(item), lock_ms=lock_ms, request_id=request_id)
+            )
+            answer = await asyncio.wait_for(future, self.lock_answer_timeout_s)
+        except TimeoutError:
+            raise LockLost(f"no answer to extend_lock of task {item.task.task_id}") from None
+        finally:
+            self._lock_answers.pop(request_id, None)
+        return LockStatus(held=answer.held, cancelled=answer.cancelled)
+
+    async def _on_notice(self, message: AbstractIncomingMessage) -> None:
+        try:
+            notice = NOTICE_ADAPTER.validate_json(message.body)
+        except ValidationError:
+            log.warning("ignoring a malformed notice")
+            return
+        if isinstance(notice, LockAnswer):
+            future = self._lock_answers.get(notice.request_id)
+            if future is not None and not future.done():
+                future.set_result(notice)
+        elif isinstance(notice, TaskRevoked):
+            item = self._running.get((notice.task_id, notice.attempt))
+            if item is not None and item.handler is not None and not item.handler.done():
+                log.info(
+                    "task %s attempt %d revoked (%s)", notice.task_id, notice.attempt, notice.reason
+                )
+                item.revoked = True
+                item.handler.cancel()
+        else:
+            log.info(
+                "engine answered task %s attempt %d: %s",
+                notice.task_id,
+                notice.attempt,
+                notice.status,
+            )
+
+
+def _short_traceback(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc))
+    return text[-_TRACEBACK_LIMIT:]

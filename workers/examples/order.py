@@ -1,0 +1,32 @@
+"""Example workers for the order process (orchestrator/definitions/examples/order.yaml).
+
+Run them with: orchestrator worker workers.examples.order:worker
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers import TaskContext, Worker
+
+worker = Worker("order-workers")
+
+#: Orders of more items than this are out of stock in the example.
+STOCK_LIMIT = 10
+
+
+@worker.task("reserve-stock", concurrency=50)
+async def reserve_stock(task: TaskContext) -> dict[str, Any]:
+    quantity = int(task.variables.get("quantity", 1))
+    return {"reserved": quantity <= STOCK_LIMIT}
+
+
+@worker.task("charge-payment", concurrency=50)
+async def charge_payment(task: TaskContext) -> dict[str, Any]:
+    # A real payment service gets the idempotency key, so a retried attempt charges once.
+    return {"payment_id": f"pay-{task.idempotency_key[:8]}"}
+
+
+@worker.task("ship-order", concurrency=50)
+async def ship_order(task: TaskContext) -> dict[str, Any]:
+    return {"tracking_number": f"TRK-{task.business_key or task.info.instance_id[:8]}"}
