@@ -1,0 +1,225 @@
+"""Helpers shared by the integration tests: databases, namespaces, engines and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import asyncpg
+import orjson
+
+from orchestrator.broker.topology import Topology
+from orchestrator.config import Settings
+from orchestrator.daemon.app import Engine
+from orchestrator.store.migrate import apply_migrations, ensure_database
+from orchestrator.store.pool import create_pool
+from workers import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def create_template(base_url: str, name: str) -> str:
+    url = with_database(base_url, name)
+    await drop_database(base_url, name)
+    await ensure_database(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+async def clone_database(base_url: str, template: str, name: str) -> str:
+    conn = await asyncpg.connect(with_database(base_url, "postgres"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+    return with_database(base_url, name)
+
+
+async def drop_database(base_url: str, name: str) -> None:
+    conn = await asyncpg.connect(with_database(base_url, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def new_namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+async def delete_namespace(amqp_url: str, namespace: str, topics: set[str]) -> None:
+    """Remove what a test declared, so durable test queues do not pile up in the broker."""
+    topology = Topology(namespace)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        queues = [topology.reports_queue, topology.commands_queue, topology.dead_queue]
+        queues += [topology.task_queue(topic) for topic in topics]
+        exchanges = [topology.tasks_exchange, topology.reports_exchange,
+                     topology.commands_exchange, topology.dead_exchange]
+        for queue in queues:
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+        for exchange in exchanges:
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, timeout: float, what: str, interval: float = 0.05
+) -> float:
+    """Poll `check` until true; fail with `what` after `timeout` seconds. Returns the wait."""
+    started = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
+    engine = Engine(settings)
+    task = asyncio.create_task(engine.run())
+    try:
+        yield engine
+    finally:
+        engine.stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(worker: Worker) -> AsyncIterator[Worker]:
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def database(url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(url, size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ORCH_")}
+    env.update(ORCH_DATABASE_URL=settings.database_url, ORCH_AMQP_URL=settings.amqp_url,
+               ORCH_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env
+
+
+class Processes:
+    """Engines and workers as real OS processes, so tests can kill -9 and SIGSTOP them."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, label: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{label}-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "--log-level", "INFO", *args],
+            cwd=ROOT, env=process_env(self.settings, **env), stdout=log, stderr=log,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def engine(self, **env: str) -> subprocess.Popen[bytes]:
+        return self.spawn("engine", "engine", **env)
+
+    def worker(self, spec: str, **env: str) -> subprocess.Popen[bytes]:
+        return self.spawn("worker", "worker", spec, **env)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)
+                    proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self.log_dir.glob("*.log"))
+        )
+
+
+async def publish_raw(
+    settings: Settings, exchange: str, routing_key: str, body: bytes, **properties: Any
+) -> None:
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        target = await channel.get_exchange(exchange)
+        await target.publish(aio_pika.Message(body, **properties), routing_key)
+    finally:
+        await connection.close()
+
+
+def json_body(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+async def instance_states(pool: asyncpg.Pool, process_key: str) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT status, count(*) AS n FROM process_instances WHERE process_key = $1 "
+        "GROUP BY status", process_key)
+    return {row["status"]: row["n"] for row in rows}
+
+
+async def counter(pool: asyncpg.Pool, name: str) -> int:
+    value = await pool.fetchval("SELECT value FROM engine_counters WHERE name = $1", name)
+    return int(value or 0)
+
+
+def sequential_process(key: str, topics: list[str], *, lock: str = "30s",
+                       **task_options: Any) -> str:
+    """A YAML definition: start -> one service task per topic -> end."""
+    nodes: list[dict[str, Any]] = [{"id": "start", "type": "start_event"}]
+    flows: list[dict[str, Any]] = []
+    previous = "start"
+    for index, topic in enumerate(topics):
+        node_id = f"step{index + 1}"
+        nodes.append({"id": node_id, "type": "service_task", "topic": topic, "lock": lock,
+                      **task_options})
+        flows.append({"id": f"to_{node_id}", "from": previous, "to": node_id})
+        previous = node_id
+    nodes.append({"id": "end", "type": "end_event"})
+    flows.append({"id": "to_end", "from": previous, "to": "end"})
+    return orjson.dumps({"key": key, "nodes": nodes, "flows": flows}).decode()
