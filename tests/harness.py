@@ -73,8 +73,12 @@ async def delete_namespace(amqp_url: str, namespace: str, topics: set[str]) -> N
     try:
         queues = [topology.reports_queue, topology.commands_queue, topology.dead_queue]
         queues += [topology.task_queue(topic) for topic in topics]
-        exchanges = [topology.tasks_exchange, topology.reports_exchange,
-                     topology.commands_exchange, topology.dead_exchange]
+        exchanges = [
+            topology.tasks_exchange,
+            topology.reports_exchange,
+            topology.commands_exchange,
+            topology.dead_exchange,
+        ]
         for queue in queues:
             channel = await connection.channel()
             with contextlib.suppress(Exception):
@@ -131,8 +135,12 @@ async def database(url: str) -> AsyncIterator[asyncpg.Pool]:
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("ORCH_")}
-    env.update(ORCH_DATABASE_URL=settings.database_url, ORCH_AMQP_URL=settings.amqp_url,
-               ORCH_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))
+    env.update(
+        ORCH_DATABASE_URL=settings.database_url,
+        ORCH_AMQP_URL=settings.amqp_url,
+        ORCH_NAMESPACE=settings.namespace,
+        PYTHONPATH=str(ROOT),
+    )
     env.update(extra)
     return env
 
@@ -146,11 +154,14 @@ class Processes:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, label: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{label}-{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "--log-level", "INFO", *args],
-            cwd=ROOT, env=process_env(self.settings, **env), stdout=log, stderr=log,
-        )
+        with (self.log_dir / f"{label}-{len(self.procs)}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "--log-level", "INFO", *args],
+                cwd=ROOT,
+                env=process_env(self.settings, **env),
+                stdout=log,
+                stderr=log,
+            )
         self.procs.append(proc)
         return proc
 
@@ -199,7 +210,9 @@ def json_body(value: Any) -> bytes:
 async def instance_states(pool: asyncpg.Pool, process_key: str) -> dict[str, int]:
     rows = await pool.fetch(
         "SELECT status, count(*) AS n FROM process_instances WHERE process_key = $1 "
-        "GROUP BY status", process_key)
+        "GROUP BY status",
+        process_key,
+    )
     return {row["status"]: row["n"] for row in rows}
 
 
@@ -208,16 +221,18 @@ async def counter(pool: asyncpg.Pool, name: str) -> int:
     return int(value or 0)
 
 
-def sequential_process(key: str, topics: list[str], *, lock: str = "30s",
-                       **task_options: Any) -> str:
+def sequential_process(
+    key: str, topics: list[str], *, lock: str = "30s", **task_options: Any
+) -> str:
     """A YAML definition: start -> one service task per topic -> end."""
     nodes: list[dict[str, Any]] = [{"id": "start", "type": "start_event"}]
     flows: list[dict[str, Any]] = []
     previous = "start"
     for index, topic in enumerate(topics):
         node_id = f"step{index + 1}"
-        nodes.append({"id": node_id, "type": "service_task", "topic": topic, "lock": lock,
-                      **task_options})
+        nodes.append(
+            {"id": node_id, "type": "service_task", "topic": topic, "lock": lock, **task_options}
+        )
         flows.append({"id": f"to_{node_id}", "from": previous, "to": node_id})
         previous = node_id
     nodes.append({"id": "end", "type": "end_event"})

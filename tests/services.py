@@ -39,9 +39,7 @@ def choose_services(
     database_url = env.get("ORCH_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
     amqp_url = env.get("ORCH_TEST_AMQP_URL", DEFAULT_TEST_AMQP_URL)
     problems = [
-        problem
-        for problem in asyncio.run(_problems(database_url, amqp_url))
-        if problem is not None
+        problem for problem in asyncio.run(_problems(database_url, amqp_url)) if problem is not None
     ]
     if problems:
         raise ServicesMissing("; ".join(problems) + " (and no Docker engine answers)")

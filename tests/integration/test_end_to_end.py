@@ -42,32 +42,37 @@ async def test_order_runs_through_both_gateway_branches(
 ) -> None:
     topics.update({"reserve-stock", "charge-payment", "ship-order"})
     seen: list[tuple[str, int]] = []
-    async with running_engine(settings), running_worker(order_worker(settings, seen)):
-        async with Client(settings) as client:
-            deployed = await client.deploy(example_definition())
-            small = await client.start("order", business_key="o-1", variables={"quantity": 2})
-            large = await client.start("order", business_key="o-2", variables={"quantity": 50})
+    worker = order_worker(settings, seen)
+    async with running_engine(settings), running_worker(worker), Client(settings) as client:
+        deployed = await client.deploy(example_definition())
+        small = await client.start("order", business_key="o-1", variables={"quantity": 2})
+        large = await client.start("order", business_key="o-2", variables={"quantity": 50})
 
-            async def both_done() -> bool:
-                return (await instance_states(db, "order")).get("completed") == 2
+        async def both_done() -> bool:
+            return (await instance_states(db, "order")).get("completed") == 2
 
-            await wait_until(both_done, timeout=15, what="both orders to complete")
-            shipped = await client.get_instance(small.instance_id)
-            refused = await client.get_instance(large.instance_id)
+        await wait_until(both_done, timeout=15, what="both orders to complete")
+        shipped = await client.get_instance(small.instance_id)
+        refused = await client.get_instance(large.instance_id)
 
     assert deployed["version"] == 1
     assert shipped["state"] == "completed"
     assert shipped["variables"]["tracking"] == "T-o-1"
     assert shipped["variables"]["payment_id"] == shipped["tasks"][1]["id"]
     assert [t["node_id"] for t in shipped["tasks"]] == [
-        "reserve_stock", "charge_payment", "ship_order"]
+        "reserve_stock",
+        "charge_payment",
+        "ship_order",
+    ]
     assert shipped["open_tasks"] == []
     assert refused["state"] == "completed"
     assert [t["node_id"] for t in refused["tasks"]] == ["reserve_stock"]
-    assert any(h["kind"] == "end_event" and h["node_id"] == "out_of_stock"
-               for h in refused["history"])
-    assert sorted(seen) == sorted([("reserve-stock", 1)] * 2 + [("charge-payment", 1),
-                                                                ("ship-order", 1)])
+    assert any(
+        h["kind"] == "end_event" and h["node_id"] == "out_of_stock" for h in refused["history"]
+    )
+    assert sorted(seen) == sorted(
+        [("reserve-stock", 1)] * 2 + [("charge-payment", 1), ("ship-order", 1)]
+    )
 
 
 async def test_deploy_is_versioned_by_content(settings: Settings) -> None:
