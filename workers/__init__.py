@@ -2,7 +2,8 @@
 
 from workers._context import LockStatus, TaskContext, TaskInfo
 from workers._errors import BpmnError, LockLost, TaskFailure
-from workers._worker import Handler, Worker
+from workers._outcome import Handler
+from workers._worker import Worker
 
 __all__ = [
     "BpmnError",

@@ -12,9 +12,8 @@ import logging
 import os
 import signal
 import socket
-import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,13 +37,11 @@ from orchestrator.model.wire import (
     TaskMessage,
     TaskRevoked,
 )
-from workers._context import LockStatus, TaskContext, TaskInfo
-from workers._errors import BpmnError, LockLost, TaskFailure
+from workers._context import LockStatus, TaskContext
+from workers._errors import LockLost
+from workers._outcome import Handler, Report, info_of, run_handler
 
 log = logging.getLogger(__name__)
-Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
-Report = Claimed | Completed | Failed | BpmnErrorReport | ExtendLock | Released
-_TRACEBACK_LIMIT = 4_000
 
 
 @dataclass
@@ -241,45 +238,10 @@ class Worker:
 
     async def _call_handler(self, handler: Handler, item: _Running) -> Report:
         task = item.task
-        info = TaskInfo(
-            task.task_id,
-            task.attempt,
-            task.retries_left,
-            task.topic,
-            task.instance_id,
-            task.process_key,
-            task.node_id,
-            task.business_key,
-            task.lock_ms,
-            task.idempotency_key,
-        )
         context = TaskContext(
-            info, dict(task.variables), lambda lock_ms: self._extend(item, lock_ms)
+            info_of(task), dict(task.variables), lambda lock_ms: self._extend(item, lock_ms)
         )
-        ids = self._ids(item)
-        try:
-            result = await handler(context)
-        except BpmnError as exc:
-            return BpmnErrorReport(
-                **ids, code=exc.code, message=exc.message, variables=exc.variables
-            )
-        except TaskFailure as exc:
-            return Failed(
-                **ids,
-                error_message=str(exc)[:10_000],
-                error_code=exc.error_code,
-                error_details=exc.details or _short_traceback(exc),
-                retries=exc.retries,
-                retry_delay_ms=exc.retry_delay_ms,
-            )
-        except Exception as exc:
-            log.warning("task %s attempt %d failed: %r", task.task_id, task.attempt, exc)
-            return Failed(
-                **ids,
-                error_message=f"{type(exc).__name__}: {exc}"[:10_000],
-                error_details=_short_traceback(exc),
-            )
-        return Completed(**ids, variables=result or {})
+        return await run_handler(handler, context, self.worker_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -380,8 +342,3 @@ class Worker:
                 notice.attempt,
                 notice.status,
             )
-
-
-def _short_traceback(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc))
-    return text[-_TRACEBACK_LIMIT:]

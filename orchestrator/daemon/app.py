@@ -30,7 +30,7 @@ from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, Notice, ReportBatch
 from orchestrator.daemon.starts import StartBatch, StartResult
 from orchestrator.daemon.supervisor import supervise
-from orchestrator.errors import InvalidCommand, OrchestratorError
+from orchestrator.errors import InvalidCommand, OrchestratorError, ServiceUnavailable
 from orchestrator.faults import crash_point
 from orchestrator.model.wire import (
     Command,
@@ -262,7 +262,8 @@ class Engine:
                 )
             except Exception:  # let the queue's own dead-letter exchange take it instead
                 log.exception("could not publish a dead letter; rejecting it to the DLX")
-                await message.reject(requeue=False)
+                with contextlib.suppress(Exception):
+                    await message.reject(requeue=False)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -325,6 +326,8 @@ class Engine:
             return exc
         except (asyncpg.DataError, ValueError) as exc:
             return InvalidCommand(str(exc))
+        except RETRYABLE as exc:  # the client resends; the engine keeps running
+            return ServiceUnavailable(f"database unavailable: {exc}")
         return InvalidCommand(f"unsupported command {command.type}")
 
     async def _reply(self, message: Message, result: dict[str, Any] | OrchestratorError) -> None:

@@ -52,7 +52,13 @@ class Relay:
         """Publish rows this engine committed; rows that fail stay for the sweeper."""
         if not rows:
             return 0
-        await self.ensure_queues({row.message.routing_key for row in rows})
+        try:
+            await self.ensure_queues({row.message.routing_key for row in rows})
+        except Exception as exc:  # broker away: the rows wait in the outbox for the sweeper
+            log.warning(
+                "cannot declare task queues (%s); %d rows stay in the outbox", exc, len(rows)
+            )
+            return 0
         results = await self._publisher.publish_many([self._outgoing(r.message) for r in rows])
         confirmed = [row.id for row, error in zip(rows, results, strict=True) if error is None]
         failed = len(rows) - len(confirmed)
