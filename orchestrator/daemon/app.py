@@ -202,7 +202,7 @@ class Engine:
                 items.append((message, IncomingReport(report, message.reply_to)))
             except Malformed as exc:
                 dead.append((message, str(exc)))
-        outcome = await self._apply_reports([item for _, item in items], len(dead))
+        outcome = await self._apply_reports([item for _, item in items])
         dead.extend((items[index][0], reason) for index, reason in outcome.dead.items())
         crash_point("after_commit")
         await self.relay.publish(outcome.publish)
@@ -210,15 +210,15 @@ class Engine:
         await self._dead_letter(dead, self.topology.reports_queue)
         await ack_all(batch)
 
-    async def _apply_reports(self, items: list[IncomingReport], malformed: int) -> BatchOutcome:
+    async def _apply_reports(self, items: list[IncomingReport]) -> BatchOutcome:
         """Apply in one transaction; if that fails for a reason other than the database being
         away, split the batch to isolate the report that causes it and dead-letter that one."""
 
         async def work(conn: asyncpg.Connection) -> BatchOutcome:
             batch = ReportBatch(conn, self.processes, self.settings.outbox_claim_ms)
-            return await batch.run(items, malformed)
+            return await batch.run(items)
 
-        if not items and not malformed:
+        if not items:
             return BatchOutcome()
         try:
             return await in_transaction(self.pool, work, stop=self.stop)
@@ -229,8 +229,8 @@ class Engine:
                 log.exception("report could not be applied; dead-lettering it")
                 return BatchOutcome(dead={0: f"engine error: {type(exc).__name__}: {exc}"})
         middle = len(items) // 2
-        first = await self._apply_reports(items[:middle], malformed)
-        second = await self._apply_reports(items[middle:], 0)
+        first = await self._apply_reports(items[:middle])
+        second = await self._apply_reports(items[middle:])
         first.publish += second.publish
         first.notices += second.notices
         first.dead.update({index + middle: reason for index, reason in second.dead.items()})
@@ -246,6 +246,20 @@ class Engine:
             )
 
     async def _dead_letter(self, dead: list[tuple[Message, str]], source: str) -> None:
+        """Publish each to the dead exchange with its reason, and count them (outside the
+        batch's transaction, which may be the very thing that failed)."""
+        if not dead:
+            return
+        counter = (
+            "reports_dead_lettered"
+            if source == self.topology.reports_queue
+            else ("commands_dead_lettered")
+        )
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(Q.bump_counter, counter, len(dead))
+        except RETRYABLE as exc:
+            log.warning("could not count %d dead letters: %s", len(dead), exc)
         for message, reason in dead:
             log.warning("dead-lettering a message from %s: %s", source, reason)
             headers = {DEAD_REASON_HEADER: reason[:1000], "x-orch-source-queue": source}

@@ -74,15 +74,12 @@ class ReportBatch:
         self._states: dict[str, InstanceState] = {}
         self._outcome = BatchOutcome()
 
-    async def run(self, reports: list[IncomingReport], malformed: int) -> BatchOutcome:
-        if malformed:
-            self._uow.count("reports_dead_lettered", malformed)
+    async def run(self, reports: list[IncomingReport]) -> BatchOutcome:
         await self._lock([item.report.task_id for item in reports])
         for index, item in enumerate(reports):
             task = self._tasks.get(item.report.task_id)
             if task is None:
                 self._outcome.dead[index] = f"unknown task: {item.report.task_id}"
-                self._uow.count("reports_dead_lettered")
                 continue
             self._uow.count(f"reports_{item.report.type}")
             self._apply(item, task)

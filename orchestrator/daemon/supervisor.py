@@ -25,8 +25,10 @@ async def supervise(
         for task in done:
             if task is stopper:
                 continue
-            name = tasks[task]  # type: ignore[index]
             error = task.exception()
+            if error is None and stop.is_set():
+                continue  # a loop that saw the stop and returned: a clean shutdown
+            name = tasks[task]  # type: ignore[index]
             log.critical("background task %r died: %r", name, error)
             raise BackgroundTaskDied(f"background task {name!r} died: {error!r}") from error
     finally:

@@ -130,11 +130,12 @@ def body_of(report: Any) -> bytes:
 
 
 async def tasks_of(db: asyncpg.Pool, instance_id: str) -> list[asyncpg.Record]:
-    return await db.fetch(
+    rows: list[asyncpg.Record] = await db.fetch(
         "SELECT id::text AS id, node_id, status, attempt, worker_id FROM tasks "
         "WHERE instance_id = $1 ORDER BY created_at, id",
         instance_id,
     )
+    return rows
 
 
 async def history_count(db: asyncpg.Pool, task_id: str, kind: str) -> int:
@@ -183,7 +184,8 @@ async def finish_second_step(
     )
 
     async def completed() -> bool:
-        return (await instance_of(db, instance_id))["status"] == "completed"
+        status: str = (await instance_of(db, instance_id))["status"]
+        return status == "completed"
 
     await wait_until(completed, timeout=TIMEOUT, what="the instance to complete after step 2")
     return await instance_of(db, instance_id)
