@@ -1,8 +1,8 @@
 """The worker: takes tasks from topic queues, runs handlers, reports back with confirms.
 
-The lease protocol (see docs/wire-protocol.md): a delivery stays unacked until the worker's
-`claimed` report (or, for a task that finishes within `claim_after_ms`, its outcome) is
-confirmed by the broker; from then on the engine's lease in PostgreSQL is the truth.
+The lease protocol (see docs/wire-protocol.md): the worker claims a task `claim_after_ms` after
+its handler started (a task done sooner sends only its outcome); the engine's lease in
+PostgreSQL runs from that claim. The delivery itself is acked when the outcome is confirmed.
 """
 
 from __future__ import annotations
@@ -44,12 +44,16 @@ from workers._outcome import Handler, Report, info_of, run_handler
 log = logging.getLogger(__name__)
 
 
+#: Reports after which the delivery is done with and can be acked.
+_SETTLING = (Completed, Failed, BpmnErrorReport, Released)
+
+
 @dataclass
 class _Topic:
     name: str
     handler: Handler
     concurrency: int
-    #: Deliveries beyond this wait unclaimed (their lease has not started) for a free slot.
+    #: Prefetch equals concurrency, so this only matters for redeliveries after a reconnect.
     slots: asyncio.Semaphore | None = None
 
 
@@ -176,9 +180,10 @@ class Worker:
         if item.handler is not None and not item.handler.done():
             item.revoked = True
             item.handler.cancel()
-        if item.acked:
+        if item.claim_sent:
+            # The engine holds a lease for us: release it so a new attempt goes out at once.
             await self._send(item, Released(**self._ids(item)))
-        else:
+        elif not item.acked:
             try:
                 await item.delivery.nack(requeue=True)
             except Exception:
@@ -216,6 +221,9 @@ class Worker:
             raise RuntimeError("worker is not started")
         try:
             async with topic.slots:
+                if item.delivery.redelivered and not await self._still_ours(item):
+                    item.revoked = True
+                    raise asyncio.CancelledError
                 # A task that finishes within claim_after_ms sends its outcome only; a longer
                 # one claims first, so its lease starts about when its handler did.
                 claim = asyncio.get_running_loop().call_later(
@@ -260,8 +268,26 @@ class Worker:
             return
         await self._send(item, Claimed(**self._ids(item)))
 
+    async def _still_ours(self, item: _Running) -> bool:
+        """A redelivery may be stale (its lease expired and a newer attempt went out while the
+        first holder was away): claim it and wait for the engine's word before running it."""
+        request_id = uuid.uuid4().hex
+        try:
+            answer = await self._ask(item, Claimed(**self._ids(item), request_id=request_id))
+        except LockLost:
+            return True  # no answer: run it; the ledger keeps the effect single
+        if not answer.held:
+            log.info(
+                "skipping stale redelivery of task %s attempt %d",
+                item.task.task_id,
+                item.task.attempt,
+            )
+        return answer.held
+
     async def _send(self, item: _Running, report: Report) -> None:
-        """Publish a report until the broker confirms it; then the delivery can be acked."""
+        """Publish a report until the broker confirms it. Only an outcome (or a release)
+        settles the delivery: until then it stays unacked, so the worker's prefetch window
+        (= its concurrency) stays full and RabbitMQ sends it no task it has no room for."""
         if isinstance(report, Claimed | Completed | Failed | BpmnErrorReport):
             item.claim_sent = True
         delay = 0.1
@@ -276,7 +302,7 @@ class Worker:
                 log.warning("report for %s not confirmed (%s); retrying", item.task.task_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if not item.acked:
+        if isinstance(report, _SETTLING) and not item.acked:
             await self._ack(item)
 
     async def _publish(self, report: Report) -> None:
@@ -303,19 +329,22 @@ class Worker:
     # --- engine answers ----------------------------------------------------------------
 
     async def _extend(self, item: _Running, lock_ms: int) -> LockStatus:
-        request_id = uuid.uuid4().hex
+        request = ExtendLock(**self._ids(item), lock_ms=lock_ms, request_id=uuid.uuid4().hex)
+        answer = await self._ask(item, request)
+        return LockStatus(held=answer.held, cancelled=answer.cancelled)
+
+    async def _ask(self, item: _Running, request: Claimed | ExtendLock) -> LockAnswer:
+        """Send a report that the engine answers with a LockAnswer, and wait for it."""
+        request_id = request.request_id or ""
         future: asyncio.Future[LockAnswer] = asyncio.get_running_loop().create_future()
         self._lock_answers[request_id] = future
         try:
-            await self._send(
-                item, ExtendLock(**self._ids(item), lock_ms=lock_ms, request_id=request_id)
-            )
-            answer = await asyncio.wait_for(future, self.lock_answer_timeout_s)
+            await self._send(item, request)
+            return await asyncio.wait_for(future, self.lock_answer_timeout_s)
         except TimeoutError:
-            raise LockLost(f"no answer to extend_lock of task {item.task.task_id}") from None
+            raise LockLost(f"no answer about the lock of task {item.task.task_id}") from None
         finally:
             self._lock_answers.pop(request_id, None)
-        return LockStatus(held=answer.held, cancelled=answer.cancelled)
 
     async def _on_notice(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -114,12 +114,30 @@ class ReportBatch:
     # --- leases ------------------------------------------------------------------------
 
     def _claim(self, item: IncomingReport, report: Claimed, task: TaskRow) -> None:
+        held = self._holds(task, report)
         if task.status == "queued" and task.attempt == report.attempt:
             self._take_lease(task, report.worker_id, task.lock_ms)
-        elif not self._holds(task, report):
-            self._uow.count("claims_revoked")
+            held = True
+        if not held:
+            self._uow.count("claims_refused")
+        if report.request_id is not None:
+            self._notify(
+                item,
+                LockAnswer(
+                    task_id=task.id,
+                    attempt=report.attempt,
+                    request_id=report.request_id,
+                    held=held,
+                    cancelled=self._cancelled(task),
+                    lock_expires_in_ms=task.lock_ms if held else None,
+                ),
+            )
+        elif not held:
             reason = "closed" if not task.is_open else "not the current holder"
             self._notify(item, TaskRevoked(task_id=task.id, attempt=report.attempt, reason=reason))
+
+    def _cancelled(self, task: TaskRow) -> bool:
+        return bool(self._instances[task.instance_id]["status"] == "cancelled")
 
     def _holds(self, task: TaskRow, report: Claimed | ExtendLock | Released) -> bool:
         return (
@@ -137,7 +155,7 @@ class ReportBatch:
         held = queued_same or self._holds(task, report)
         if held:
             self._take_lease(task, report.worker_id, report.lock_ms)
-        cancelled = self._instances[task.instance_id]["status"] == "cancelled"
+        cancelled = self._cancelled(task)
         self._notify(
             item,
             LockAnswer(

@@ -54,9 +54,11 @@ class _Report(_Wire):
 
 
 class Claimed(_Report):
-    """The worker has taken the task; the lease (lock_ms) starts now."""
+    """The worker has taken the task; the lease (lock_ms) starts now. With a request_id the
+    engine answers with a LockAnswer (held or not) instead of only revoking a refused claim."""
 
     type: Literal["claimed"] = "claimed"
+    request_id: str | None = None
 
 
 class Completed(_Report):
