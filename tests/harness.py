@@ -18,10 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 import orjson
+from aio_pika.abc import AbstractChannel
 
 from orchestrator.broker.topology import Topology
 from orchestrator.config import Settings
 from orchestrator.daemon.app import Engine
+from orchestrator.model.wire import TaskMessage
 from orchestrator.store.migrate import apply_migrations, ensure_database
 from orchestrator.store.pool import create_pool
 from workers import Worker
@@ -201,6 +203,25 @@ async def publish_raw(
         await target.publish(aio_pika.Message(body, **properties), routing_key)
     finally:
         await connection.close()
+
+
+async def take_task(
+    channel: AbstractChannel, topology: Topology, topic: str, *, timeout: float = 15.0
+) -> TaskMessage:
+    """Act as a raw worker: take (and ack) the next task message of `topic`."""
+    queue = await channel.get_queue(topology.task_queue(topic), ensure=False)
+    taken: list[TaskMessage] = []
+
+    async def arrived() -> bool:
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            return False
+        taken.append(TaskMessage.model_validate_json(message.body))
+        await message.ack()
+        return True
+
+    await wait_until(arrived, timeout=timeout, what=f"a task message on topic {topic}")
+    return taken[0]
 
 
 def json_body(value: Any) -> bytes:

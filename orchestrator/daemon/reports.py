@@ -121,17 +121,7 @@ class ReportBatch:
         if not held:
             self._uow.count("claims_refused")
         if report.request_id is not None:
-            self._notify(
-                item,
-                LockAnswer(
-                    task_id=task.id,
-                    attempt=report.attempt,
-                    request_id=report.request_id,
-                    held=held,
-                    cancelled=self._cancelled(task),
-                    lock_expires_in_ms=task.lock_ms if held else None,
-                ),
-            )
+            self._answer_lock(item, task, report.request_id, held, task.lock_ms)
         elif not held:
             reason = "closed" if not task.is_open else "not the current holder"
             self._notify(item, TaskRevoked(task_id=task.id, attempt=report.attempt, reason=reason))
@@ -155,16 +145,20 @@ class ReportBatch:
         held = queued_same or self._holds(task, report)
         if held:
             self._take_lease(task, report.worker_id, report.lock_ms)
-        cancelled = self._cancelled(task)
+        self._answer_lock(item, task, report.request_id, held, report.lock_ms)
+
+    def _answer_lock(
+        self, item: IncomingReport, task: TaskRow, request_id: str, held: bool, lock_ms: int
+    ) -> None:
         self._notify(
             item,
             LockAnswer(
                 task_id=task.id,
-                attempt=report.attempt,
-                request_id=report.request_id,
+                attempt=item.report.attempt,
+                request_id=request_id,
                 held=held,
-                cancelled=cancelled,
-                lock_expires_in_ms=report.lock_ms if held else None,
+                cancelled=self._cancelled(task),
+                lock_expires_in_ms=lock_ms if held else None,
             ),
         )
 

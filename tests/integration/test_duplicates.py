@@ -29,6 +29,7 @@ from tests.harness import (
     publish_raw,
     running_engine,
     sequential_process,
+    take_task,
     wait_until,
 )
 
@@ -80,19 +81,7 @@ class RawWorker:
 
     async def take(self, topic: str) -> TaskMessage:
         """Take (and ack) the next task message of `topic`, waiting for one to arrive."""
-        queue = await self.channel.get_queue(self.topology.task_queue(topic), ensure=False)
-        taken: list[TaskMessage] = []
-
-        async def arrived() -> bool:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                return False
-            taken.append(TaskMessage.model_validate_json(message.body))
-            await message.ack()
-            return True
-
-        await wait_until(arrived, timeout=TIMEOUT, what=f"a task message on topic {topic}")
-        return taken[0]
+        return await take_task(self.channel, self.topology, topic, timeout=TIMEOUT)
 
     async def leftover(self, topic: str) -> TaskMessage | None:
         """A task message still waiting on `topic` (taken off the queue), or None."""

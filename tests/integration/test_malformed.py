@@ -19,13 +19,14 @@ from orchestrator.broker.topology import (
 )
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from orchestrator.model.wire import CommandReply, Completed, TaskMessage
+from orchestrator.model.wire import CommandReply, Completed
 from tests.harness import (
     counter,
     instance_states,
     running_engine,
     running_worker,
     sequential_process,
+    take_task,
     wait_until,
 )
 from workers import TaskContext, Worker
@@ -106,22 +107,6 @@ def reason_of(message: AbstractIncomingMessage) -> str:
     reason = (message.headers or {}).get(DEAD_REASON_HEADER)
     assert isinstance(reason, str), f"dead letter without a reason header: {message.headers}"
     return reason
-
-
-async def take_task(channel: AbstractChannel, topology: Topology, topic: str) -> TaskMessage:
-    queue = await channel.get_queue(topology.task_queue(topic), ensure=False)
-    taken: list[TaskMessage] = []
-
-    async def arrived() -> bool:
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            return False
-        taken.append(TaskMessage.model_validate_json(message.body))
-        await message.ack()
-        return True
-
-    await wait_until(arrived, timeout=TIMEOUT, what=f"a task message on {topic}")
-    return taken[0]
 
 
 def one_step_worker(settings: Settings) -> Worker:
