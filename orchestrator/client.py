@@ -55,7 +55,13 @@ class Client:
         self._connection = await connect(self.settings.amqp_url, name=self._name)
         channel = await self._connection.channel()
         await declare_core(channel, self._topology)
-        self._replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        # A name of our own, not a server-named one: after a reconnect the robust channel
+        # declares the same queue again, and replies to resent commands still find it.
+        self._replies = await channel.declare_queue(
+            f"{self._topology.namespace}.client.{self._name}.{uuid.uuid4().hex[:12]}",
+            exclusive=True,
+            auto_delete=True,
+        )
         await self._replies.consume(self._on_reply, no_ack=True)
         self._publisher = await Publisher.open(self._connection)
 

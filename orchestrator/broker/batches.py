@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aiormq.exceptions import ChannelInvalidStateError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,10 @@ async def ack_all(messages: Sequence[AbstractIncomingMessage]) -> None:
     """
     last_by_channel: dict[int, AbstractIncomingMessage] = {}
     for message in messages:
-        key = id(message.channel)
+        try:
+            key = id(message.channel)
+        except ChannelInvalidStateError:  # its channel is closed: the broker requeued it
+            continue
         current = last_by_channel.get(key)
         if current is None or (message.delivery_tag or 0) > (current.delivery_tag or 0):
             last_by_channel[key] = message

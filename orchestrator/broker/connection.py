@@ -9,13 +9,19 @@ from aio_pika.abc import AbstractRobustConnection
 
 from orchestrator.errors import ServiceUnavailable
 
+#: A broker restart costs the engine and workers about this much on top of the restart.
+RECONNECT_INTERVAL_S = 1
+
 
 async def connect(url: str, *, name: str, timeout: float = 5.0) -> AbstractRobustConnection:
     """A robust connection: it reconnects and re-declares its consumers by itself."""
     try:
         return await asyncio.wait_for(
             aio_pika.connect_robust(
-                url, client_properties={"connection_name": name}, timeout=timeout
+                url,
+                client_properties={"connection_name": name},
+                timeout=timeout,
+                reconnect_interval=RECONNECT_INTERVAL_S,
             ),
             timeout=timeout + 1,
         )

@@ -51,7 +51,7 @@ class Topology:
     def task_queue(self, topic: str) -> str:
         return f"{self.namespace}.task.{topic}"
 
-    def _queue_arguments(self) -> dict[str, Any]:
+    def queue_arguments(self) -> dict[str, Any]:
         return {"x-dead-letter-exchange": self.dead_exchange}
 
 
@@ -73,7 +73,7 @@ async def declare_core(channel: AbstractChannel, topology: Topology) -> None:
             exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
         )
         queue = await channel.declare_queue(
-            queue_name, durable=True, arguments=topology._queue_arguments()
+            queue_name, durable=True, arguments=topology.queue_arguments()
         )
         await queue.bind(exchange, routing_key=key)
 
@@ -85,7 +85,7 @@ async def declare_task_queue(
         topology.tasks_exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
     queue = await channel.declare_queue(
-        topology.task_queue(topic), durable=True, arguments=topology._queue_arguments()
+        topology.task_queue(topic), durable=True, arguments=topology.queue_arguments()
     )
     await queue.bind(exchange, routing_key=topic)
     return queue

@@ -101,7 +101,11 @@ class Engine:
     async def _consumer(self, queue_name: str, batch_size: int) -> BatchConsumer:
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=batch_size * 2)
-        queue = await channel.get_queue(queue_name, ensure=False)
+        # Declared (not just looked up) so the robust channel restores the consumer after a
+        # broker restart; the declaration is idempotent.
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments=self.topology.queue_arguments()
+        )
         consumer = BatchConsumer(
             queue, max_batch=batch_size, window_ms=self.settings.batch_window_ms
         )
