@@ -46,6 +46,30 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--instances", type=int, default=100)
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--timeout", type=float, default=300.0)
+    bench = commands.add_parser("bench", help="measure throughput and latency end to end")
+    bench.add_argument("--instances", type=int, default=5000)
+    bench.add_argument("--steps", type=int, default=3)
+    bench.add_argument("--worker-processes", type=int, default=2)
+    bench.add_argument("--payload-bytes", type=int, default=0)
+    bench.add_argument(
+        "--rate",
+        type=float,
+        help="instances/s of the latency phase (default: half the measured maximum)",
+    )
+    bench.add_argument("--rate-seconds", type=float, default=5.0)
+    bench.add_argument(
+        "--peers",
+        nargs="*",
+        default=None,
+        help="also run peers: celery, celery-noconfirm, celery-quorum, dbos "
+        "(no names: celery and dbos)",
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run for CI: fails only below a quarter of the target",
+    )
+    bench.add_argument("--json", action="store_true", help="print one JSON object last")
     return parser
 
 
@@ -104,6 +128,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(_with_client(settings, lambda c: c.get_instance(args.id)))
     elif args.command == "stats":
         asyncio.run(_with_client(settings, lambda c: c.stats(args.process)))
+    elif args.command == "bench":
+        from orchestrator.bench.cli import run_bench
+
+        raise SystemExit(run_bench(settings, args))
     elif args.command == "demo":
         from orchestrator.demo import run_demo
 

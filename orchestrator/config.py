@@ -21,7 +21,7 @@ class Settings:
     namespace: str = "orch"
     #: A report batch closes after this many messages or this many milliseconds.
     batch_size: int = 500
-    batch_window_ms: float = 2.0
+    batch_window_ms: float = 0.0
     #: How often the reaper looks for expired leases and due retries.
     reaper_interval_ms: int = 200
     #: Outbox rows the relay did not publish are swept up after this long.

@@ -25,6 +25,8 @@ class TaskInfo:
     """The visibility deadline: how long this worker holds the task without extending."""
     idempotency_key: str
     """Pass to the services the handler calls so a repeated attempt has no second effect."""
+    created_at_ms: int = 0
+    """When the engine committed this attempt (Unix ms): its dispatch latency starts here."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ def info_of(task: TaskMessage) -> TaskInfo:
         business_key=task.business_key,
         lock_ms=task.lock_ms,
         idempotency_key=task.idempotency_key,
+        created_at_ms=task.created_at_ms,
     )
 
 

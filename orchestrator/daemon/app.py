@@ -61,6 +61,9 @@ class Engine:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self._relay: Relay | None = None
+        #: Publishing of committed batches, overlapping the next batch (bounded).
+        self._post_commit: set[asyncio.Task[None]] = set()
+        self._post_commit_slots = asyncio.Semaphore(8)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -113,6 +116,8 @@ class Engine:
         return consumer
 
     async def close(self) -> None:
+        if self._post_commit:
+            await asyncio.wait(self._post_commit, timeout=10)
         if self._connection is not None:
             await self._connection.close()
         if self._pool is not None:
@@ -209,10 +214,30 @@ class Engine:
         outcome = await self._apply_reports([item for _, item in items])
         dead.extend((items[index][0], reason) for index, reason in outcome.dead.items())
         crash_point("after_commit")
-        await self.relay.publish(outcome.publish)
-        await self._send_notices(outcome.notices)
         await self._dead_letter(dead, self.topology.reports_queue)
+        # Committed: the reports can go, and the task messages are safe in the outbox. Their
+        # publishing overlaps the next batch instead of holding it up for the confirms.
         await ack_all(batch)
+        await self._after_commit(outcome.publish, outcome.notices)
+
+    async def _after_commit(self, rows: list[Any], notices: list[Notice]) -> None:
+        if not rows and not notices:
+            return
+        await self._post_commit_slots.acquire()
+        task = asyncio.create_task(self._publish_committed(rows, notices))
+        self._post_commit.add(task)
+        task.add_done_callback(self._post_commit_done)
+
+    async def _publish_committed(self, rows: list[Any], notices: list[Notice]) -> None:
+        await self.relay.publish(rows)
+        await self._send_notices(notices)
+
+    def _post_commit_done(self, task: asyncio.Task[None]) -> None:
+        self._post_commit.discard(task)
+        self._post_commit_slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            # The rows stay in the outbox; the sweeper publishes them.
+            log.error("publishing after commit failed: %r", task.exception())
 
     async def _apply_reports(self, items: list[IncomingReport]) -> BatchOutcome:
         """Apply in one transaction; if that fails for a reason other than the database being
@@ -325,7 +350,7 @@ class Engine:
                 commands[middle:]
             )
         crash_point("after_start_commit")
-        await self.relay.publish(rows)
+        await self._after_commit(rows, [])
         return results
 
     async def _answer(self, command: Command) -> dict[str, Any] | OrchestratorError:

@@ -1,0 +1,45 @@
+"""One DBOS queue worker process of the peer benchmark (started by `dbos_workflow`).
+
+It registers the benchmark workflow, launches DBOS (whose queue thread polls the benchmark
+queue and runs what it claims), writes a ready line on stdout, and runs until its standard
+input closes: the driver closes it to stop the worker, and a driver that dies closes it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dbos import DBOS
+
+from orchestrator.bench.peers.dbos_app import QUEUE_NAME, READY_LINE, dbos_config, define_workflow
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+
+    define_workflow(args.steps)
+    DBOS(
+        config=dbos_config(
+            args.database_url, executor_id=f"bench-worker-{args.index}", log_level=args.log_level
+        )
+    )
+    DBOS.listen_queues([QUEUE_NAME])
+    try:
+        DBOS.launch()
+        sys.stdout.write(READY_LINE + "\n")
+        sys.stdout.flush()
+        sys.stdin.read()
+    finally:
+        DBOS.destroy(workflow_completion_timeout_sec=0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

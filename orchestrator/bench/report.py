@@ -1,0 +1,55 @@
+"""The benchmark's table: our figures, each peer's, and our ratio to each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = (
+    ("tasks/s", ("tasks_per_s",)),
+    ("instances/s", ("instances_per_s",)),
+    ("inst p50 ms", ("instance_latency_ms", "p50")),
+    ("inst p95 ms", ("instance_latency_ms", "p95")),
+    ("inst p99 ms", ("instance_latency_ms", "p99")),
+    ("disp p50 ms", ("dispatch_latency_ms", "p50")),
+    ("disp p99 ms", ("dispatch_latency_ms", "p99")),
+)
+
+
+def _get(result: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = result
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [result, *result.get("peers", {}).values()]
+    header = ["system", *(name for name, _ in COLUMNS), "ours/this (tasks/s)"]
+    lines = [header]
+    ours = result.get("tasks_per_s")
+    for row in rows:
+        if "error" in row:
+            lines.append([row["name"], f"failed: {row['error'][:60]}"])
+            continue
+        theirs = row.get("tasks_per_s")
+        ratio = f"{ours / theirs:.2f}x" if ours and theirs and row is not result else "-"
+        lines.append([row["name"], *(_cell(_get(row, path)) for _, path in COLUMNS), ratio])
+    widths = [max(len(line[i]) for line in lines if i < len(line)) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)) for line in lines]
+    latency = result.get("latency_phase", {})
+    out.append(
+        f"latency columns: open-loop phase at {latency.get('rate')} instances/s; "
+        f"throughput: {result.get('instances')} instances x {result.get('steps')} steps"
+    )
+    cpu = result.get("cpu_s_per_1000_tasks")
+    if cpu:
+        out.append("CPU s per 1000 tasks: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
+    out.append(
+        f"engine peak RSS: {result.get('engine_peak_rss_mb')} MB; "
+        f"dispatch at full load: {result.get('dispatch_latency_ms_full_load')}"
+    )
+    return "\n".join(out)

@@ -1,0 +1,383 @@
+"""`orchestrator bench`: the fixed workload end to end, on our engine and optionally on peers.
+
+Workload: N instances of a sequential process of S no-op external tasks; durable queues,
+persistent messages, publisher confirms, synchronous_commit on. Phases:
+1. warm-up (a few hundred instances);
+2. throughput: start N instances as fast as possible; first start to last completion;
+3. latency: open-loop arrivals at a fixed rate (default half the measured maximum).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from orchestrator.bench.procstats import CpuMeter, peak_rss_mb
+from orchestrator.bench.stats import summary
+from orchestrator.client import Client
+from orchestrator.config import Settings
+from orchestrator.store.migrate import ensure_database
+
+WORKER_SPEC = "orchestrator.bench.noop_worker:worker"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    instances: int = 5000
+    steps: int = 3
+    worker_processes: int = 2
+    payload_bytes: int = 0
+    rate: float | None = None  # instances/s of the latency phase; default half the maximum
+    rate_seconds: float = 5.0
+    warmup: int = 300
+    peers: tuple[str, ...] = ()
+    timeout_s: float = 600.0
+
+
+@dataclass
+class Run:
+    """One benchmark run: its database, namespace, processes and files."""
+
+    settings: Settings
+    options: BenchOptions
+    workdir: Path
+    engine: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def topics(self) -> list[str]:
+        return [f"bench-step-{i + 1}" for i in range(self.options.steps)]
+
+    def definition(self) -> str:
+        nodes: list[dict[str, Any]] = [{"id": "start", "type": "start_event"}]
+        flows: list[dict[str, Any]] = []
+        previous = "start"
+        for index, topic in enumerate(self.topics):
+            node = f"step{index + 1}"
+            nodes.append({"id": node, "type": "service_task", "topic": topic, "lock": "60s"})
+            flows.append({"id": f"to_{node}", "from": previous, "to": node})
+            previous = node
+        nodes.append({"id": "end", "type": "end_event"})
+        flows.append({"id": "to_end", "from": previous, "to": "end"})
+        return orjson.dumps({"key": "bench", "nodes": nodes, "flows": flows}).decode()
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "BENCH_"))}
+        env.update(
+            ORCH_DATABASE_URL=self.settings.database_url,
+            ORCH_AMQP_URL=self.settings.amqp_url,
+            ORCH_NAMESPACE=self.settings.namespace,
+        )
+        env.update(extra)
+        return env
+
+    def _spawn(self, log_name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        with (self.workdir / log_name).open("wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", *args],
+                env=self._env(**env),
+                stdout=log,
+                stderr=log,
+            )
+
+    def start_processes(self) -> None:
+        self.engine = self._spawn("engine.log", "engine")
+        for index in range(self.options.worker_processes):
+            self.workers.append(
+                self._spawn(
+                    f"worker-{index}.log",
+                    "worker",
+                    WORKER_SPEC,
+                    BENCH_TOPICS=",".join(self.topics),
+                    BENCH_LATENCY_FILE=str(self.workdir / f"latency-{index}.txt"),
+                    BENCH_PAYLOAD_BYTES=str(self.options.payload_bytes),
+                )
+            )
+
+    def stop_processes(self) -> None:
+        procs = [p for p in [*self.workers, self.engine] if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def check_alive(self) -> None:
+        for proc in [self.engine, *self.workers]:
+            if proc is not None and proc.poll() is not None:
+                raise SystemExit(
+                    f"a benchmark process exited ({proc.args!r}); logs in {self.workdir}"
+                )
+
+    def dispatch_latencies(self, since_ms: float, until_ms: float) -> list[float]:
+        values: list[float] = []
+        for path in self.workdir.glob("latency-*.txt"):
+            for line in path.read_text().splitlines():
+                created, entered = (int(part) for part in line.split())
+                if since_ms <= created <= until_ms:
+                    values.append(entered - created)
+        return values
+
+
+async def _wait_completed(
+    run: Run, pool: asyncpg.Pool, ids: list[str] | None, expected: int, deadline: float
+) -> None:
+    while True:
+        if ids is None:
+            done = await pool.fetchval(
+                "SELECT count(*) FROM process_instances WHERE status = 'completed'"
+            )
+        else:
+            done = await pool.fetchval(
+                "SELECT count(*) FROM process_instances WHERE id = ANY($1::uuid[]) "
+                "AND status = 'completed'",
+                ids,
+            )
+        if done >= expected:
+            return
+        run.check_alive()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"benchmark timed out: {done}/{expected} completed")
+        await asyncio.sleep(0.02)
+
+
+async def _start_all(client: Client, count: int, payload: dict[str, Any]) -> list[str]:
+    ids: list[str] = []
+    for chunk in range(0, count, 1000):
+        started = await asyncio.gather(
+            *(
+                client.start("bench", variables=payload, timeout=60)
+                for _ in range(chunk, min(chunk + 1000, count))
+            )
+        )
+        ids += [s.instance_id for s in started]
+    return ids
+
+
+async def _throughput(run: Run, client: Client, pool: asyncpg.Pool) -> dict[str, Any]:
+    options = run.options
+    payload = {"payload": "x" * options.payload_bytes} if options.payload_bytes else {}
+    engine_pids = [run.engine.pid] if run.engine else []
+    meter = CpuMeter.for_run(engine_pids, [w.pid for w in run.workers])
+    meter.start()
+    began_wall = time.time()
+    began = time.monotonic()
+    ids = await _start_all(client, options.instances, payload)
+    await _wait_completed(run, pool, ids, len(ids), began + options.timeout_s)
+    last_end = await pool.fetchval(
+        "SELECT extract(epoch FROM max(ended_at)) FROM process_instances "
+        "WHERE id = ANY($1::uuid[])",
+        ids,
+    )
+    elapsed = float(last_end) - began_wall
+    cpu = meter.stop()
+    tasks = options.instances * options.steps
+    return {
+        "elapsed_s": round(elapsed, 3),
+        "tasks_per_s": round(tasks / elapsed, 1),
+        "instances_per_s": round(options.instances / elapsed, 1),
+        "cpu_s_per_1000_tasks": {k: round(v * 1000 / tasks, 3) for k, v in cpu.items()},
+        "_window_ms": (began_wall * 1000, float(last_end) * 1000),
+    }
+
+
+async def _latency(run: Run, client: Client, pool: asyncpg.Pool, rate: float) -> dict[str, Any]:
+    """Open loop: a start every 1/rate seconds, whether or not earlier ones finished."""
+    count = max(1, int(rate * run.options.rate_seconds))
+    sent: dict[str, float] = {}
+    interval = 1.0 / rate
+    began = time.monotonic()
+    window_start = time.time() * 1000
+
+    async def one() -> None:
+        at = time.time()
+        started = await client.start("bench", timeout=60)
+        sent[started.instance_id] = at
+
+    pending = []
+    for index in range(count):
+        delay = began + index * interval - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.create_task(one()))
+    await asyncio.gather(*pending)
+    ids = list(sent)
+    await _wait_completed(run, pool, ids, len(ids), time.monotonic() + run.options.timeout_s)
+    rows = await pool.fetch(
+        "SELECT id, extract(epoch FROM ended_at) AS ended FROM process_instances "
+        "WHERE id = ANY($1::uuid[])",
+        ids,
+    )
+    latencies = [(float(row["ended"]) - sent[str(row["id"])]) * 1000 for row in rows]
+    return {
+        "rate": round(rate, 1),
+        "instances": count,
+        "achieved_rate": round(count / (time.monotonic() - began), 1),
+        "instance_latency_ms": summary(latencies),
+        "_window_ms": (window_start, time.time() * 1000),
+    }
+
+
+async def _bench_database(settings: Settings, tag: str) -> tuple[str, str]:
+    """A fresh database on the configured server, so a run never touches real data."""
+    base = settings.database_url.rsplit("/", 1)[0]
+    name = f"orch_bench_{tag}"
+    url = f"{base}/{name}"
+    await ensure_database(url)
+    return url, name
+
+
+async def _drop_database(settings: Settings, name: str) -> None:
+    base = settings.database_url.rsplit("/", 1)[0]
+    conn = await asyncpg.connect(f"{base}/postgres", timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _delete_topology(settings: Settings, topics: list[str]) -> None:
+    import aio_pika
+
+    from orchestrator.broker.topology import Topology
+
+    topology = Topology(settings.namespace)
+    connection = await aio_pika.connect(settings.amqp_url, timeout=5)
+    try:
+        channel = await connection.channel()
+        queues = [topology.reports_queue, topology.commands_queue, topology.dead_queue]
+        for queue in queues + [topology.task_queue(t) for t in topics]:
+            await channel.queue_delete(queue)
+        for exchange in (
+            topology.tasks_exchange,
+            topology.reports_exchange,
+            topology.commands_exchange,
+            topology.dead_exchange,
+        ):
+            await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
+async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    url, db_name = await _bench_database(settings, tag)
+    run = Run(replace(settings, database_url=url, namespace=f"bench{tag}"), options, workdir)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        run.start_processes()
+        async with Client(run.settings, name="bench") as client:
+            await client.deploy(run.definition())
+            warm = await _start_all(client, options.warmup, {})
+            await _wait_completed(run, pool, warm, len(warm), time.monotonic() + 60)
+            _status(f"warm-up done ({options.warmup} instances); throughput phase...")
+            full = await _throughput(run, client, pool)
+            _status(f"{full['tasks_per_s']} tasks/s; latency phase...")
+            rate = options.rate or max(1.0, full["instances_per_s"] / 2)
+            half = await _latency(run, client, pool, rate)
+        rss = peak_rss_mb(run.engine.pid) if run.engine else None
+    finally:
+        run.stop_processes()
+        await pool.close()
+        await _drop_database(settings, db_name)
+        await _delete_topology(run.settings, run.topics)
+    full_window = full.pop("_window_ms")
+    half_window = half.pop("_window_ms")
+    return {
+        "name": "orchestrator",
+        "variant": f"{options.worker_processes} worker processes, confirms, durable, "
+        "synchronous_commit on",
+        "instances": options.instances,
+        "steps": options.steps,
+        **full,
+        "dispatch_latency_ms_full_load": summary(run.dispatch_latencies(*full_window), (50, 99)),
+        "dispatch_latency_ms": summary(run.dispatch_latencies(*half_window), (50, 99)),
+        "instance_latency_ms": half["instance_latency_ms"],
+        "latency_phase": {k: v for k, v in half.items() if k != "instance_latency_ms"},
+        "engine_peak_rss_mb": round(rss, 1) if rss else None,
+    }
+
+
+def _status(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+PEERS = {
+    "celery": ("orchestrator.bench.peers.celery_chain", "--amqp-url", ()),
+    "celery-noconfirm": ("orchestrator.bench.peers.celery_chain", "--amqp-url", ("--no-confirms",)),
+    "celery-quorum": ("orchestrator.bench.peers.celery_chain", "--amqp-url", ("--quorum",)),
+    "dbos": ("orchestrator.bench.peers.dbos_workflow", "--database-url", ()),
+}
+
+
+def run_peer(name: str, settings: Settings, options: BenchOptions, rate: float) -> dict[str, Any]:
+    """Run one peer's benchmark in its own process; its last stdout line is its JSON."""
+    module, url_flag, extra = PEERS[name]
+    url = settings.amqp_url if url_flag == "--amqp-url" else settings.database_url
+    args = [
+        sys.executable,
+        "-m",
+        module,
+        url_flag,
+        url,
+        "--instances",
+        str(options.instances),
+        "--steps",
+        str(options.steps),
+        "--workers",
+        str(options.worker_processes),
+        "--payload-bytes",
+        str(options.payload_bytes),
+        "--rate",
+        f"{rate:.1f}",
+        "--rate-instances",
+        str(max(1, int(rate * options.rate_seconds))),
+        *extra,
+    ]
+    _status(f"peer {name}...")
+    try:
+        done = subprocess.run(args, capture_output=True, timeout=options.timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {"name": name, "error": f"timed out after {options.timeout_s}s"}
+    lines = done.stdout.decode().strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"name": name, "error": f"exit {done.returncode}: {done.stderr.decode()[-2000:]}"}
+    result: dict[str, Any] = orjson.loads(lines[-1])
+    result["name"] = name
+    return result
+
+
+def bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+    ours = asyncio.run(run_ours(settings, options, workdir))
+    result: dict[str, Any] = {**ours, "machine": _machine()}
+    if options.peers:
+        rate = ours["latency_phase"]["rate"]
+        result["peers"] = {name: run_peer(name, settings, options, rate) for name in options.peers}
+    return result
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.machine()}",
+    }

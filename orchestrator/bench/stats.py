@@ -1,0 +1,20 @@
+"""Percentiles and the shape of one system's figures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary(values: Sequence[float], quantiles: Sequence[int] = (50, 95, 99)) -> dict[str, Any]:
+    if not values:
+        return {f"p{q}": None for q in quantiles}
+    return {f"p{q}": round(percentile(values, q), 2) for q in quantiles}
