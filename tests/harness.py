@@ -238,7 +238,7 @@ async def instance_states(pool: asyncpg.Pool, process_key: str) -> dict[str, int
 
 
 async def counter(pool: asyncpg.Pool, name: str) -> int:
-    value = await pool.fetchval("SELECT value FROM engine_counters WHERE name = $1", name)
+    value = await pool.fetchval("SELECT sum(value) FROM engine_counters WHERE name = $1", name)
     return int(value or 0)
 
 

@@ -22,6 +22,7 @@ from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_core
 from orchestrator.config import Settings
 from orchestrator.daemon import admin
+from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.db import RETRYABLE, in_transaction
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_report
 from orchestrator.daemon.processes import ProcessCache
@@ -57,6 +58,7 @@ class Engine:
         self.stop = asyncio.Event()
         self.processes = ProcessCache()
         self.engine_id = f"engine-{socket.gethostname()}-{os.getpid()}"
+        self.context = EngineContext(self.processes, settings.outbox_claim_ms, self.engine_id)
         self._pool: asyncpg.Pool | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
@@ -196,9 +198,7 @@ class Engine:
                 await _sleep_or_stop(self.stop, interval)
 
     async def _reap(self, conn: asyncpg.Connection) -> list[Any]:
-        return await reap_once(
-            conn, self.processes, limit=500, outbox_claim_ms=self.settings.outbox_claim_ms
-        )
+        return await reap_once(conn, self.context, limit=500)
 
     # --- reports -------------------------------------------------------------------------
 
@@ -244,7 +244,7 @@ class Engine:
         away, split the batch to isolate the report that causes it and dead-letter that one."""
 
         async def work(conn: asyncpg.Connection) -> BatchOutcome:
-            batch = ReportBatch(conn, self.processes, self.settings.outbox_claim_ms)
+            batch = ReportBatch(conn, self.context)
             return await batch.run(items)
 
         if not items:
@@ -286,7 +286,7 @@ class Engine:
         )
         try:
             async with self.pool.acquire() as conn:
-                await conn.execute(Q.bump_counter, counter, len(dead))
+                await conn.execute(Q.bump_counter, self.engine_id, counter, len(dead))
         except RETRYABLE as exc:
             log.warning("could not count %d dead letters: %s", len(dead), exc)
         for message, reason in dead:
@@ -333,9 +333,7 @@ class Engine:
 
     async def _start_all(self, commands: list[StartCommand]) -> list[StartResult]:
         async def work(conn: asyncpg.Connection) -> tuple[list[StartResult], list[Any]]:
-            return await StartBatch(conn, self.processes, self.settings.outbox_claim_ms).run(
-                commands
-            )
+            return await StartBatch(conn, self.context).run(commands)
 
         try:
             results, rows = await in_transaction(self.pool, work, stop=self.stop)

@@ -62,6 +62,13 @@ class BatchLedger:
         self._entries[(report.task_id, slot)] = LedgerEntry(
             report.type, report.attempt, payload_hash
         )
-        self._uow.ledger_inserts.append(
-            (report.task_id, slot, report.type, report.attempt, report.worker_id, payload_hash)
-        )
+        self._uow.ledger_inserts[(report.task_id, slot)] = [
+            report.task_id,
+            slot,
+            report.type,
+            report.attempt,
+            report.worker_id,
+            payload_hash,
+            0,
+            0,
+        ]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncpg
 
+from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, dispatch_attempt
-from orchestrator.daemon.processes import ProcessCache
 from orchestrator.model.definition import ServiceTask
 from orchestrator.store.queries import Q
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork
 
 
 async def reap_once(
-    conn: asyncpg.Connection, processes: ProcessCache, *, limit: int, outbox_claim_ms: int
+    conn: asyncpg.Connection, context: EngineContext, *, limit: int
 ) -> list[PublishedRow]:
-    """One pass, inside the caller's transaction. Rows are locked with SKIP LOCKED, so any
-    number of engines can reap at once without taking the same task twice."""
+    """One pass, inside the caller's transaction. Each task is locked with its instance, with
+    SKIP LOCKED: any number of engines reap at once without taking the same task twice, and
+    an instance a report batch holds is simply left for the next pass."""
+    processes = context.processes
     uow = UnitOfWork()
     for record in await conn.fetch(Q.lock_due_tasks, limit):
         task = TaskRow.from_record(record)
@@ -34,7 +36,7 @@ async def reap_once(
                 {"attempt": task.attempt + 1},
             )
             _redispatch(uow, task, info, record["variables"])
-    return await uow.write(conn, outbox_claim_ms)
+    return await uow.write(conn, context.outbox_claim_ms, context.engine_id)
 
 
 def _expired(

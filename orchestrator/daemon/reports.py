@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
+from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_attempt
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint, slot_of
-from orchestrator.daemon.processes import ProcessCache
 from orchestrator.engine.retry import GiveUp, after_failure
 from orchestrator.engine.state import InstanceState
 from orchestrator.engine.step import EngineStepError, complete_task
@@ -63,10 +63,10 @@ class BatchOutcome:
 class ReportBatch:
     """Applies one batch of reports inside the caller's transaction."""
 
-    def __init__(self, conn: asyncpg.Connection, processes: ProcessCache, outbox_claim_ms: int):
+    def __init__(self, conn: asyncpg.Connection, context: EngineContext):
         self._conn = conn
-        self._processes = processes
-        self._outbox_claim_ms = outbox_claim_ms
+        self._context = context
+        self._processes = context.processes
         self._uow = UnitOfWork()
         self._ledger = BatchLedger(self._uow)
         self._tasks: dict[str, TaskRow] = {}
@@ -76,6 +76,7 @@ class ReportBatch:
 
     async def run(self, reports: list[IncomingReport]) -> BatchOutcome:
         await self._lock([item.report.task_id for item in reports])
+        await self._load_ledger(reports)
         for index, item in enumerate(reports):
             task = self._tasks.get(item.report.task_id)
             if task is None:
@@ -83,20 +84,37 @@ class ReportBatch:
                 continue
             self._uow.count(f"reports_{item.report.type}")
             self._apply(item, task)
-        self._outcome.publish = await self._uow.write(self._conn, self._outbox_claim_ms)
+        self._outcome.publish = await self._uow.write(
+            self._conn, self._context.outbox_claim_ms, self._context.engine_id
+        )
         return self._outcome
 
     async def _lock(self, task_ids: list[str]) -> None:
+        """Lock the instances (in id order); their lock guards their tasks too: every writer
+        of a task row (report batches, the reaper) holds its instance's lock."""
         unique = sorted(set(task_ids))
-        instance_ids = [row[0] for row in await self._conn.fetch(Q.instances_of_tasks, unique)]
-        for row in await self._conn.fetch(Q.lock_instances, instance_ids):
+        for row in await self._conn.fetch(Q.lock_instances_of_tasks, unique):
             self._instances[str(row["id"])] = row
         definition_ids = {row["definition_id"] for row in self._instances.values()}
         await self._processes.preload(self._conn, definition_ids)
-        for row in await self._conn.fetch(Q.lock_tasks, unique):
+        for row in await self._conn.fetch(Q.tasks_by_id, unique):
             task = TaskRow.from_record(row)
             self._tasks[task.id] = task
-        await self._ledger.load(self._conn, unique)
+
+    async def _load_ledger(self, reports: list[IncomingReport]) -> None:
+        """Read the ledger only where a repeat is possible. A report for the current attempt
+        of a queued or claimed task cannot be one: any earlier outcome of that attempt would
+        have moved the task on."""
+        needed = set()
+        for item in reports:
+            report = item.report
+            task = self._tasks.get(report.task_id)
+            if task is None or not isinstance(report, Completed | Failed | BpmnErrorReport):
+                continue
+            if task.status not in ("queued", "claimed") or task.attempt != report.attempt:
+                needed.add(task.id)
+        if needed:
+            await self._ledger.load(self._conn, sorted(needed))
 
     def _apply(self, item: IncomingReport, task: TaskRow) -> None:
         report = item.report

@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
+from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
 from orchestrator.daemon.ledger import fingerprint
-from orchestrator.daemon.processes import ProcessCache
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.step import start_instance
 from orchestrator.errors import (
@@ -30,10 +30,10 @@ StartResult = dict[str, Any] | OrchestratorError
 
 
 class StartBatch:
-    def __init__(self, conn: asyncpg.Connection, processes: ProcessCache, outbox_claim_ms: int):
+    def __init__(self, conn: asyncpg.Connection, context: EngineContext):
         self._conn = conn
-        self._processes = processes
-        self._outbox_claim_ms = outbox_claim_ms
+        self._context = context
+        self._processes = context.processes
         self._uow = UnitOfWork()
         self._definitions: dict[tuple[str, int | None], asyncpg.Record] = {}
 
@@ -44,7 +44,9 @@ class StartBatch:
                 results.append(await self._start(command))
             except OrchestratorError as exc:
                 results.append(exc)
-        published = await self._uow.write(self._conn, self._outbox_claim_ms)
+        published = await self._uow.write(
+            self._conn, self._context.outbox_claim_ms, self._context.engine_id
+        )
         return results, published
 
     async def _definition(self, key: str, version: int | None) -> asyncpg.Record:

@@ -69,67 +69,22 @@ RETURNING instance_id;
 -- name: business_key_owner
 SELECT instance_id FROM active_business_keys WHERE process_key = $1 AND business_key = $2;
 
--- name: release_business_keys
-DELETE FROM active_business_keys WHERE instance_id = ANY($1::uuid[]);
-
--- name: insert_instance
-INSERT INTO process_instances
-    (id, definition_id, process_key, business_key, status, variables, tokens, seq, ended_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $5 = 'active' THEN NULL ELSE now() END);
-
--- name: instances_of_tasks
-SELECT DISTINCT instance_id FROM tasks WHERE id = ANY($1::uuid[]);
-
--- name: lock_instances
+-- name: lock_instances_of_tasks
+-- Instance rows are locked in id order, so concurrent engines never deadlock.
 SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq
-FROM process_instances WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE;
+FROM process_instances
+WHERE id IN (SELECT instance_id FROM tasks WHERE id = ANY($1::uuid[]))
+ORDER BY id FOR UPDATE;
 
--- name: lock_tasks
+-- name: tasks_by_id
+-- Read after lock_instances_of_tasks: the instance locks guard these rows.
 SELECT id, instance_id, node_id, topic, status, attempt, retries_left, lock_ms, worker_id,
        lease_expires_at, lease_expiries
-FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE;
+FROM tasks WHERE id = ANY($1::uuid[]);
 
 -- name: ledger_for_tasks
 SELECT task_id, slot, kind, attempt, payload_hash FROM report_ledger
 WHERE task_id = ANY($1::uuid[]);
-
--- name: insert_ledger
-INSERT INTO report_ledger (task_id, slot, kind, attempt, worker_id, payload_hash)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (task_id, slot) DO NOTHING;
-
--- name: count_ledger_repeats
-UPDATE report_ledger SET duplicates = duplicates + $3, conflicts = conflicts + $4
-WHERE task_id = $1 AND slot = $2;
-
--- name: update_task
-UPDATE tasks SET status = $2, attempt = $3, retries_left = $4, worker_id = $5,
-    lease_expires_at = CASE
-        WHEN $6::integer IS NOT NULL THEN now() + make_interval(secs => $6::integer / 1000.0)
-        WHEN $2 = 'claimed' THEN lease_expires_at
-        ELSE NULL END,
-    due_at = CASE WHEN $7::integer IS NULL THEN NULL
-                  ELSE now() + make_interval(secs => $7::integer / 1000.0) END,
-    lease_expiries = $8,
-    last_error = coalesce($9, last_error),
-    last_error_details = coalesce($10, last_error_details),
-    closed_at = CASE WHEN $2 IN ('completed', 'cancelled') THEN now() ELSE NULL END
-WHERE id = $1;
-
--- name: insert_task
-INSERT INTO tasks (id, instance_id, node_id, topic, status, attempt, retries_left, lock_ms)
-VALUES ($1, $2, $3, $4, 'queued', 1, $5, $6);
-
--- name: update_instance
-UPDATE process_instances SET status = $2, variables = $3, tokens = $4, seq = $5,
-    ended_at = CASE WHEN $2 = 'active' THEN NULL ELSE coalesce(ended_at, now()) END
-WHERE id = $1;
-
--- name: insert_outbox
-INSERT INTO outbox (routing_key, message_id, body, claimed_until)
-SELECT r, m, b, now() + make_interval(secs => $4::integer / 1000.0)
-FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u (r, m, b)
-RETURNING id;
 
 -- name: delete_outbox
 DELETE FROM outbox WHERE id = ANY($1::bigint[]);
@@ -142,17 +97,9 @@ WHERE id IN (
 )
 RETURNING id, routing_key, message_id, body;
 
--- name: insert_history
-INSERT INTO history (instance_id, kind, node_id, task_id, detail)
-VALUES ($1, $2, $3, $4, $5);
-
--- name: insert_incident
-INSERT INTO incidents (id, instance_id, task_id, node_id, kind, message, details)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
-
 -- name: bump_counter
-INSERT INTO engine_counters (name, value) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET value = engine_counters.value + excluded.value;
+INSERT INTO engine_counters (engine_id, name, value) VALUES ($1, $2, $3)
+ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excluded.value;
 
 -- name: lock_due_tasks
 -- Expired leases and due retries, for the reaper. SKIP LOCKED: safe on many engines.
@@ -163,7 +110,7 @@ FROM tasks t JOIN process_instances i ON i.id = t.instance_id
 WHERE (t.status = 'claimed' AND t.lease_expires_at < now())
    OR (t.status = 'retry_wait' AND t.due_at <= now())
 ORDER BY t.id LIMIT $1
-FOR UPDATE OF t SKIP LOCKED;
+FOR UPDATE OF t, i SKIP LOCKED;
 
 -- name: instance_row
 SELECT i.id, i.process_key, d.version, i.business_key, i.status, i.variables, i.tokens,
@@ -192,7 +139,7 @@ SELECT count(*) FROM incidents i JOIN process_instances p ON p.id = i.instance_i
 WHERE i.resolved_at IS NULL AND ($1::text IS NULL OR p.process_key = $1);
 
 -- name: counters
-SELECT name, value FROM engine_counters ORDER BY name;
+SELECT name, sum(value)::bigint AS value FROM engine_counters GROUP BY name ORDER BY name;
 
 -- name: ledger_totals
 SELECT coalesce(sum(duplicates), 0) AS duplicates, coalesce(sum(conflicts), 0) AS conflicts
@@ -200,3 +147,79 @@ FROM report_ledger;
 
 -- name: deployed_graphs
 SELECT graph FROM process_definitions;
+
+-- name: write_batch
+-- Everything one engine transaction writes, in one round trip: each CTE unnests the arrays
+-- of one kind of row (empty arrays write nothing). JSON travels as text and is cast here.
+WITH new_instances AS (
+    INSERT INTO process_instances
+        (id, definition_id, process_key, business_key, status, variables, tokens, seq, ended_at)
+    SELECT u.id, u.definition_id, u.process_key, u.business_key, u.status, u.variables::jsonb,
+           u.tokens::jsonb, u.seq, CASE WHEN u.status = 'active' THEN NULL ELSE now() END
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::integer[])
+        AS u (id, definition_id, process_key, business_key, status, variables, tokens, seq)
+), changed_instances AS (
+    UPDATE process_instances i SET status = u.status, variables = u.variables::jsonb,
+        tokens = u.tokens::jsonb, seq = u.seq,
+        ended_at = CASE WHEN u.status = 'active' THEN NULL ELSE coalesce(i.ended_at, now()) END
+    FROM unnest($9::uuid[], $10::text[], $11::text[], $12::text[], $13::integer[])
+        AS u (id, status, variables, tokens, seq)
+    WHERE i.id = u.id
+), released_keys AS (
+    DELETE FROM active_business_keys WHERE instance_id = ANY($14::uuid[])
+), new_tasks AS (
+    INSERT INTO tasks (id, instance_id, node_id, topic, status, attempt, retries_left, lock_ms)
+    SELECT u.id, u.instance_id, u.node_id, u.topic, 'queued', 1, u.retries_left, u.lock_ms
+    FROM unnest($15::uuid[], $16::uuid[], $17::text[], $18::text[], $19::integer[],
+                $20::integer[])
+        AS u (id, instance_id, node_id, topic, retries_left, lock_ms)
+), changed_tasks AS (
+    UPDATE tasks t SET status = u.status, attempt = u.attempt, retries_left = u.retries_left,
+        worker_id = u.worker_id,
+        lease_expires_at = CASE
+            WHEN u.lease_ms IS NOT NULL THEN now() + make_interval(secs => u.lease_ms / 1000.0)
+            WHEN u.status = 'claimed' THEN t.lease_expires_at
+            ELSE NULL END,
+        due_at = CASE WHEN u.due_ms IS NULL THEN NULL
+                      ELSE now() + make_interval(secs => u.due_ms / 1000.0) END,
+        lease_expiries = u.lease_expiries,
+        last_error = coalesce(u.error, t.last_error),
+        last_error_details = coalesce(u.error_details, t.last_error_details),
+        closed_at = CASE WHEN u.status IN ('completed', 'cancelled') THEN now() ELSE NULL END
+    FROM unnest($21::uuid[], $22::text[], $23::integer[], $24::integer[], $25::text[],
+                $26::integer[], $27::integer[], $28::integer[], $29::text[], $30::text[])
+        AS u (id, status, attempt, retries_left, worker_id, lease_ms, due_ms, lease_expiries,
+              error, error_details)
+    WHERE t.id = u.id
+), ledger AS (
+    INSERT INTO report_ledger
+        (task_id, slot, kind, attempt, worker_id, payload_hash, duplicates, conflicts)
+    SELECT * FROM unnest($31::uuid[], $32::text[], $33::text[], $34::integer[], $35::text[],
+                         $36::bytea[], $37::integer[], $38::integer[])
+    ON CONFLICT (task_id, slot) DO NOTHING
+), ledger_repeats AS (
+    UPDATE report_ledger l SET duplicates = l.duplicates + u.duplicates,
+        conflicts = l.conflicts + u.conflicts
+    FROM unnest($39::uuid[], $40::text[], $41::integer[], $42::integer[])
+        AS u (task_id, slot, duplicates, conflicts)
+    WHERE l.task_id = u.task_id AND l.slot = u.slot
+), new_incidents AS (
+    INSERT INTO incidents (id, instance_id, task_id, node_id, kind, message, details)
+    SELECT * FROM unnest($43::uuid[], $44::uuid[], $45::uuid[], $46::text[], $47::text[],
+                         $48::text[], $49::text[])
+), new_history AS (
+    INSERT INTO history (instance_id, kind, node_id, task_id, detail)
+    SELECT u.instance_id, u.kind, u.node_id, u.task_id, u.detail::jsonb
+    FROM unnest($50::uuid[], $51::text[], $52::text[], $53::uuid[], $54::text[])
+        AS u (instance_id, kind, node_id, task_id, detail)
+), counted AS (
+    INSERT INTO engine_counters (engine_id, name, value)
+    SELECT $55::text, u.name, u.value FROM unnest($56::text[], $57::bigint[]) AS u (name, value)
+    ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excluded.value
+)
+INSERT INTO outbox (routing_key, message_id, body, claimed_until)
+SELECT u.routing_key, u.message_id, u.body,
+       now() + make_interval(secs => $61::integer / 1000.0)
+FROM unnest($58::text[], $59::text[], $60::bytea[]) AS u (routing_key, message_id, body)
+RETURNING id;

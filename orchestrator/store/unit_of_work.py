@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from orchestrator.engine.state import InstanceState, Token
 from orchestrator.store.queries import Q
@@ -97,7 +98,8 @@ class UnitOfWork:
     outbox: list[OutboxMessage] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     incidents: list[tuple[Any, ...]] = field(default_factory=list)
-    ledger_inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    #: (task_id, slot) -> [task_id, slot, kind, attempt, worker_id, hash, duplicates, conflicts]
+    ledger_inserts: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     ledger_repeats: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     ended_instances: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
@@ -140,51 +142,56 @@ class UnitOfWork:
         self.count("incidents_raised")
 
     def repeat(self, task_id: str, slot: str, *, conflict: bool) -> None:
-        counts = self.ledger_repeats.setdefault((task_id, slot), [0, 0])
-        counts[1 if conflict else 0] += 1
+        # A repeat of an entry this batch inserts is counted in the insert itself: the one
+        # statement that writes everything cannot update a row it inserts.
+        inserted = self.ledger_inserts.get((task_id, slot))
+        if inserted is not None:
+            inserted[7 if conflict else 6] += 1
+        else:
+            counts = self.ledger_repeats.setdefault((task_id, slot), [0, 0])
+            counts[1 if conflict else 0] += 1
         self.count("reports_conflicting" if conflict else "reports_duplicate")
 
-    async def write(self, conn: asyncpg.Connection, outbox_claim_ms: int) -> list[PublishedRow]:
-        """Write everything; return the outbox rows this engine should publish after commit."""
-        if self.new_instances:
-            await conn.executemany(Q.insert_instance, self.new_instances)
-        if self.changed_instances:
-            rows = [state_to_row(state) for state in self.changed_instances.values()]
-            await conn.executemany(Q.update_instance, rows)
-        if self.ended_instances:
-            await conn.execute(Q.release_business_keys, self.ended_instances)
-        if self.new_tasks:
-            await conn.executemany(Q.insert_task, self.new_tasks)
-        if self.changed_tasks:
-            await conn.executemany(
-                Q.update_task, [_task_args(t) for t in self.changed_tasks.values()]
-            )
-        if self.ledger_inserts:
-            await conn.executemany(Q.insert_ledger, self.ledger_inserts)
-        if self.ledger_repeats:
-            repeats = [(t, s, d, c) for (t, s), (d, c) in self.ledger_repeats.items()]
-            await conn.executemany(Q.count_ledger_repeats, repeats)
-        if self.incidents:
-            await conn.executemany(Q.insert_incident, self.incidents)
-        if self.history:
-            await conn.executemany(Q.insert_history, self.history)
-        if self.counters:
-            await conn.executemany(Q.bump_counter, list(self.counters.items()))
-        return await self._write_outbox(conn, outbox_claim_ms)
-
-    async def _write_outbox(
-        self, conn: asyncpg.Connection, outbox_claim_ms: int
+    async def write(
+        self, conn: asyncpg.Connection, outbox_claim_ms: int, engine_id: str
     ) -> list[PublishedRow]:
-        if not self.outbox:
-            return []
-        ids = await conn.fetch(
-            Q.insert_outbox,
-            [m.routing_key for m in self.outbox],
-            [m.message_id for m in self.outbox],
-            [m.body for m in self.outbox],
+        """Write everything in one statement; return the outbox rows to publish after commit."""
+        instances = [_with_json(row, 5, 6) for row in self.new_instances]
+        changed = [_with_json(state_to_row(s), 2, 3) for s in self.changed_instances.values()]
+        repeats = [(t, s, d, c) for (t, s), (d, c) in self.ledger_repeats.items()]
+        history = [_with_json(row, 4) for row in self.history]
+        rows = await conn.fetch(
+            Q.write_batch,
+            *_columns(instances, 8),
+            *_columns(changed, 5),
+            self.ended_instances,
+            *_columns(self.new_tasks, 6),
+            *_columns([_task_args(t) for t in self.changed_tasks.values()], 10),
+            *_columns([tuple(row) for row in self.ledger_inserts.values()], 8),
+            *_columns(repeats, 4),
+            *_columns(self.incidents, 7),
+            *_columns(history, 5),
+            engine_id,
+            *_columns(list(self.counters.items()), 2),
+            *_columns([(m.routing_key, m.message_id, m.body) for m in self.outbox], 3),
             outbox_claim_ms,
         )
-        return [PublishedRow(row["id"], m) for row, m in zip(ids, self.outbox, strict=True)]
+        return [PublishedRow(row["id"], m) for row, m in zip(rows, self.outbox, strict=True)]
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to one list per column, the shape unnest() takes."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _with_json(row: tuple[Any, ...], *json_columns: int) -> tuple[Any, ...]:
+    """JSON columns travel as text (asyncpg cannot send a jsonb[] of mixed values)."""
+    return tuple(
+        orjson.dumps(value).decode() if i in json_columns and value is not None else value
+        for i, value in enumerate(row)
+    )
 
 
 def _task_args(task: TaskRow) -> tuple[Any, ...]:

@@ -380,7 +380,9 @@ async def test_backlog_older_than_lock_is_done_once_without_expiries(
             "SELECT count(*) AS runs, count(DISTINCT idempotency_key) AS keys, "
             "max(attempt) AS max_attempt FROM lease_executions"
         )
-        counters = await db.fetch("SELECT name, value FROM engine_counters ORDER BY name")
+        counters = await db.fetch(
+            "SELECT name, sum(value) AS value FROM engine_counters GROUP BY name ORDER BY name"
+        )
         return (
             f"instances: {await instance_states(db, 'lease_backlog')}\n"
             f"executions: {dict(counts) if counts else None}\n"

@@ -142,6 +142,7 @@ async def test_concurrent_transactions_with_one_key(
     settings: Settings, db: asyncpg.Pool, topics: set[str]
 ) -> None:
     """The same start in 50 concurrent transactions, as 50 engine replicas would run it."""
+    from orchestrator.daemon.context import EngineContext
     from orchestrator.daemon.processes import ProcessCache
     from orchestrator.daemon.starts import StartBatch
     from orchestrator.model.wire import StartCommand
@@ -158,7 +159,8 @@ async def test_concurrent_transactions_with_one_key(
         async with pool.acquire() as conn:
             await gate.wait()
             async with conn.transaction():
-                results, _ = await StartBatch(conn, ProcessCache(), 1000).run([command])
+                context = EngineContext(ProcessCache(), 1000, "test")
+                results, _ = await StartBatch(conn, context).run([command])
                 return results[0]
 
     try:

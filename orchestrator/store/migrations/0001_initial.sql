@@ -124,7 +124,10 @@ CREATE TABLE history (
 );
 CREATE INDEX history_by_instance ON history (instance_id, id);
 
+-- Counters per engine, so replicas never queue up behind each other on one hot row.
 CREATE TABLE engine_counters (
-    name  text PRIMARY KEY,
-    value bigint NOT NULL DEFAULT 0
+    engine_id text   NOT NULL,
+    name      text   NOT NULL,
+    value     bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (engine_id, name)
 );
