@@ -40,34 +40,42 @@ WHERE key = $1 ORDER BY version DESC LIMIT 1;
 SELECT id, key, version, graph FROM process_definitions WHERE key = $1 AND version = $2;
 
 -- name: insert_start_ledger
+-- One row per key; of two starts with the same key in one batch, the first wins.
 INSERT INTO start_ledger (idempotency_key, payload_hash, instance_id, created)
-VALUES ($1, $2, $3, true)
+SELECT k, h, i, true FROM unnest($1::text[], $2::bytea[], $3::uuid[]) AS u (k, h, i)
 ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING instance_id;
+RETURNING idempotency_key, instance_id;
 
--- name: start_ledger_entry
-SELECT payload_hash, instance_id, created FROM start_ledger WHERE idempotency_key = $1;
+-- name: start_ledger_entries
+SELECT idempotency_key, payload_hash, instance_id, created FROM start_ledger
+WHERE idempotency_key = ANY($1::text[]);
 
--- name: count_start_duplicate
-UPDATE start_ledger SET duplicates = duplicates + 1 WHERE idempotency_key = $1;
+-- name: count_start_duplicates
+UPDATE start_ledger l SET duplicates = l.duplicates + u.n
+FROM (SELECT k, count(*) AS n FROM unnest($1::text[]) AS k GROUP BY k) AS u
+WHERE l.idempotency_key = u.k;
 
--- name: forget_start
-DELETE FROM start_ledger WHERE idempotency_key = $1;
+-- name: forget_starts
+DELETE FROM start_ledger WHERE idempotency_key = ANY($1::text[]);
 
--- name: start_returns_existing
-UPDATE start_ledger SET instance_id = $2, created = false WHERE idempotency_key = $1;
+-- name: starts_return_existing
+UPDATE start_ledger l SET instance_id = u.owner, created = false
+FROM unnest($1::text[], $2::uuid[]) AS u (k, owner)
+WHERE l.idempotency_key = u.k;
 
 -- name: prune_start_ledger
 DELETE FROM start_ledger WHERE created_at < now() - make_interval(days => $1);
 
--- name: claim_business_key
+-- name: claim_business_keys
 INSERT INTO active_business_keys (process_key, business_key, instance_id)
-VALUES ($1, $2, $3)
+SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])
 ON CONFLICT (process_key, business_key) DO NOTHING
 RETURNING instance_id;
 
--- name: business_key_owner
-SELECT instance_id FROM active_business_keys WHERE process_key = $1 AND business_key = $2;
+-- name: business_key_owners
+SELECT k.process_key, k.business_key, k.instance_id
+FROM active_business_keys k
+JOIN unnest($1::text[], $2::text[]) AS u (p, b) ON k.process_key = u.p AND k.business_key = u.b;
 
 -- name: lock_instances_of_tasks
 -- Instance rows are locked in id order, so concurrent engines never deadlock.

@@ -364,8 +364,10 @@ class Collector:
         self.queue: Any = app.backend.binding
         self._consumer_class: Any = app.amqp.Consumer
         self._conn: Any = app.connection_for_read(connect_timeout=CONNECT_TIMEOUT_S)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        #: task id -> (arrival time, result message); `order` lists the ids as they arrived.
         self.arrived: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.order: list[str] = []
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -397,16 +399,14 @@ class Collector:
             self._error = exc
         finally:
             self._ready.set()
-            with self._cond:
-                self._cond.notify_all()
             self._conn.release()
 
     def _on_message(self, body: Any, message: Any) -> None:
         now = time.time()
         task_id = message.properties.get("correlation_id") or body.get("task_id")
-        with self._cond:
+        with self._lock:
             self.arrived[str(task_id)] = (now, body)
-            self._cond.notify_all()
+            self.order.append(str(task_id))
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -415,25 +415,31 @@ class Collector:
     def wait_for(
         self, ids: Sequence[str], timeout: float, check: Callable[[], None], label: str
     ) -> dict[str, tuple[float, dict[str, Any]]]:
-        """Wait until a result arrived for each id; progress to stderr every few seconds."""
+        """Wait until a result arrived for each id; progress to stderr every few seconds.
+
+        Arrival times are taken by the consumer thread, so this polls (every 20 ms, looking only
+        at what arrived since) without affecting them."""
         deadline = time.monotonic() + timeout
         next_report = time.monotonic() + 5
+        pending = set(ids)
+        seen = 0
         while True:
-            with self._cond:
-                done = sum(1 for task_id in ids if task_id in self.arrived)
-                if done < len(ids):
-                    self._cond.wait(0.2)
-            self._raise_if_failed()
-            if done >= len(ids):
-                with self._cond:
+            with self._lock:
+                new, seen = self.order[seen:], len(self.order)
+            pending.difference_update(new)
+            if not pending:
+                with self._lock:
                     return {task_id: self.arrived[task_id] for task_id in ids}
+            self._raise_if_failed()
             check()
             now = time.monotonic()
+            done = len(ids) - len(pending)
             if now > deadline:
                 raise BenchError(f"{label}: timed out with {done}/{len(ids)} chains complete")
             if now > next_report:
                 _status(f"{label}: {done}/{len(ids)} chains complete")
                 next_report = now + 5
+            time.sleep(0.02)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -454,9 +460,11 @@ class Submitter:
         """Publish one chain (the client publishes its first task); return the id of its last
         task and the submit time. Only the last task stores a result."""
         payload: dict[str, Any] = {"data": self.data}
-        sigs = [self.app.signature(self.task, ignore_result=True) for _ in range(self.steps - 1)]
-        sigs.append(self.app.signature(self.task, ignore_result=False))
-        sigs[0].args = (payload,)
+        last = self.steps - 1
+        sigs = [
+            self.app.signature(self.task, args=() if i else (payload,), ignore_result=i < last)
+            for i in range(self.steps)
+        ]
         sent_at = time.time()
         payload["t"] = sent_at
         work = sigs[0] if self.steps == 1 else functools.reduce(operator.or_, sigs)
@@ -464,10 +472,18 @@ class Submitter:
         return str(result.id), sent_at
 
 
-def _failures(results: dict[str, tuple[float, dict[str, Any]]]) -> list[str]:
-    return [
-        body.get("status", "?") for _, body in results.values() if body.get("status") != "SUCCESS"
-    ]
+def _failures(
+    results: dict[str, tuple[float, dict[str, Any]]], steps: int, payload_bytes: int
+) -> list[str]:
+    """What is wrong with each chain that did not run all its steps on the whole payload."""
+    wrong: list[str] = []
+    for _, body in results.values():
+        value = body.get("result")
+        if body.get("status") != "SUCCESS" or not isinstance(value, dict):
+            wrong.append(f"{body.get('status')}: {str(value)[:200]}")
+        elif len(value.get("d", [])) != steps or len(value.get("data", "")) != payload_bytes:
+            wrong.append(f"ran {len(value.get('d', []))} steps, payload {len(value['data'])} B")
+    return wrong
 
 
 def _dispatch_samples(results: dict[str, tuple[float, dict[str, Any]]]) -> list[float]:
@@ -490,7 +506,7 @@ class Bench:
         results = self.collector.wait_for(
             ids, self.options.timeout_s, self.workers.check_alive, label
         )
-        failed = _failures(results)
+        failed = _failures(results, self.options.steps, self.options.payload_bytes)
         if failed:
             raise BenchError(f"{label}: {len(failed)} chains did not succeed: {failed[:5]}")
         return results
