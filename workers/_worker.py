@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from pydantic import ValidationError
 
@@ -40,6 +39,7 @@ from orchestrator.model.wire import (
 from workers._context import LockStatus, TaskContext
 from workers._errors import LockLost
 from workers._outcome import Handler, Report, info_of, run_handler
+from workers._sender import ReportSender
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class Worker:
         self._lock_answers: dict[str, asyncio.Future[LockAnswer]] = {}
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
+        self._sender: ReportSender | None = None
         self._inbox_name = ""
         self._consumers: list[tuple[Any, str]] = []
         self._stopping = asyncio.Event()
@@ -139,6 +140,7 @@ class Worker:
         self._topology = topology
         self._connection = await connect(settings.amqp_url, name=self.worker_id)
         self._publisher = await Publisher.open(self._connection)
+        self._sender = ReportSender(self._publish_body)
         inbox_channel = await self._connection.channel()
         self._inbox_name = f"{topology.namespace}.worker.{self.worker_id}"
         inbox = await inbox_channel.declare_queue(
@@ -306,15 +308,19 @@ class Worker:
             await self._ack(item)
 
     async def _publish(self, report: Report) -> None:
+        if self._sender is None:
+            raise RuntimeError("worker is not started")
+        await self._sender.send(report)
+
+    async def _publish_body(self, body: bytes, message_id: str) -> None:
         if self._publisher is None:
             raise RuntimeError("worker is not started")
-        body = orjson.dumps(report.model_dump(mode="json"))
         await self._publisher.publish(
             Outgoing(
                 self._topology.reports_exchange,
                 REPORT_ROUTING_KEY,
                 body,
-                message_id=f"{report.task_id}:{report.attempt}:{report.type}",
+                message_id=message_id,
                 reply_to=self._inbox_name,
             )
         )

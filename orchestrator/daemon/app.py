@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import aio_pika
 import asyncpg
@@ -24,7 +24,7 @@ from orchestrator.config import Settings
 from orchestrator.daemon import admin
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.db import RETRYABLE, in_transaction
-from orchestrator.daemon.parsing import Malformed, parse_command, parse_report
+from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
 from orchestrator.daemon.relay import Relay
@@ -49,6 +49,12 @@ from orchestrator.store.queries import Q
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Message = AbstractIncomingMessage
+
+
+class DeadLetter(NamedTuple):
+    message: Message
+    reason: str
+    body: bytes
 
 
 class Engine:
@@ -203,16 +209,23 @@ class Engine:
     # --- reports -------------------------------------------------------------------------
 
     async def _handle_reports(self, batch: list[Message]) -> None:
-        items: list[tuple[Message, IncomingReport]] = []
-        dead: list[tuple[Message, str]] = []
+        items: list[tuple[Message, bytes, IncomingReport]] = []
+        dead: list[DeadLetter] = []
         for message in batch:
             try:
-                report = parse_report(message.body, self.settings.max_report_bytes)
-                items.append((message, IncomingReport(report, message.reply_to)))
+                parsed = parse_reports(message.body, self.settings.max_report_bytes)
             except Malformed as exc:
-                dead.append((message, str(exc)))
-        outcome = await self._apply_reports([item for _, item in items])
-        dead.extend((items[index][0], reason) for index, reason in outcome.dead.items())
+                dead.append(DeadLetter(message, str(exc), message.body))
+                continue
+            for one in parsed:
+                if one.report is None:
+                    dead.append(DeadLetter(message, one.reason or "malformed", one.raw))
+                else:
+                    items.append((message, one.raw, IncomingReport(one.report, message.reply_to)))
+        outcome = await self._apply_reports([item for _, _, item in items])
+        for index, reason in outcome.dead.items():
+            message, raw, _ = items[index]
+            dead.append(DeadLetter(message, reason, raw))
         crash_point("after_commit")
         await self._dead_letter(dead, self.topology.reports_queue)
         # Committed: the reports can go, and the task messages are safe in the outbox. Their
@@ -274,7 +287,7 @@ class Engine:
                 ]
             )
 
-    async def _dead_letter(self, dead: list[tuple[Message, str]], source: str) -> None:
+    async def _dead_letter(self, dead: list[DeadLetter], source: str) -> None:
         """Publish each to the dead exchange with its reason, and count them (outside the
         batch's transaction, which may be the very thing that failed)."""
         if not dead:
@@ -289,7 +302,7 @@ class Engine:
                 await conn.execute(Q.bump_counter, self.engine_id, counter, len(dead))
         except RETRYABLE as exc:
             log.warning("could not count %d dead letters: %s", len(dead), exc)
-        for message, reason in dead:
+        for message, reason, body in dead:
             log.warning("dead-lettering a message from %s: %s", source, reason)
             headers = {DEAD_REASON_HEADER: reason[:1000], "x-orch-source-queue": source}
             try:
@@ -297,7 +310,7 @@ class Engine:
                     Outgoing(
                         self.topology.dead_exchange,
                         "",
-                        message.body,
+                        body,
                         message_id=message.message_id,
                         headers=headers,
                         mandatory=False,
@@ -312,13 +325,13 @@ class Engine:
 
     async def _handle_commands(self, batch: list[Message]) -> None:
         starts: list[tuple[Message, StartCommand]] = []
-        dead: list[tuple[Message, str]] = []
+        dead: list[DeadLetter] = []
         for message in batch:
             try:
                 command = parse_command(message.body, self.settings.max_report_bytes)
             except Malformed as exc:
                 await self._reply(message, InvalidCommand(str(exc)))
-                dead.append((message, str(exc)))
+                dead.append(DeadLetter(message, str(exc), message.body))
                 continue
             if isinstance(command, StartCommand):
                 starts.append((message, command))

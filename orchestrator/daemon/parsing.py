@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 import orjson
 from pydantic import ValidationError
@@ -30,7 +31,38 @@ def _schema_error(exc: ValidationError) -> Malformed:
 
 
 def parse_report(body: bytes, max_bytes: int) -> Report:
+    return _report(_load(body, max_bytes))
+
+
+@dataclass(frozen=True)
+class ParsedReport:
+    """One report of a message, or the reason it is not one (with its own JSON, so it can be
+    dead-lettered alone when its message carried several)."""
+
+    report: Report | None
+    reason: str | None
+    raw: bytes
+
+
+def parse_reports(body: bytes, max_bytes: int) -> list[ParsedReport]:
+    """A message holds one report (an object) or several (an array of them): workers batch
+    the reports that are ready at the same moment into one message."""
     data = _load(body, max_bytes)
+    if not isinstance(data, list):
+        return [ParsedReport(_report(data), None, body)]
+    if not data:
+        raise Malformed("wrong schema: an empty array of reports")
+    parsed = []
+    for element in data:
+        raw = orjson.dumps(element)
+        try:
+            parsed.append(ParsedReport(_report(element), None, raw))
+        except Malformed as exc:
+            parsed.append(ParsedReport(None, str(exc), raw))
+    return parsed
+
+
+def _report(data: object) -> Report:
     try:
         report = REPORT_ADAPTER.validate_python(data)
     except ValidationError as exc:

@@ -55,7 +55,7 @@ def bad_reports(settings: Settings) -> dict[str, tuple[bytes, str]]:
             orjson.dumps({"type": "nonsense", "task_id": unknown, "attempt": 1, "worker_id": "w"}),
             "wrong schema",
         ),
-        "json-array": (orjson.dumps([{"type": "completed"}]), "wrong schema"),
+        "empty-array": (b"[]", "wrong schema"),
         "unknown-task": (completed_body(unknown, x=1), f"unknown task: {unknown}"),
         "not-a-task-id": (completed_body("order-17", x=1), "unknown task"),
         "oversized": (oversized, "oversized"),
@@ -311,3 +311,33 @@ async def test_report_the_engine_cannot_apply_is_dead_lettered_and_counted(
                 await nothing_more_dead(channel, topology)
                 # Every report that went to the dead queue is counted.
                 assert await counter(db, "reports_dead_lettered") == len(bodies)
+
+
+async def test_a_bad_report_in_a_batch_is_dead_lettered_alone(
+    settings: Settings, db: asyncpg.Pool, topics: set[str]
+) -> None:
+    """Workers send several reports as one JSON array. A bad element goes to the dead queue
+    with its own JSON; the good ones in the same message are applied."""
+    topics.add(TOPIC)
+    topology = Topology(settings.namespace)
+    async with Client(settings) as client, running_engine(settings):
+        await client.deploy(sequential_process("batched", [TOPIC]))
+        await client.start("batched", variables={"n": 1})
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            task = await take_task(channel, topology, TOPIC)
+            bad = {"type": "completed", "task_id": task.task_id}
+            batch = b"[" + completed_body(task.task_id, ok=True) + b"," + orjson.dumps(bad) + b"]"
+            await publish_all(
+                channel, topology.reports_exchange, REPORT_ROUTING_KEY, {"batch": batch}
+            )
+
+            async def completed() -> bool:
+                return (await instance_states(db, "batched")).get("completed") == 1
+
+            await wait_until(completed, timeout=TIMEOUT, what="the good report of the batch")
+            dead = await collect_dead(channel, topology, 1)
+            assert "wrong schema" in reason_of(dead["batch"])
+            assert orjson.loads(dead["batch"].body) == bad
+            assert await counter(db, "reports_dead_lettered") == 1

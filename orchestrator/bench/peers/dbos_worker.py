@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     DBOS.listen_queues([QUEUE_NAME])
+    DBOS.launch()
     try:
-        DBOS.launch()
         sys.stdout.write(READY_LINE + "\n")
         sys.stdout.flush()
         sys.stdin.read()

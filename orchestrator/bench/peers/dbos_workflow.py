@@ -48,7 +48,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from orchestrator.bench.procstats import CpuMeter, pids_named
+from orchestrator.bench.procstats import cpu_seconds, pids_named
 from orchestrator.bench.stats import summary
 
 _STATUS_SQL = (
@@ -68,7 +68,11 @@ _STOP_TIMEOUT_S = 15.0
 
 
 class BenchError(Exception):
-    """A failed run, with a short message for the user."""
+    """A failed run, with a short message for the user and the exit code to leave with."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,31 @@ class Phase:
                 self.lag_s.append(at - scheduled)
 
 
+class CpuGroups:
+    """CPU seconds per group of processes between `start()` and `stop()`.
+
+    Groups are listed again at `stop()`, so processes started in between (PostgreSQL
+    backends of connections opened during the phase) count too; processes that ended in
+    between are lost. `postgres` is every PostgreSQL process, whatever else it served.
+    """
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self._before: dict[str, dict[int, float]] = {}
+
+    def start(self) -> None:
+        self._before = {
+            name: {pid: cpu_seconds(pid) for pid in pids()} for name, pids in self.groups.items()
+        }
+
+    def stop(self) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for name, pids in self.groups.items():
+            before = self._before.get(name, {})
+            used[name] = round(sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids()), 3)
+        return used
+
+
 class Starter(Protocol):
     """Starts one benchmark workflow; how depends on the mode."""
 
@@ -133,9 +162,9 @@ def _url_for(database_url: str, database: str) -> str:
     try:
         url = make_url(database_url)
     except ArgumentError as exc:
-        raise BenchError(f"invalid --database-url: {exc}") from exc
+        raise BenchError(f"invalid --database-url: {exc}", 2) from exc
     if not url.drivername.startswith("postgres"):
-        raise BenchError("--database-url must be a postgresql:// URL")
+        raise BenchError("--database-url must be a postgresql:// URL", 2)
     return url.set(drivername="postgresql", database=database).render_as_string(hide_password=False)
 
 
@@ -160,7 +189,7 @@ def _create_database(database_url: str) -> tuple[str, str]:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"PostgreSQL unreachable at {_where(database_url)}: {first}") from exc
+        raise BenchError(f"PostgreSQL unreachable at {_where(database_url)}: {first}", 2) from exc
     return name, _url_for(database_url, name)
 
 
@@ -213,11 +242,7 @@ class Workers:
         waiting = set(range(len(self.procs)))
         while waiting:
             try:
-                waiting.discard(
-                    ready.get(
-                        timeout=max(0.0, min(deadline, time.monotonic() + 1) - time.monotonic())
-                    )
-                )
+                waiting.discard(ready.get(timeout=0.5))
             except queue.Empty:
                 self.check_alive()
                 if time.monotonic() > deadline:
@@ -426,7 +451,7 @@ def _warm_up(ctx: Context) -> None:
     _status(f"warm-up done ({len(ids)} workflows)")
 
 
-def _throughput(ctx: Context, meter: CpuMeter) -> dict[str, Any]:
+def _throughput(ctx: Context, meter: CpuGroups) -> dict[str, Any]:
     options = ctx.options
     ids = [f"tp-{index}" for index in range(options.instances)]
     meter.start()
@@ -486,6 +511,9 @@ def _variant(options: Options) -> str:
 def run(options: Options) -> dict[str, Any]:
     from dbos import DBOS
 
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        _status(f"warning: the machine is not idle (load average {load:.2f})")
     name, bench_url = _create_database(options.database_url)
     _status(f"database {name} created; mode {options.mode}")
     deadline = time.monotonic() + options.timeout
@@ -519,13 +547,12 @@ def run(options: Options) -> dict[str, Any]:
                 )
                 _warm_up(ctx)
                 # After the warm-up, so the connections it opened are counted.
-                meter = CpuMeter(
-                    {
-                        "client": [os.getpid()],
-                        "workers": workers.pids or [os.getpid()],
-                        "postgres": pids_named("postgres"),
-                    }
+                meter = CpuGroups(
+                    {"client": lambda: [os.getpid()], "workers": lambda: workers.pids}
+                    if options.mode == "queue"
+                    else {"dbos_process": lambda: [os.getpid()]}
                 )
+                meter.groups["postgres"] = lambda: pids_named("postgres")
                 _status(f"throughput phase: {options.instances} workflows x {options.steps} steps")
                 full = _throughput(ctx, meter)
                 _status(f"{full['tasks_per_s']} tasks/s, {full['instances_per_s']} workflows/s")
@@ -671,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(options)
     except BenchError as exc:
         _status(f"error: {exc}")
-        return 2 if "unreachable" in str(exc) or "--database-url" in str(exc) else 1
+        return exc.exit_code
     except Exception as exc:
         _status(f"error: {type(exc).__name__}: {exc}")
         return 1
