@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a short run for CI: fails only below a quarter of the target",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object last")
+    bench.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="also queue this many instances with no worker, then drain them",
+    )
     return parser
 
 

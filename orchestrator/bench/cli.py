@@ -40,6 +40,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         rate=args.rate,
         rate_seconds=args.rate_seconds,
         peers=peers,
+        backlog=args.backlog,
     )
 
 

@@ -36,14 +36,22 @@ def group_cpu(pids: Iterable[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def _status_mb(pid: int, field: str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(field):
+                return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    return _status_mb(pid, "VmHWM:")
+
+
+def current_rss_mb(pid: int) -> float | None:
+    return _status_mb(pid, "VmRSS:")
 
 
 class CpuMeter:

@@ -52,4 +52,12 @@ def table(result: dict[str, Any]) -> str:
         f"engine peak RSS: {result.get('engine_peak_rss_mb')} MB; "
         f"dispatch at full load: {result.get('dispatch_latency_ms_full_load')}"
     )
+    backlog = result.get("backlog")
+    if backlog:
+        out.append(
+            f"backlog of {backlog['instances']} instances: engine RSS "
+            f"{backlog['engine_rss_mb_while_waiting']} MB while they wait; drained at "
+            f"{backlog['drain_tasks_per_s']} tasks/s ({backlog['ratio_to_empty_queue']}x the "
+            "empty-queue rate)"
+        )
     return "\n".join(out)

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from orchestrator.bench.procstats import CpuMeter, peak_rss_mb
+from orchestrator.bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
 from orchestrator.bench.stats import summary
 from orchestrator.client import Client
 from orchestrator.config import Settings
@@ -44,6 +44,8 @@ class BenchOptions:
     warmup: int = 300
     peers: tuple[str, ...] = ()
     timeout_s: float = 600.0
+    #: With a backlog of this many instances queued first, compare the drain rate.
+    backlog: int = 0
 
 
 @dataclass
@@ -94,28 +96,27 @@ class Run:
 
     def start_processes(self) -> None:
         self.engine = self._spawn("engine.log", "engine")
+        self.start_workers()
+
+    def start_workers(self, label: str = "") -> None:
         for index in range(self.options.worker_processes):
             self.workers.append(
                 self._spawn(
-                    f"worker-{index}.log",
+                    f"worker-{label}{index}.log",
                     "worker",
                     WORKER_SPEC,
                     BENCH_TOPICS=",".join(self.topics),
-                    BENCH_LATENCY_FILE=str(self.workdir / f"latency-{index}.txt"),
+                    BENCH_LATENCY_FILE=str(self.workdir / f"latency-{label}{index}.txt"),
                     BENCH_PAYLOAD_BYTES=str(self.options.payload_bytes),
                 )
             )
 
+    def stop_workers(self) -> None:
+        _stop(self.workers)
+        self.workers = []
+
     def stop_processes(self) -> None:
-        procs = [p for p in [*self.workers, self.engine] if p is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop([p for p in [*self.workers, self.engine] if p is not None])
 
     def check_alive(self) -> None:
         for proc in [self.engine, *self.workers]:
@@ -132,6 +133,17 @@ class Run:
                 if since_ms <= created <= until_ms:
                     values.append(entered - created)
         return values
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def _wait_completed(
@@ -290,6 +302,7 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
             _status(f"{full['tasks_per_s']} tasks/s; latency phase...")
             rate = options.rate or max(1.0, full["instances_per_s"] / 2)
             half = await _latency(run, client, pool, rate)
+            backlog = await _backlog(run, client, pool, full) if options.backlog else None
         rss = peak_rss_mb(run.engine.pid) if run.engine else None
     finally:
         run.stop_processes()
@@ -310,6 +323,41 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
         "instance_latency_ms": half["instance_latency_ms"],
         "latency_phase": {k: v for k, v in half.items() if k != "instance_latency_ms"},
         "engine_peak_rss_mb": round(rss, 1) if rss else None,
+        "backlog": backlog,
+    }
+
+
+async def _backlog(
+    run: Run, client: Client, pool: asyncpg.Pool, full: dict[str, Any]
+) -> dict[str, Any]:
+    """Queue a large backlog with no worker running, then drain it: the rate must not
+    collapse (compared with the throughput phase), and the engine must not grow with it."""
+    count = run.options.backlog
+    run.stop_workers()
+    _status(f"backlog: starting {count} instances with no worker running...")
+    ids = await _start_all(client, count, {})
+    deadline = time.monotonic() + run.options.timeout_s
+    while await pool.fetchval("SELECT count(*) FROM outbox") > 0:
+        if time.monotonic() > deadline:
+            raise SystemExit("backlog: the outbox did not drain")
+        await asyncio.sleep(0.2)
+    rss_waiting = current_rss_mb(run.engine.pid) if run.engine else None
+    _status(f"backlog queued (engine RSS {rss_waiting} MB); draining...")
+    began = time.time()
+    run.start_workers(label="b")
+    await _wait_completed(run, pool, ids, len(ids), time.monotonic() + run.options.timeout_s)
+    last_end = await pool.fetchval(
+        "SELECT extract(epoch FROM max(ended_at)) FROM process_instances "
+        "WHERE id = ANY($1::uuid[])",
+        ids,
+    )
+    elapsed = float(last_end) - began
+    tasks_per_s = count * run.options.steps / elapsed
+    return {
+        "instances": count,
+        "engine_rss_mb_while_waiting": rss_waiting,
+        "drain_tasks_per_s": round(tasks_per_s, 1),
+        "ratio_to_empty_queue": round(tasks_per_s / full["tasks_per_s"], 2),
     }
 
 

@@ -9,11 +9,14 @@ stays as the server has it (on). A fresh database `dbos_bench_<hex>` on the serv
 Modes (`--mode`):
 - `queue` (default): the way to spread DBOS workflows over several processes. W worker
   processes launch DBOS and listen to one queue; this process enqueues every workflow with
-  a `DBOSClient` (one transaction each, from a few threads). Each worker's queue thread polls
-  every `--poll-interval` seconds (DBOS's default 1 s) and claims what is enqueued, up to
-  `--worker-concurrency` running workflows (default: no limit, DBOS's default).
+  a `DBOSClient` (one transaction each, from `--start-threads` threads). Each worker's queue
+  thread polls every `--poll-interval` seconds and claims what is enqueued, up to
+  `--worker-concurrency` running workflows in that process; each runs on its own executor
+  thread. Tuned for throughput: 50 per worker and 0.1 s did best on a 2-core machine with
+  2 workers (about 600 tasks/s against about 460 with DBOS's defaults of no limit and 1 s,
+  which `--worker-concurrency 0 --poll-interval 1` restores).
 - `direct`: `DBOS.start_workflow` in this one process (W is ignored); each workflow runs at
-  once on DBOS's executor threads, with no queue and no polling.
+  once on a DBOS executor thread, with no queue and no polling.
 
 Phases: a warm-up (`--warmup` workflows), then throughput (start N as fast as possible; first
 start to last completion), then, with `--rate`, latency (open-loop starts at R/s for M
@@ -649,15 +652,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--mode", choices=("queue", "direct"), default="queue")
     parser.add_argument(
         "--worker-concurrency",
-        type=_positive_int,
-        default=None,
-        help="queue mode: running workflows per worker (default no limit)",
+        type=_non_negative_int,
+        default=50,
+        help="queue mode: running workflows per worker process, 0 for no limit (DBOS's default)",
     )
     parser.add_argument(
         "--poll-interval",
         type=_positive_float,
-        default=1.0,
-        help="queue mode: seconds between queue polls (DBOS default 1.0)",
+        default=0.1,
+        help="queue mode: seconds between a worker's queue polls (DBOS's default is 1.0)",
     )
     parser.add_argument(
         "--start-threads", type=_positive_int, default=8, help="threads issuing the start calls"
@@ -683,7 +686,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         rate=args.rate,
         rate_instances=rate_instances,
         mode=args.mode,
-        worker_concurrency=args.worker_concurrency,
+        worker_concurrency=args.worker_concurrency or None,
         poll_interval=args.poll_interval,
         start_threads=args.start_threads,
         warmup=args.warmup,
