@@ -29,7 +29,7 @@ MAX_BATCH_REPORTS = 500
 
 
 class ReportSender:
-    def __init__(self, publish: Publish, *, in_flight: int = 2) -> None:
+    def __init__(self, publish: Publish, *, in_flight: int = 16) -> None:
         self._publish = publish
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._slots = in_flight

@@ -11,7 +11,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
-import aio_pika
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -49,6 +48,15 @@ from orchestrator.store.queries import Q
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Message = AbstractIncomingMessage
+
+
+CommandResult = dict[str, Any] | OrchestratorError
+
+
+def _reply_of(result: CommandResult) -> CommandReply:
+    if isinstance(result, OrchestratorError):
+        return CommandReply(ok=False, error=CommandError(code=result.code, message=str(result)))
+    return CommandReply(ok=True, result=result)
 
 
 class DeadLetter(NamedTuple):
@@ -325,22 +333,25 @@ class Engine:
 
     async def _handle_commands(self, batch: list[Message]) -> None:
         starts: list[tuple[Message, StartCommand]] = []
+        answers: list[tuple[Message, CommandResult]] = []
         dead: list[DeadLetter] = []
         for message in batch:
             try:
                 command = parse_command(message.body, self.settings.max_report_bytes)
             except Malformed as exc:
-                await self._reply(message, InvalidCommand(str(exc)))
+                answers.append((message, InvalidCommand(str(exc))))
                 dead.append(DeadLetter(message, str(exc), message.body))
                 continue
             if isinstance(command, StartCommand):
                 starts.append((message, command))
             else:
-                await self._reply(message, await self._answer(command))
+                answers.append((message, await self._answer(command)))
         if starts:
             results = await self._start_all([command for _, command in starts])
-            for (message, _), result in zip(starts, results, strict=True):
-                await self._reply(message, result)
+            answers += [
+                (message, result) for (message, _), result in zip(starts, results, strict=True)
+            ]
+        await self._reply(answers)
         await self._dead_letter(dead, self.topology.commands_queue)
         await ack_all(batch)
 
@@ -384,27 +395,24 @@ class Engine:
             return ServiceUnavailable(f"database unavailable: {exc}")
         return InvalidCommand(f"unsupported command {command.type}")
 
-    async def _reply(self, message: Message, result: dict[str, Any] | OrchestratorError) -> None:
-        if not message.reply_to:
-            return
-        if isinstance(result, OrchestratorError):
-            reply = CommandReply(
-                ok=False, error=CommandError(code=result.code, message=str(result))
+    async def _reply(self, answers: list[tuple[Message, CommandResult]]) -> None:
+        """Send the replies of a batch of commands, all in flight at once: waiting for each
+        confirm in turn would make every start in a batch wait for all before it."""
+        outgoing = [
+            Outgoing(
+                "",
+                message.reply_to,
+                orjson.dumps(_reply_of(result).model_dump(mode="json")),
+                correlation_id=message.correlation_id,
+                persistent=False,
+                mandatory=False,
             )
-        else:
-            reply = CommandReply(ok=True, result=result)
-        outgoing = Outgoing(
-            "",
-            message.reply_to,
-            orjson.dumps(reply.model_dump(mode="json")),
-            correlation_id=message.correlation_id,
-            persistent=False,
-            mandatory=False,
-        )
-        try:
-            await self.publisher.publish(outgoing)
-        except (aio_pika.exceptions.AMQPError, TimeoutError, RuntimeError) as exc:
-            log.warning("could not reply to %s: %s", message.reply_to, exc)
+            for message, result in answers
+            if message.reply_to
+        ]
+        errors = [e for e in await self.publisher.publish_many(outgoing) if e is not None]
+        if errors:  # the clients resend; their starts are idempotent
+            log.warning("could not send %d replies: %s", len(errors), errors[0])
 
 
 def rows_left(rows: list[Any]) -> bool:

@@ -30,7 +30,10 @@ async def create_pool(url: str, *, size: int = 8, timeout: float = 5.0) -> async
         timeout=timeout,
         command_timeout=60,
         init=_init_connection,
-        server_settings={"application_name": "orchestrator"},
+        server_settings={
+            "application_name": "orchestrator",
+            "plan_cache_mode": "force_generic_plan",
+        },
     )
     if pool is None:  # asyncpg types it Optional; it is never None once awaited
         raise RuntimeError("asyncpg returned no pool")

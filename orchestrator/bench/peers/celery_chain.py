@@ -21,13 +21,15 @@ at R chains/s; latency = completion - submit). Dispatch latency: from when the s
 previous step let go of the payload to when the next step starts (all S hops of every chain).
 
 Progress goes to stderr; the last stdout line is one JSON object. Every queue and exchange is
-named after a per-run prefix and deleted at the end.
+named after a per-run prefix and deleted at the end (should the run be killed first, its worker
+nodes get SIGTERM and its task queue expires after 10 minutes without consumers).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import functools
 import json
 import operator
@@ -44,8 +46,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from orchestrator.bench.peers import celery_app as bench_app
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -203,6 +206,14 @@ def delete_topology(app: Any, queues: Iterable[str], exchanges: Iterable[str]) -
 # --- worker processes ------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Run in each worker node before exec (Linux): SIGTERM it if this runner dies, e.g. when a
+    harness kills the runner on a timeout, so no node outlives its run."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class WorkerGroup:
     """W `celery worker` nodes, each in its own process group so that a kill reaches its pool."""
@@ -241,6 +252,7 @@ class WorkerGroup:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
+                        preexec_fn=_die_with_parent,
                     )
                 )
 
@@ -466,7 +478,7 @@ class Submitter:
             for i in range(self.steps)
         ]
         sent_at = time.time()
-        payload["t"] = sent_at
+        payload[bench_app.SENT_AT] = sent_at
         work = sigs[0] if self.steps == 1 else functools.reduce(operator.or_, sigs)
         result = work.apply_async()
         return str(result.id), sent_at
@@ -481,8 +493,11 @@ def _failures(
         value = body.get("result")
         if body.get("status") != "SUCCESS" or not isinstance(value, dict):
             wrong.append(f"{body.get('status')}: {str(value)[:200]}")
-        elif len(value.get("d", [])) != steps or len(value.get("data", "")) != payload_bytes:
-            wrong.append(f"ran {len(value.get('d', []))} steps, payload {len(value['data'])} B")
+            continue
+        ran = len(value.get(bench_app.DISPATCH, []))
+        size = len(value.get("data", ""))
+        if ran != steps or size != payload_bytes:
+            wrong.append(f"ran {ran} of {steps} steps, payload {size} of {payload_bytes} B")
     return wrong
 
 
@@ -491,7 +506,9 @@ def _dispatch_samples(results: dict[str, tuple[float, dict[str, Any]]]) -> list[
     for _, body in results.values():
         value = body.get("result")
         if isinstance(value, dict):
-            samples += [s * 1000 for s in value.get("d", []) if isinstance(s, int | float)]
+            samples += [
+                s * 1000 for s in value.get(bench_app.DISPATCH, []) if isinstance(s, int | float)
+            ]
     return samples
 
 
@@ -582,30 +599,23 @@ def _versions(rabbitmq: str) -> dict[str, str]:
     return versions
 
 
-def _load_app(env: dict[str, str]) -> ModuleType:
-    """Import the Celery app only once its environment is set (it reads it at import)."""
-    os.environ.update(env)
-    from orchestrator.bench.peers import celery_app
-
-    return celery_app
-
-
 def run(options: Options) -> dict[str, Any]:
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
     _status(f"run prefix {prefix}; variant: {variant(options)}")
-    module = _load_app(
+    # The workers build the same app from the same environment (they inherit it).
+    os.environ.update(
         {
-            "BENCH_CELERY_BROKER_URL": options.amqp_url,
-            "BENCH_CELERY_PREFIX": prefix,
-            "BENCH_CELERY_QUORUM": "1" if options.quorum else "0",
-            "BENCH_CELERY_CONFIRMS": "1" if options.confirms else "0",
+            bench_app.BROKER_URL_ENV: options.amqp_url,
+            bench_app.PREFIX_ENV: prefix,
+            bench_app.QUORUM_ENV: "1" if options.quorum else "0",
+            bench_app.CONFIRMS_ENV: "1" if options.confirms else "0",
         }
     )
-    app: Any = module.app
+    app: Any = bench_app.make_app()
     rabbitmq = preflight(app, options.quorum)
-    task_queue: str = module.task_queue_name(prefix)
-    exchanges = [task_queue, module.event_exchange_name(prefix)]
-    exchanges += module.control_exchange_names(prefix)
+    task_queue: str = bench_app.task_queue_name(prefix)
+    exchanges = [task_queue, bench_app.event_exchange_name(prefix)]
+    exchanges += bench_app.control_exchange_names(prefix)
     with tempfile.TemporaryDirectory(prefix="celery-bench-") as logdir:
         workers = WorkerGroup(
             prefix, options.workers, options.concurrency, dict(os.environ), Path(logdir)
@@ -619,7 +629,7 @@ def run(options: Options) -> dict[str, Any]:
             _status(f"{options.workers} worker nodes ready in {ready_s:.1f}s")
             collector.start()
             data = "x" * options.payload_bytes
-            submitter = Submitter(app, module.STEP_TASK, options.steps, data)
+            submitter = Submitter(app, bench_app.STEP_TASK, options.steps, data)
             bench = Bench(options, submitter, collector, workers)
             bench.warmup()
             result = _result(options, bench, rabbitmq)
@@ -658,8 +668,13 @@ def _result(options: Options, bench: Bench, rabbitmq: str) -> dict[str, Any]:
     }
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise BenchError(f"terminated by signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # so the workers are stopped and the queue deleted
     try:
         result = run(options)
     except BenchError as exc:

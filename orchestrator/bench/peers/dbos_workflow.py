@@ -514,9 +514,6 @@ def _variant(options: Options) -> str:
 def run(options: Options) -> dict[str, Any]:
     from dbos import DBOS
 
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        _status(f"warning: the machine is not idle (load average {load:.2f})")
     name, bench_url = _create_database(options.database_url)
     _status(f"database {name} created; mode {options.mode}")
     deadline = time.monotonic() + options.timeout
