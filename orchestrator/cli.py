@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--instances", type=int, default=5000)
     bench.add_argument("--steps", type=int, default=3)
     bench.add_argument("--worker-processes", type=int, default=2)
+    bench.add_argument("--engines", type=int, default=1, help="engine processes (active-active)")
     bench.add_argument("--payload-bytes", type=int, default=0)
     bench.add_argument(
         "--rate",

@@ -36,6 +36,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         instances=args.instances,
         steps=args.steps,
         worker_processes=args.worker_processes,
+        engines=args.engines,
         payload_bytes=args.payload_bytes,
         rate=args.rate,
         rate_seconds=args.rate_seconds,

@@ -38,6 +38,7 @@ class BenchOptions:
     instances: int = 5000
     steps: int = 3
     worker_processes: int = 2
+    engines: int = 1
     payload_bytes: int = 0
     rate: float | None = None  # instances/s of the latency phase; default half the maximum
     rate_seconds: float = 5.0
@@ -55,7 +56,7 @@ class Run:
     settings: Settings
     options: BenchOptions
     workdir: Path
-    engine: subprocess.Popen[bytes] | None = None
+    engines: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -95,7 +96,8 @@ class Run:
             )
 
     def start_processes(self) -> None:
-        self.engine = self._spawn("engine.log", "engine")
+        for index in range(self.options.engines):
+            self.engines.append(self._spawn(f"engine-{index}.log", "engine"))
         self.start_workers()
 
     def start_workers(self, label: str = "") -> None:
@@ -116,10 +118,10 @@ class Run:
         self.workers = []
 
     def stop_processes(self) -> None:
-        _stop([p for p in [*self.workers, self.engine] if p is not None])
+        _stop([*self.workers, *self.engines])
 
     def check_alive(self) -> None:
-        for proc in [self.engine, *self.workers]:
+        for proc in [*self.engines, *self.workers]:
             if proc is not None and proc.poll() is not None:
                 raise SystemExit(
                     f"a benchmark process exited ({proc.args!r}); logs in {self.workdir}"
@@ -184,8 +186,7 @@ async def _start_all(client: Client, count: int, payload: dict[str, Any]) -> lis
 async def _throughput(run: Run, client: Client, pool: asyncpg.Pool) -> dict[str, Any]:
     options = run.options
     payload = {"payload": "x" * options.payload_bytes} if options.payload_bytes else {}
-    engine_pids = [run.engine.pid] if run.engine else []
-    meter = CpuMeter.for_run(engine_pids, [w.pid for w in run.workers])
+    meter = CpuMeter.for_run([e.pid for e in run.engines], [w.pid for w in run.workers])
     meter.start()
     began_wall = time.time()
     began = time.monotonic()
@@ -303,7 +304,7 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
             rate = options.rate or max(1.0, full["instances_per_s"] / 2)
             half = await _latency(run, client, pool, rate)
             backlog = await _backlog(run, client, pool, full) if options.backlog else None
-        rss = peak_rss_mb(run.engine.pid) if run.engine else None
+        rss = max((peak_rss_mb(e.pid) or 0.0 for e in run.engines), default=None)
     finally:
         run.stop_processes()
         await pool.close()
@@ -313,7 +314,8 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
     half_window = half.pop("_window_ms")
     return {
         "name": "orchestrator",
-        "variant": f"{options.worker_processes} worker processes, confirms, durable, "
+        "variant": f"{options.engines} engine(s), {options.worker_processes} worker processes, "
+        "confirms, durable, "
         "synchronous_commit on",
         "instances": options.instances,
         "steps": options.steps,
@@ -341,7 +343,7 @@ async def _backlog(
         if time.monotonic() > deadline:
             raise SystemExit("backlog: the outbox did not drain")
         await asyncio.sleep(0.2)
-    rss_waiting = current_rss_mb(run.engine.pid) if run.engine else None
+    rss_waiting = max((current_rss_mb(e.pid) or 0.0 for e in run.engines), default=None)
     _status(f"backlog queued (engine RSS {rss_waiting} MB); draining...")
     began = time.time()
     run.start_workers(label="b")
