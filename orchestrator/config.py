@@ -22,6 +22,8 @@ class Settings:
     #: A report batch closes after this many messages or this many milliseconds.
     batch_size: int = 500
     batch_window_ms: float = 0.0
+    #: Report and command batches processed at once per engine (each on its own channel).
+    consumers_per_queue: int = 1
     #: How often the reaper looks for expired leases and due retries.
     reaper_interval_ms: int = 200
     #: Outbox rows the relay did not publish are swept up after this long.
@@ -43,5 +45,6 @@ class Settings:
             database_url=env.get("ORCH_DATABASE_URL", DEFAULT_DATABASE_URL),
             amqp_url=env.get("ORCH_AMQP_URL", DEFAULT_AMQP_URL),
             namespace=env.get("ORCH_NAMESPACE", "orch"),
+            consumers_per_queue=int(env.get("ORCH_CONSUMERS_PER_QUEUE", "1")),
         )
         return replace(base, **overrides)  # type: ignore[arg-type]

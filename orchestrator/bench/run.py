@@ -77,7 +77,7 @@ class Run:
         return orjson.dumps({"key": "bench", "nodes": nodes, "flows": flows}).decode()
 
     def _env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "BENCH_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
         env.update(
             ORCH_DATABASE_URL=self.settings.database_url,
             ORCH_AMQP_URL=self.settings.amqp_url,
@@ -89,7 +89,14 @@ class Run:
     def _spawn(self, log_name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         with (self.workdir / log_name).open("wb") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator",
+                    "--log-level",
+                    os.environ.get("ORCH_BENCH_LOG_LEVEL", "WARNING"),
+                    *args,
+                ],
                 env=self._env(**env),
                 stdout=log,
                 stderr=log,
