@@ -44,3 +44,28 @@ def test_commands() -> None:
     assert isinstance(command, StartCommand) and command.variables == {}
     with pytest.raises(Malformed, match="wrong schema"):
         parse_command(orjson.dumps({"type": "start"}), 10_000)
+
+
+def test_engine_task_messages_match_the_wire_model() -> None:
+    from orchestrator.daemon.effects import InstanceInfo, task_message
+    from orchestrator.model.wire import TaskMessage
+    from orchestrator.store.unit_of_work import TaskRow
+
+    task = TaskRow(
+        id=str(uuid.uuid4()),
+        instance_id=str(uuid.uuid4()),
+        node_id="n",
+        topic="t",
+        status="queued",
+        attempt=2,
+        retries_left=1,
+        lock_ms=5000,
+        worker_id=None,
+        lease_expires_at=None,
+        lease_expiries=0,
+    )
+    message = task_message(task, InstanceInfo(task.instance_id, "p", "bk"), {"a": [1]})
+    parsed = TaskMessage.model_validate_json(message.body)
+    assert (parsed.task_id, parsed.attempt, parsed.variables) == (task.id, 2, {"a": [1]})
+    assert sorted(orjson.loads(message.body)) == sorted(TaskMessage.model_fields)
+    assert message.message_id == f"{task.id}:2"
