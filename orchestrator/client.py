@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
@@ -24,6 +25,9 @@ from orchestrator.model.wire import (
     StartCommand,
     StatsCommand,
 )
+
+#: Between resends while the broker is unreachable.
+RECONNECT_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,10 @@ class Client:
         if self._publisher is None or self._replies is None:
             raise RuntimeError("client is not connected")
         body = orjson.dumps(command.model_dump(mode="json"))
-        for _ in range(attempts):
+        deadline = asyncio.get_running_loop().time() + attempts * timeout
+        tries = 0
+        while tries < attempts or asyncio.get_running_loop().time() < deadline:
+            tries += 1
             correlation_id = str(uuid.uuid4())
             future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
             self._waiting[correlation_id] = future
@@ -109,10 +116,14 @@ class Client:
                 reply = await asyncio.wait_for(future, timeout)
             except TimeoutError:
                 continue
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
+                # The broker is away; the robust connection comes back by itself.
+                await asyncio.sleep(RECONNECT_WAIT_S)
+                continue
             finally:
                 self._waiting.pop(correlation_id, None)
             return _unwrap(reply)
-        raise CommandTimeout(f"no reply to {command.type} after {attempts} tries of {timeout}s")
+        raise CommandTimeout(f"no reply to {command.type} after {tries} tries of {timeout}s")
 
     async def start(
         self,

@@ -23,6 +23,8 @@ RETRYABLE = (
     asyncpg.DeadlockDetectedError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # asyncpg's word for a connection the server dropped mid-operation.
+    asyncpg.InternalClientError,
 )
 
 
