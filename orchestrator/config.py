@@ -21,6 +21,8 @@ class Settings:
     namespace: str = "orch"
     #: A report batch closes after this many messages or this many milliseconds.
     batch_size: int = 500
+    #: Report messages taken per batch (a worker's message may carry up to 100 reports).
+    report_messages_per_batch: int = 50
     batch_window_ms: float = 0.0
     #: Report and command batches processed at once per engine (each on its own channel).
     consumers_per_queue: int = 1

@@ -25,7 +25,7 @@ Publish = Callable[[bytes, str], Awaitable[None]]
 
 #: Keep a message well under the engine's 1 MiB limit; a larger report goes alone.
 MAX_BATCH_BYTES = 256 * 1024
-MAX_BATCH_REPORTS = 500
+MAX_BATCH_REPORTS = 100
 
 
 class ReportSender:

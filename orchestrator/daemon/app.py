@@ -124,7 +124,7 @@ class Engine:
         # waits on PostgreSQL the next is already being read and decided. A channel's acks
         # (multiple=True) then only ever cover its own loop's committed batches.
         self._reports = [
-            await self._consumer(self.topology.reports_queue, settings.batch_size)
+            await self._consumer(self.topology.reports_queue, settings.report_messages_per_batch)
             for _ in range(settings.consumers_per_queue)
         ]
         self._commands = [
@@ -248,7 +248,7 @@ class Engine:
                 else:
                     items.append((message, one.raw, IncomingReport(one.report, message.reply_to)))
         parsed_at = time.perf_counter()
-        outcome = await self._apply_reports([item for _, _, item in items])
+        outcome = await self._apply_in_chunks([item for _, _, item in items])
         committed_at = time.perf_counter()
         for index, reason in outcome.dead.items():
             message, raw, _ = items[index]
@@ -309,11 +309,16 @@ class Engine:
                 return BatchOutcome(dead={0: f"engine error: {type(exc).__name__}: {exc}"})
         middle = len(items) // 2
         first = await self._apply_reports(items[:middle])
-        second = await self._apply_reports(items[middle:])
-        first.publish += second.publish
-        first.notices += second.notices
-        first.dead.update({index + middle: reason for index, reason in second.dead.items()})
-        return first
+        return first.merge(await self._apply_reports(items[middle:]), offset=middle)
+
+    async def _apply_in_chunks(self, items: list[IncomingReport]) -> BatchOutcome:
+        """A few messages can carry thousands of reports (workers batch them): keep each
+        transaction, and what it holds in memory, to at most batch_size reports."""
+        size = self.settings.batch_size
+        outcome = BatchOutcome()
+        for start in range(0, len(items), size):
+            outcome.merge(await self._apply_reports(items[start : start + size]), offset=start)
+        return outcome
 
     async def _send_notices(self, notices: list[Notice]) -> None:
         if notices:

@@ -59,6 +59,13 @@ class BatchOutcome:
     #: Index into the batch -> reason, for reports that name no known task.
     dead: dict[int, str] = field(default_factory=dict)
 
+    def merge(self, other: BatchOutcome, *, offset: int) -> BatchOutcome:
+        """Add the outcome of the reports that start at `offset` in the same batch."""
+        self.publish += other.publish
+        self.notices += other.notices
+        self.dead.update({index + offset: reason for index, reason in other.dead.items()})
+        return self
+
 
 class ReportBatch:
     """Applies one batch of reports inside the caller's transaction."""

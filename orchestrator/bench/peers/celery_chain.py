@@ -21,8 +21,8 @@ at R chains/s; latency = completion - submit). Dispatch latency: from when the s
 previous step let go of the payload to when the next step starts (all S hops of every chain).
 
 Progress goes to stderr; the last stdout line is one JSON object. Every queue and exchange is
-named after a per-run prefix and deleted at the end (should the run be killed first, its worker
-nodes get SIGTERM and its task queue expires after 10 minutes without consumers).
+named after a per-run prefix and deleted at the end (should the runner be killed with SIGKILL,
+its worker nodes still get SIGTERM, but its queue and exchanges stay behind).
 """
 
 from __future__ import annotations
