@@ -4,6 +4,7 @@ concurrent starts from several connections."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,16 @@ def unique_business_key_process(key: str, on_duplicate: str) -> str:
     return orjson.dumps(definition).decode()
 
 
+async def start_from_all(
+    clients: list[Client], key: str, options: Callable[[int], dict[str, Any]]
+) -> list[Started | BaseException]:
+    """STARTS starts at once, spread over the clients' connections."""
+    return await asyncio.gather(
+        *(clients[i % len(clients)].start(key, **options(i)) for i in range(STARTS)),
+        return_exceptions=True,
+    )
+
+
 async def connected_clients(settings: Settings) -> list[Client]:
     clients = [Client(settings, name=f"starter-{i}") for i in range(CLIENTS)]
     await asyncio.gather(*(client.connect() for client in clients))
@@ -41,14 +52,10 @@ async def test_one_idempotency_key_gives_one_instance(
         clients = await connected_clients(settings)
         try:
             await clients[0].deploy(sequential_process("idem", ["idem-work"]))
-            results = await asyncio.gather(
-                *(
-                    clients[i % CLIENTS].start(
-                        "idem", idempotency_key="order-42", variables={"amount": 10}
-                    )
-                    for i in range(STARTS)
-                ),
-                return_exceptions=True,
+            results = await start_from_all(
+                clients,
+                "idem",
+                lambda _: {"idempotency_key": "order-42", "variables": {"amount": 10}},
             )
             with pytest.raises(IdempotencyConflict):
                 await clients[0].start("idem", idempotency_key="order-42", variables={"amount": 11})
@@ -89,14 +96,10 @@ async def test_business_key_reject_under_concurrency(
         clients = await connected_clients(settings)
         try:
             await clients[0].deploy(unique_business_key_process("bk-reject", "reject"))
-            results = await asyncio.gather(
-                *(
-                    clients[i % CLIENTS].start(
-                        "bk-reject", business_key="customer-7", variables={"attempt": i}
-                    )
-                    for i in range(STARTS)
-                ),
-                return_exceptions=True,
+            results = await start_from_all(
+                clients,
+                "bk-reject",
+                lambda i: {"business_key": "customer-7", "variables": {"attempt": i}},
             )
             other = await clients[0].start("bk-reject", business_key="customer-8")
         finally:
@@ -120,14 +123,10 @@ async def test_business_key_return_existing_under_concurrency(
         clients = await connected_clients(settings)
         try:
             await clients[0].deploy(unique_business_key_process("bk-existing", "return_existing"))
-            results = await asyncio.gather(
-                *(
-                    clients[i % CLIENTS].start(
-                        "bk-existing", business_key="customer-9", variables={"attempt": i}
-                    )
-                    for i in range(STARTS)
-                ),
-                return_exceptions=True,
+            results = await start_from_all(
+                clients,
+                "bk-existing",
+                lambda i: {"business_key": "customer-9", "variables": {"attempt": i}},
             )
         finally:
             await asyncio.gather(*(client.close() for client in clients))

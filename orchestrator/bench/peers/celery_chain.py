@@ -455,7 +455,8 @@ class Collector:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
 
 # --- submitting ------------------------------------------------------------------------------
