@@ -75,7 +75,8 @@ async def test_order_runs_through_both_gateway_branches(
     )
 
 
-async def test_deploy_is_versioned_by_content(settings: Settings) -> None:
+async def test_deploy_is_versioned_by_content(settings: Settings, topics: set[str]) -> None:
+    topics.update({"reserve-stock", "charge-payment", "ship-order"})
     source = example_definition()
     async with running_engine(settings), Client(settings) as client:
         first = await client.deploy(source)
