@@ -34,6 +34,34 @@ async def deploy(settings: Settings, key: str, topics: list[str]) -> None:
         await client.deploy(sequential_process(key, topics, lock="5s"))
 
 
+STEPS = 3
+
+
+async def three_step_workload(
+    settings: Settings,
+    topics: set[str],
+    processes: Processes,
+    prefix: str,
+    *,
+    engines: int,
+    **engine_env: str,
+) -> str:
+    """Engines, a deployed 3-step process and two no-op worker processes; returns its key."""
+    key = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    step_topics = [f"{key}-a", f"{key}-b", f"{key}-c"]
+    topics.update(step_topics)
+    for _ in range(engines):
+        processes.engine(**engine_env)
+    await deploy(settings, key, step_topics)
+    for _ in range(2):
+        processes.worker("tests.noop_workers:worker", TEST_TOPICS=",".join(step_topics))
+    return key
+
+
+async def completed(db: asyncpg.Pool, key: str) -> int:
+    return (await instance_states(db, key)).get("completed", 0)
+
+
 async def assert_each_applied_once(db: asyncpg.Pool, key: str, count: int, steps: int) -> None:
     states = await instance_states(db, key)
     assert states == {"completed": count}
@@ -55,16 +83,18 @@ async def assert_each_applied_once(db: asyncpg.Pool, key: str, count: int, steps
 async def test_engine_killed_repeatedly_loses_nothing(
     settings: Settings, db: asyncpg.Pool, topics: set[str], processes: Processes
 ) -> None:
-    key = f"kill-{uuid.uuid4().hex[:6]}"
-    step_topics = [f"{key}-a", f"{key}-b", f"{key}-c"]
-    topics.update(step_topics)
     count = 300
-    workers_env = {"TEST_TOPICS": ",".join(step_topics)}
     # First engine: dies right after committing a report batch, before publishing its outbox.
-    crashing = processes.engine(ORCH_CRASH_AT="after_commit", ORCH_CRASH_AFTER="5")
-    await deploy(settings, key, step_topics)
-    processes.worker("tests.noop_workers:worker", **workers_env)
-    processes.worker("tests.noop_workers:worker", **workers_env)
+    key = await three_step_workload(
+        settings,
+        topics,
+        processes,
+        "kill",
+        engines=1,
+        ORCH_CRASH_AT="after_commit",
+        ORCH_CRASH_AFTER="5",
+    )
+    crashing = processes.procs[0]
     # Starts keep coming while engines die: the client resends with the same idempotency key.
     starting = asyncio.create_task(start_many(settings, key, count))
 
@@ -78,7 +108,7 @@ async def test_engine_killed_repeatedly_loses_nothing(
     assert len(set(await starting)) == count
 
     async def some_progress() -> bool:
-        return (await instance_states(db, key)).get("completed", 0) >= count // 2
+        return await completed(db, key) >= count // 2
 
     await wait_until(some_progress, timeout=60, what=f"progress\n{processes.logs()}")
     victim.send_signal(signal.SIGKILL)
@@ -86,10 +116,10 @@ async def test_engine_killed_repeatedly_loses_nothing(
     processes.engine()
 
     async def all_done() -> bool:
-        return (await instance_states(db, key)).get("completed", 0) == count
+        return await completed(db, key) == count
 
     await wait_until(all_done, timeout=90, what=f"all instances\n{processes.logs()}")
-    await assert_each_applied_once(db, key, count, len(step_topics))
+    await assert_each_applied_once(db, key, count, STEPS)
 
     async def outbox_drained() -> bool:
         return await db.fetchval("SELECT count(*) FROM outbox") == 0
@@ -101,22 +131,14 @@ async def test_engine_killed_repeatedly_loses_nothing(
 async def test_two_engines_complete_each_instance_once(
     settings: Settings, db: asyncpg.Pool, topics: set[str], processes: Processes
 ) -> None:
-    key = f"twin-{uuid.uuid4().hex[:6]}"
-    step_topics = [f"{key}-a", f"{key}-b", f"{key}-c"]
-    topics.update(step_topics)
     count = 1000
-    processes.engine()
-    processes.engine()
-    await deploy(settings, key, step_topics)
-    workers_env = {"TEST_TOPICS": ",".join(step_topics)}
-    processes.worker("tests.noop_workers:worker", **workers_env)
-    processes.worker("tests.noop_workers:worker", **workers_env)
+    key = await three_step_workload(settings, topics, processes, "twin", engines=2)
     await start_many(settings, key, count)
 
     async def all_done() -> bool:
-        return (await instance_states(db, key)).get("completed", 0) == count
+        return await completed(db, key) == count
 
     await wait_until(all_done, timeout=120, what=f"all instances\n{processes.logs()}")
-    await assert_each_applied_once(db, key, count, len(step_topics))
+    await assert_each_applied_once(db, key, count, STEPS)
     engines = [p for p in processes.procs[:2]]
     assert all(p.poll() is None for p in engines), "an engine died"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,8 +13,14 @@ import asyncpg
 import pytest
 
 from orchestrator.config import Settings
-from tests.harness import Processes, instance_states, wait_until
-from tests.integration.test_engine_faults import assert_each_applied_once, deploy, start_many
+from tests.harness import Processes, wait_until
+from tests.integration.test_engine_faults import (
+    STEPS,
+    assert_each_applied_once,
+    completed,
+    start_many,
+    three_step_workload,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,34 +69,26 @@ async def run_through_restart(
     processes: Processes,
     restart: Callable[[], None],
 ) -> None:
-    key = f"restart-{uuid.uuid4().hex[:6]}"
-    step_topics = [f"{key}-a", f"{key}-b", f"{key}-c"]
-    topics.update(step_topics)
     count = 400
-    processes.engine()
-    processes.engine()
-    await deploy(settings, key, step_topics)
-    env = {"TEST_TOPICS": ",".join(step_topics)}
-    processes.worker("tests.noop_workers:worker", **env)
-    processes.worker("tests.noop_workers:worker", **env)
+    key = await three_step_workload(settings, topics, processes, "restart", engines=2)
     starting = asyncio.create_task(start_many(settings, key, count))
 
     async def some_done() -> bool:
-        return (await instance_states(db, key)).get("completed", 0) >= 20
+        return await completed(db, key) >= 20
 
     await wait_until(lambda: tolerant(some_done), timeout=60, what="first completions")
     await asyncio.to_thread(restart)
     assert len(set(await starting)) == count
 
     async def all_done() -> bool:
-        return (await instance_states(db, key)).get("completed", 0) == count
+        return await completed(db, key) == count
 
     await wait_until(
         lambda: tolerant(all_done),
         timeout=120,
         what=f"all instances after the restart\n{processes.logs()}",
     )
-    await assert_each_applied_once(db, key, count, len(step_topics))
+    await assert_each_applied_once(db, key, count, STEPS)
     assert all(p.poll() is None for p in processes.procs), processes.logs()
 
 
