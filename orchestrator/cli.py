@@ -15,7 +15,8 @@ import orjson
 
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import NotFound, OrchestratorError
+from orchestrator.incident_table import incident_table
 
 
 def _print_json(value: Any) -> None:
@@ -42,6 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     instance.add_argument("id")
     stats = commands.add_parser("stats", help="instance counts and engine counters")
     stats.add_argument("--process")
+    incidents = commands.add_parser("incidents", help="list open incidents, newest first")
+    incidents.add_argument("--process", help="only this process key")
+    incidents.add_argument("--instance", help="only this instance")
+    incidents.add_argument("--all", action="store_true", help="resolved ones too")
+    incidents.add_argument("--limit", type=int, default=100)
+    incidents.add_argument("--json", action="store_true", help="print JSON, not a table")
+    retry = commands.add_parser(
+        "retry", help="resolve an incident and run its task again: retry INCIDENT|TASK"
+    )
+    retry.add_argument("id", help="an incident id, or the id of a task with an open incident")
+    retry.add_argument(
+        "--retries", type=int, default=1, help="attempts before the next incident (default 1)"
+    )
+    cancel = commands.add_parser("cancel", help="cancel an active instance")
+    cancel.add_argument("id", help="instance id")
+    cancel.add_argument("--reason")
     demo = commands.add_parser("demo", help="run the order demo with engine and workers")
     demo.add_argument("--instances", type=int, default=100)
     demo.add_argument("--workers", type=int, default=2)
@@ -85,6 +102,11 @@ async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[
         _print_json(await action(client))
 
 
+async def _with_client_raw(settings: Settings, action: Callable[[Client], Awaitable[None]]) -> None:
+    async with Client(settings, name="orchestrator-cli") as client:
+        await action(client)
+
+
 async def _start(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     variables = orjson.loads(args.vars)
     if not isinstance(variables, dict):
@@ -97,6 +119,37 @@ async def _start(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         version=args.version,
     )
     return {"instance_id": started.instance_id, "created": started.created}
+
+
+async def _retry(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """The id names an incident or a task: try it as an incident first."""
+    try:
+        return await client.retry(incident_id=args.id, retries=args.retries)
+    except NotFound:
+        return await client.retry(task_id=args.id, retries=args.retries)
+
+
+async def _incidents(client: Client, args: argparse.Namespace) -> None:
+    found = await client.incidents(
+        process_key=args.process,
+        instance_id=args.instance,
+        include_resolved=args.all,
+        limit=args.limit,
+    )
+    if args.json:
+        _print_json(found)
+    else:
+        sys.stdout.write(incident_table(found))
+
+
+_CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any]]] = {
+    "deploy": lambda c, args: c.deploy_file(args.file),
+    "start": _start,
+    "instance": lambda c, args: c.get_instance(args.id),
+    "stats": lambda c, args: c.stats(args.process),
+    "retry": _retry,
+    "cancel": lambda c, args: c.cancel(args.id, reason=args.reason),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,14 +180,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         worker = load_worker(args.spec)
         worker.settings = worker.settings or settings
         worker.run()
-    elif args.command == "deploy":
-        asyncio.run(_with_client(settings, lambda c: c.deploy_file(args.file)))
-    elif args.command == "start":
-        asyncio.run(_with_client(settings, lambda c: _start(c, args)))
-    elif args.command == "instance":
-        asyncio.run(_with_client(settings, lambda c: c.get_instance(args.id)))
-    elif args.command == "stats":
-        asyncio.run(_with_client(settings, lambda c: c.stats(args.process)))
+    elif args.command in _CLIENT_COMMANDS:
+        action = _CLIENT_COMMANDS[args.command]
+        asyncio.run(_with_client(settings, lambda c: action(c, args)))
+    elif args.command == "incidents":
+        asyncio.run(_with_client_raw(settings, lambda c: _incidents(c, args)))
     elif args.command == "bench":
         from orchestrator.bench.cli import run_bench
 

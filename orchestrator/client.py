@@ -19,9 +19,13 @@ from orchestrator.broker.topology import COMMAND_ROUTING_KEY, Topology, declare_
 from orchestrator.config import Settings
 from orchestrator.errors import ERRORS_BY_CODE, CommandTimeout, OrchestratorError
 from orchestrator.model.wire import (
+    CancelCommand,
+    Command,
     CommandReply,
     DeployCommand,
     GetInstanceCommand,
+    ListIncidentsCommand,
+    RetryCommand,
     StartCommand,
     StatsCommand,
 )
@@ -83,7 +87,7 @@ class Client:
 
     async def _call(
         self,
-        command: StartCommand | DeployCommand | GetInstanceCommand | StatsCommand,
+        command: Command,
         *,
         timeout: float,
         attempts: int,
@@ -91,7 +95,8 @@ class Client:
         """Send a command and wait for its reply; resend the same command if none comes.
 
         Every command is safe to resend: starts carry their idempotency key, deploys are
-        content-addressed, queries read.
+        content-addressed, a second retry of one incident or cancel of one instance answers
+        as the first did, queries read.
         """
         if self._publisher is None or self._replies is None:
             raise RuntimeError("client is not connected")
@@ -163,6 +168,38 @@ class Client:
 
     async def stats(self, process_key: str | None = None) -> dict[str, Any]:
         return await self._call(StatsCommand(process_key=process_key), timeout=10.0, attempts=3)
+
+    async def incidents(
+        self,
+        *,
+        process_key: str | None = None,
+        instance_id: str | None = None,
+        include_resolved: bool = False,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Open incidents (with `include_resolved`, all), newest first."""
+        command = ListIncidentsCommand(
+            process_key=process_key,
+            instance_id=instance_id,
+            include_resolved=include_resolved,
+            limit=limit,
+        )
+        result = await self._call(command, timeout=10.0, attempts=3)
+        incidents: list[dict[str, Any]] = result["incidents"]
+        return incidents
+
+    async def retry(
+        self, *, incident_id: str | None = None, task_id: str | None = None, retries: int = 1
+    ) -> dict[str, Any]:
+        """Resolve an incident (or the open one of a task) and run its task again, with
+        `retries` attempts before the next incident."""
+        command = RetryCommand(incident_id=incident_id, task_id=task_id, retries=retries)
+        return await self._call(command, timeout=10.0, attempts=3)
+
+    async def cancel(self, instance_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        """End an active instance; its open tasks are withdrawn."""
+        command = CancelCommand(instance_id=instance_id, reason=reason)
+        return await self._call(command, timeout=10.0, attempts=3)
 
 
 def _unwrap(reply: CommandReply) -> dict[str, Any]:

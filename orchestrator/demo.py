@@ -94,7 +94,11 @@ async def _drive(
                 client.start(
                     "order",
                     business_key=f"demo-{run}-{i}",
-                    variables={"quantity": random.randint(1, 12), "order_no": i},
+                    variables={
+                        "quantity": random.randint(1, 12),
+                        "amount": random.choice([25, 120, 480, 9_000]),
+                        "order_no": i,
+                    },
                 )
                 for i in range(instances)
             )

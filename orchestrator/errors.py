@@ -46,6 +46,12 @@ class BusinessKeyConflict(OrchestratorError):
     code = "business_key_conflict"
 
 
+class InvalidState(OrchestratorError):
+    """The object is not in a state that allows this operation."""
+
+    code = "invalid_state"
+
+
 class InvalidCommand(OrchestratorError):
     """The command is malformed."""
 
@@ -66,5 +72,12 @@ class CommandTimeout(OrchestratorError):
 
 ERRORS_BY_CODE: dict[str, type[OrchestratorError] | type[DefinitionError]] = {
     cls.code: cls
-    for cls in (NotFound, IdempotencyConflict, BusinessKeyConflict, InvalidCommand, DefinitionError)
+    for cls in (
+        NotFound,
+        IdempotencyConflict,
+        BusinessKeyConflict,
+        InvalidState,
+        InvalidCommand,
+        DefinitionError,
+    )
 }

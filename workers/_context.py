@@ -27,6 +27,11 @@ class TaskInfo:
     """Pass to the services the handler calls so a repeated attempt has no second effect."""
     created_at_ms: int = 0
     """When the engine committed this attempt (Unix ms): its dispatch latency starts here."""
+    previous_error: str | None = None
+    """Why the previous attempt ended without an outcome: its failure message, an expired
+    lease or a release. None on the first attempt."""
+    previous_error_details: str | None = None
+    """The previous failure's details (a traceback, say), when it sent any."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,14 @@ class TaskContext:
     @property
     def business_key(self) -> str | None:
         return self.info.business_key
+
+    @property
+    def retries_left(self) -> int:
+        return self.info.retries_left
+
+    @property
+    def previous_error(self) -> str | None:
+        return self.info.previous_error
 
     async def extend_lock(self, lock_ms: int | None = None) -> LockStatus:
         """Hold the task for another `lock_ms` (default: its lock duration) from now."""

@@ -40,6 +40,8 @@ def info_of(task: TaskMessage) -> TaskInfo:
         lock_ms=task.lock_ms,
         idempotency_key=task.idempotency_key,
         created_at_ms=task.created_at_ms,
+        previous_error=task.previous_error.message if task.previous_error else None,
+        previous_error_details=task.previous_error.details if task.previous_error else None,
     )
 
 

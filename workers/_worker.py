@@ -53,6 +53,8 @@ class _Topic:
     name: str
     handler: Handler
     concurrency: int
+    #: Extend the lock while the handler runs, up to this long in all (None: never).
+    auto_extend_max_ms: int | None = None
     #: Prefetch equals concurrency, so this only matters for redeliveries after a reconnect.
     slots: asyncio.Semaphore | None = None
 
@@ -97,11 +99,23 @@ class Worker:
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
-    def task(self, topic: str, *, concurrency: int = 10) -> Callable[[Handler], Handler]:
+    def task(
+        self, topic: str, *, concurrency: int = 10, auto_extend_max_ms: int | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Register the handler of `topic`, running at most `concurrency` tasks at once.
+
+        With `auto_extend_max_ms` the worker extends the task's lock every half lock while
+        the handler runs, for at most that long in all: a slow handler keeps its task, a
+        stuck one still loses it. If the engine answers that the task is no longer ours or
+        its instance was cancelled, the handler is cancelled and nothing is reported.
+        """
+        if auto_extend_max_ms is not None and auto_extend_max_ms <= 0:
+            raise ValueError("auto_extend_max_ms must be positive")
+
         def register(handler: Handler) -> Handler:
             if topic in self._topics:
                 raise ValueError(f"topic {topic!r} already has a handler")
-            self._topics[topic] = _Topic(topic, handler, concurrency)
+            self._topics[topic] = _Topic(topic, handler, concurrency, auto_extend_max_ms)
             return handler
 
         return register
@@ -142,7 +156,7 @@ class Worker:
         self._publisher = await Publisher.open(self._connection)
         self._sender = ReportSender(self._publish_body)
         inbox_channel = await self._connection.channel()
-        self._inbox_name = f"{topology.namespace}.worker.{self.worker_id}"
+        self._inbox_name = topology.worker_inbox(self.worker_id)
         inbox = await inbox_channel.declare_queue(
             self._inbox_name, exclusive=True, auto_delete=True
         )
@@ -231,10 +245,17 @@ class Worker:
                 claim = asyncio.get_running_loop().call_later(
                     self.claim_after_ms / 1000, lambda: self._spawn(self._claim(item))
                 )
+                extender = None
+                if topic.auto_extend_max_ms is not None:
+                    extender = asyncio.create_task(
+                        self._keep_extending(item, topic.auto_extend_max_ms)
+                    )
                 try:
                     report = await self._call_handler(topic.handler, item)
                 finally:
                     claim.cancel()
+                    if extender is not None:
+                        extender.cancel()
         except asyncio.CancelledError:
             report = None
         try:
@@ -290,8 +311,8 @@ class Worker:
         """Publish a report until the broker confirms it. Only an outcome (or a release)
         settles the delivery: until then it stays unacked, so the worker's prefetch window
         (= its concurrency) stays full and RabbitMQ sends it no task it has no room for."""
-        if isinstance(report, Claimed | Completed | Failed | BpmnErrorReport):
-            item.claim_sent = True
+        if isinstance(report, Claimed | ExtendLock | Completed | Failed | BpmnErrorReport):
+            item.claim_sent = True  # the engine holds (or held) a lease for us
         delay = 0.1
         while True:
             try:
@@ -331,6 +352,33 @@ class Worker:
             await item.delivery.ack()
         except Exception as exc:  # channel replaced by a reconnect: its tags are gone
             log.info("ack of %s skipped (%s); the broker redelivers it", item.task.task_id, exc)
+
+    async def _keep_extending(self, item: _Running, max_ms: int) -> None:
+        """Extend the lock every half lock until the handler ends or max_ms is used up."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        lock_ms = item.task.lock_ms
+        while True:
+            await asyncio.sleep(max(lock_ms / 2000, 0.05))
+            left_ms = max_ms - (loop.time() - started) * 1000
+            if left_ms <= 0:
+                log.warning(
+                    "task %s ran past its auto-extension limit of %d ms; its lock will lapse",
+                    item.task.task_id,
+                    max_ms,
+                )
+                return
+            try:
+                status = await self._extend(item, int(min(lock_ms, left_ms)) or 1)
+            except LockLost:
+                continue  # no answer in time: the lease still runs; try again
+            if not status.held or status.cancelled:
+                why = "its instance was cancelled" if status.cancelled else "the lock is lost"
+                log.info("stopping task %s: %s", item.task.task_id, why)
+                item.revoked = True
+                if item.handler is not None:
+                    item.handler.cancel()
+                return
 
     # --- engine answers ----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ async def run_task(
     topic: str = "test",
     lock_ms: int = 30_000,
     lock: LockStatus = HELD,
+    previous_error: str | None = None,
 ) -> Outcome:
     """The report the worker would send for this handler run; extend_lock answers `lock`."""
     task_id = str(uuid.uuid4())
@@ -39,6 +40,7 @@ async def run_task(
         business_key=business_key,
         lock_ms=lock_ms,
         idempotency_key=task_id,
+        previous_error=previous_error,
     )
 
     async def extend(_lock_ms: int) -> LockStatus:

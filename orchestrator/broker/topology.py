@@ -51,6 +51,10 @@ class Topology:
     def task_queue(self, topic: str) -> str:
         return f"{self.namespace}.task.{topic}"
 
+    def worker_inbox(self, worker_id: str) -> str:
+        """A worker's own queue: answers to its reports, and revocations."""
+        return f"{self.namespace}.worker.{worker_id}"
+
     def queue_arguments(self) -> dict[str, Any]:
         return {"x-dead-letter-exchange": self.dead_exchange}
 

@@ -48,7 +48,7 @@ async def describe_instance(conn: asyncpg.Connection, instance_id: str) -> dict[
     row = await conn.fetchrow(Q.instance_row, instance_id)
     if row is None:
         raise NotFound(f"instance {instance_id} does not exist")
-    tasks = [_plain(task) for task in await conn.fetch(Q.instance_tasks, instance_id)]
+    tasks = [plain(task) for task in await conn.fetch(Q.instance_tasks, instance_id)]
     return {
         "instance_id": str(row["id"]),
         "process_key": row["process_key"],
@@ -60,8 +60,8 @@ async def describe_instance(conn: asyncpg.Connection, instance_id: str) -> dict[
         "ended_at": _iso(row["ended_at"]),
         "open_tasks": [t for t in tasks if t["status"] not in ("completed", "cancelled")],
         "tasks": tasks,
-        "incidents": [_plain(i) for i in await conn.fetch(Q.instance_incidents, instance_id)],
-        "history": [_plain(h) for h in await conn.fetch(Q.instance_history, instance_id)],
+        "incidents": [plain(i) for i in await conn.fetch(Q.instance_incidents, instance_id)],
+        "history": [plain(h) for h in await conn.fetch(Q.instance_history, instance_id)],
     }
 
 
@@ -77,7 +77,7 @@ async def stats(conn: asyncpg.Connection, process_key: str | None) -> dict[str, 
     }
 
 
-def _plain(record: asyncpg.Record) -> dict[str, Any]:
+def plain(record: asyncpg.Record) -> dict[str, Any]:
     return {key: _jsonable(value) for key, value in record.items()}
 
 

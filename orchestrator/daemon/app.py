@@ -21,7 +21,7 @@ from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_core
 from orchestrator.config import Settings
-from orchestrator.daemon import admin
+from orchestrator.daemon import admin, operations
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.db import RETRYABLE, in_transaction
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
@@ -34,11 +34,14 @@ from orchestrator.daemon.supervisor import supervise
 from orchestrator.errors import InvalidCommand, OrchestratorError, ServiceUnavailable
 from orchestrator.faults import crash_point
 from orchestrator.model.wire import (
+    CancelCommand,
     Command,
     CommandError,
     CommandReply,
     DeployCommand,
     GetInstanceCommand,
+    ListIncidentsCommand,
+    RetryCommand,
     StartCommand,
     StatsCommand,
 )
@@ -416,11 +419,15 @@ class Engine:
                     result, process = await admin.deploy(conn, command.source)
                 await self.relay.ensure_queues(process.topics)
                 return result
+            if isinstance(command, RetryCommand | CancelCommand):
+                return await self._operate(command)
             async with self.pool.acquire() as conn:
                 if isinstance(command, GetInstanceCommand):
                     return await admin.describe_instance(conn, command.instance_id)
                 if isinstance(command, StatsCommand):
                     return await admin.stats(conn, command.process_key)
+                if isinstance(command, ListIncidentsCommand):
+                    return await operations.list_incidents(conn, command)
         except OrchestratorError as exc:
             return exc
         except (asyncpg.DataError, ValueError) as exc:
@@ -428,6 +435,16 @@ class Engine:
         except RETRYABLE as exc:  # the client resends; the engine keeps running
             return ServiceUnavailable(f"database unavailable: {exc}")
         return InvalidCommand(f"unsupported command {command.type}")
+
+    async def _operate(self, command: RetryCommand | CancelCommand) -> dict[str, Any]:
+        """An operator action: one transaction, then its task messages and notices."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if isinstance(command, RetryCommand):
+                done = await operations.retry(conn, self.context, command)
+            else:
+                done = await operations.cancel(conn, self.context, command, self.topology)
+        await self._after_commit(done.publish, done.notices)
+        return done.result
 
     async def _reply(self, answers: list[tuple[Message, CommandResult]]) -> None:
         """Send the replies of a batch of commands, all in flight at once: waiting for each

@@ -46,6 +46,11 @@ def task_message(task: TaskRow, info: InstanceInfo, variables: dict[str, Any]) -
             "variables": variables,
             "lock_ms": task.lock_ms,
             "retries_left": task.retries_left,
+            "previous_error": (
+                {"message": task.error, "details": task.error_details}
+                if task.error is not None and task.attempt > 1
+                else None
+            ),
             "idempotency_key": task.id,
             "created_at_ms": int(time.time() * 1000),
         }

@@ -57,6 +57,18 @@ class BatchLedger:
     def recorded(self, task_id: str, slot: str) -> LedgerEntry | None:
         return self._entries.get((task_id, slot))
 
+    def recorded_for(
+        self, report: Completed | Failed | BpmnErrorReport
+    ) -> tuple[str, LedgerEntry] | None:
+        """The entry a report repeats, with its slot: its own slot, or for an outcome, the
+        slot an operator retry archived this attempt's outcome to."""
+        slot = slot_of(report)
+        entry = self._entries.get((report.task_id, slot))
+        if entry is None and slot == OUTCOME_SLOT:
+            slot = f"{OUTCOME_SLOT}:{report.attempt}"
+            entry = self._entries.get((report.task_id, slot))
+        return (slot, entry) if entry is not None else None
+
     def insert(self, report: Completed | Failed | BpmnErrorReport, payload_hash: bytes) -> None:
         slot = slot_of(report)
         self._entries[(report.task_id, slot)] = LedgerEntry(

@@ -47,6 +47,8 @@ def _expired(
     max_expiries: int,
 ) -> None:
     task.lease_expiries += 1
+    task.error = f"lease expired: {task.worker_id} did not report within its lock"
+    task.error_details = None
     uow.count("leases_expired")
     detail = {"attempt": task.attempt, "worker": task.worker_id, "expiries": task.lease_expiries}
     uow.record(task.instance_id, "lease_expired", task.node_id, task.id, detail)

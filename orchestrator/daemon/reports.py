@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 import asyncpg
 import orjson
 
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_attempt
-from orchestrator.daemon.ledger import BatchLedger, report_fingerprint, slot_of
+from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
+from orchestrator.definitions.loader import Process
 from orchestrator.engine.retry import GiveUp, after_failure
-from orchestrator.engine.state import InstanceState
-from orchestrator.engine.step import EngineStepError, complete_task
+from orchestrator.engine.state import InstanceState, Transition
+from orchestrator.engine.step import EngineStepError, complete_task, error_task
 from orchestrator.model.definition import ServiceTask
 from orchestrator.model.wire import (
     BpmnErrorReport,
@@ -148,7 +150,9 @@ class ReportBatch:
         if report.request_id is not None:
             self._answer_lock(item, task, report.request_id, held, task.lock_ms)
         elif not held:
-            reason = "closed" if not task.is_open else "not the current holder"
+            reason = "not the current holder"
+            if not task.is_open:
+                reason = "cancelled" if self._cancelled(task) else "closed"
             self._notify(item, TaskRevoked(task_id=task.id, attempt=report.attempt, reason=reason))
 
     def _cancelled(self, task: TaskRow) -> bool:
@@ -197,6 +201,8 @@ class ReportBatch:
                 task.id,
                 {"attempt": task.attempt, "worker": report.worker_id},
             )
+            task.error = f"released unfinished by {report.worker_id} (shutting down)"
+            task.error_details = None
             self._next_attempt(task)
 
     def _next_attempt(self, task: TaskRow) -> None:
@@ -213,10 +219,10 @@ class ReportBatch:
     ) -> tuple[bool, bytes]:
         """Record a repeat in the ledger and answer it; True when it was one."""
         payload_hash = report_fingerprint(report)
-        slot = slot_of(report)
-        recorded = self._ledger.recorded(task.id, slot)
-        if recorded is None:
+        found = self._ledger.recorded_for(report)
+        if found is None:
             return False, payload_hash
+        slot, recorded = found
         conflict = recorded.payload_hash != payload_hash or recorded.kind != report.type
         self._uow.repeat(task.id, slot, conflict=conflict)
         self._notify(
@@ -239,41 +245,69 @@ class ReportBatch:
             return
         self._ledger.insert(report, payload_hash)
         if not task.is_open:
-            # Closed without an outcome in the ledger: the instance was cancelled.
             self._uow.count("reports_after_close")
-            self._notify(
-                item, ReportAnswer(task_id=task.id, attempt=report.attempt, status="cancelled")
-            )
+            self._answer_closed(item, report, task)
             return
+        if task.status == "incident":  # a late outcome settles the task's incident
+            self._uow.resolved_incidents.append((None, task.id, f"{report.type} late"))
         task.status, task.worker_id = "completed", report.worker_id
         task.lease_ms = task.due_ms = None
         self._uow.changed_tasks[task.id] = task
         if isinstance(report, Completed):
             self._advance(task, report)
         else:
-            task.status = "incident"
-            self._uow.incident(
-                task.instance_id,
-                task.node_id,
-                "unhandled_bpmn_error",
-                f"business error {report.code!r} has no matching error boundary event",
-                task_id=task.id,
-                details=report.message,
-            )
+            self._business_error(task, report)
+
+    def _answer_closed(
+        self, item: IncomingReport, report: Completed | BpmnErrorReport, task: TaskRow
+    ) -> None:
+        """Recorded in the ledger, not applied: the task was withdrawn by a cancel, or
+        closed with no outcome of its own (its instance moved on)."""
+        status: Literal["cancelled", "closed"] = "cancelled" if self._cancelled(task) else "closed"
+        self._notify(item, ReportAnswer(task_id=task.id, attempt=report.attempt, status=status))
 
     def _advance(self, task: TaskRow, report: Completed) -> None:
-        process_row = self._instances[task.instance_id]
         state = self._state(task.instance_id)
-        process = self._processes.cached(process_row["definition_id"])
         try:
-            transition = complete_task(process, state, task.id, report.variables)
+            transition = complete_task(self._process(task), state, task.id, report.variables)
         except EngineStepError as exc:
-            log.error("cannot advance instance %s: %s", task.instance_id, exc)
-            self._uow.incident(task.instance_id, task.node_id, "engine", str(exc), task_id=task.id)
+            self._engine_incident(task, exc)
             return
+        self._apply_transition(task, transition)
+
+    def _business_error(self, task: TaskRow, report: BpmnErrorReport) -> None:
+        """To the error boundary event that catches the code, else an incident."""
+        state = self._state(task.instance_id)
+        try:
+            transition = error_task(
+                self._process(task), state, task.id, report.code, report.message, report.variables
+            )
+        except EngineStepError as exc:
+            self._engine_incident(task, exc)
+            return
+        if transition is not None:
+            self._uow.count("business_errors_caught")
+            self._apply_transition(task, transition)
+            return
+        task.status = "incident"
+        task.error, task.error_details = f"business error {report.code}", report.message
+        self._uow.incident(
+            task.instance_id,
+            task.node_id,
+            "unhandled_bpmn_error",
+            f"business error {report.code!r} has no matching error boundary event",
+            task_id=task.id,
+            details=report.message,
+        )
+
+    def _apply_transition(self, task: TaskRow, transition: Transition) -> None:
         self._states[task.instance_id] = transition.state
         self._uow.changed_instances[task.instance_id] = transition.state
         apply_transition(self._uow, self._info(task.instance_id), transition)
+
+    def _engine_incident(self, task: TaskRow, exc: EngineStepError) -> None:
+        log.error("cannot advance instance %s: %s", task.instance_id, exc)
+        self._uow.incident(task.instance_id, task.node_id, "engine", str(exc), task_id=task.id)
 
     def _failure(self, item: IncomingReport, report: Failed, task: TaskRow) -> None:
         repeated, payload_hash = self._seen_before(item, report, task)
@@ -318,9 +352,11 @@ class ReportBatch:
 
     # --- helpers -----------------------------------------------------------------------
 
+    def _process(self, task: TaskRow) -> Process:
+        return self._processes.cached(self._instances[task.instance_id]["definition_id"])
+
     def _node(self, task: TaskRow) -> ServiceTask:
-        process = self._processes.cached(self._instances[task.instance_id]["definition_id"])
-        node = process.nodes[task.node_id]
+        node = self._process(task).nodes[task.node_id]
         if not isinstance(node, ServiceTask):
             raise EngineStepError(f"node {task.node_id} is not a service task")
         return node

@@ -16,6 +16,7 @@ from orchestrator.definitions.expression import Expression, ExpressionError, par
 from orchestrator.errors import DefinitionError
 from orchestrator.model.definition import (
     EndEvent,
+    ErrorBoundaryEvent,
     ExclusiveGateway,
     Node,
     ProcessDefinition,
@@ -27,6 +28,7 @@ from orchestrator.model.definition import (
 MAX_SOURCE_BYTES = 1_048_576
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ELEMENT_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,19 @@ class Process:
     conditions: dict[str, Expression]
     start_id: str
     topics: frozenset[str]
+    #: Service task id -> the error boundary events attached to it.
+    boundaries: dict[str, tuple[ErrorBoundaryEvent, ...]]
 
     @property
     def key(self) -> str:
         return self.definition.key
+
+    def catching_boundary(self, task_node_id: str, code: str) -> ErrorBoundaryEvent | None:
+        """The boundary event that catches `code` on that task: an exact match wins over a
+        catch-all, as in BPMN."""
+        attached = self.boundaries.get(task_node_id, ())
+        exact = next((b for b in attached if b.error_code == code), None)
+        return exact or next((b for b in attached if b.error_code is None), None)
 
 
 def parse_source(source: str | bytes) -> dict[str, Any]:
@@ -89,7 +100,13 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
     return f"{where}: {path + ': ' if path else ''}{error['msg']}"
 
 
-_NODE_TYPES = {"start_event", "end_event", "service_task", "exclusive_gateway"}
+_NODE_TYPES = {
+    "start_event",
+    "end_event",
+    "service_task",
+    "exclusive_gateway",
+    "error_boundary_event",
+}
 
 
 def _compile(definition: ProcessDefinition) -> Process:
@@ -102,12 +119,13 @@ def _compile(definition: ProcessDefinition) -> Process:
         problems.append(f"definition: needs exactly one start_event, found {len(starts)}")
     for node in nodes.values():
         _check_node(node, outgoing.get(node.id, ()), incoming.get(node.id, 0), problems)
+    boundaries = _index_boundaries(nodes, problems)
     if len(starts) == 1:
-        _check_reachable(starts[0], nodes, outgoing, problems)
+        _check_reachable(starts[0], nodes, outgoing, boundaries, problems)
     if problems:
         raise DefinitionError(problems)
     topics = frozenset(node.topic for node in nodes.values() if isinstance(node, ServiceTask))
-    return Process(definition, nodes, outgoing, conditions, starts[0], topics)
+    return Process(definition, nodes, outgoing, conditions, starts[0], topics, boundaries)
 
 
 def _index_nodes(definition: ProcessDefinition, problems: list[str]) -> dict[str, Node]:
@@ -174,10 +192,41 @@ def _check_node(
     elif isinstance(node, ServiceTask):
         if len(outgoing) != 1:
             problems.append(f"{where}: a service_task needs exactly one outgoing flow")
+    elif isinstance(node, ErrorBoundaryEvent):
+        if incoming:
+            problems.append(f"{where}: an error_boundary_event cannot have incoming flows")
+        if len(outgoing) != 1:
+            problems.append(f"{where}: an error_boundary_event needs exactly one outgoing flow")
+        return
     else:
         _check_gateway(node, outgoing, problems)
     if not isinstance(node, StartEvent) and incoming == 0:
         problems.append(f"{where}: has no incoming flow")
+
+
+def _index_boundaries(
+    nodes: dict[str, Node], problems: list[str]
+) -> dict[str, tuple[ErrorBoundaryEvent, ...]]:
+    attached: dict[str, list[ErrorBoundaryEvent]] = {}
+    for node in nodes.values():
+        if not isinstance(node, ErrorBoundaryEvent):
+            continue
+        where = f"node '{node.id}'"
+        if not isinstance(nodes.get(node.attached_to), ServiceTask):
+            problems.append(f"{where}: attached_to '{node.attached_to}' is not a service_task")
+            continue
+        for name in (node.code_variable, node.message_variable):
+            if name is not None and not _VARIABLE.match(name):
+                problems.append(f"{where}: invalid variable name {name!r}")
+        siblings = attached.setdefault(node.attached_to, [])
+        if any(other.error_code == node.error_code for other in siblings):
+            catches = f"error code {node.error_code!r}" if node.error_code else "every error code"
+            problems.append(
+                f"{where}: another error_boundary_event on '{node.attached_to}' already "
+                f"catches {catches}"
+            )
+        siblings.append(node)
+    return {task_id: tuple(events) for task_id, events in attached.items()}
 
 
 def _check_gateway(
@@ -198,15 +247,20 @@ def _check_reachable(
     start: str,
     nodes: dict[str, Node],
     outgoing: dict[str, tuple[SequenceFlow, ...]],
+    boundaries: dict[str, tuple[ErrorBoundaryEvent, ...]],
     problems: list[str],
 ) -> None:
     reached = {start}
     pending = deque([start])
     while pending:
-        for flow in outgoing.get(pending.popleft(), ()):
-            if flow.target in nodes and flow.target not in reached:
-                reached.add(flow.target)
-                pending.append(flow.target)
+        node_id = pending.popleft()
+        # A task's boundary events are reached with the task; flows reach everything else.
+        targets = [flow.target for flow in outgoing.get(node_id, ())]
+        targets += [event.id for event in boundaries.get(node_id, ())]
+        for target in targets:
+            if target in nodes and target not in reached:
+                reached.add(target)
+                pending.append(target)
     for node_id in nodes:
         if node_id not in reached:
             problems.append(f"node '{node_id}': not reachable from the start event")

@@ -48,6 +48,49 @@ def complete_task(
     return Transition(state, tuple(effects))
 
 
+def error_task(
+    process: Process,
+    state: InstanceState,
+    task_id: str,
+    code: str,
+    message: str | None,
+    variables: dict[str, Any],
+) -> Transition | None:
+    """A business error of a waiting task: leave through the error boundary event that
+    catches `code`. None when no boundary event catches it (the caller raises an incident)."""
+    token = state.token_for_task(task_id)
+    if state.status != "active" or token is None:
+        raise EngineStepError(f"task {task_id} is not waiting in instance {state.id}")
+    boundary = process.catching_boundary(token.node_id, code)
+    if boundary is None:
+        return None
+    caught = dict(variables)
+    if boundary.code_variable:
+        caught[boundary.code_variable] = code
+    if boundary.message_variable:
+        caught[boundary.message_variable] = message
+    effects: list[Effect] = [
+        Record("error_caught", boundary.id, task_id, {"code": code, "task": token.node_id})
+    ]
+    moved = Token(token.id, boundary.id)
+    state = replace(
+        state, variables={**state.variables, **caught}, tokens=_swap(state.tokens, token, moved)
+    )
+    state = _walk_from(process, state, moved, effects)
+    return Transition(state, tuple(effects))
+
+
+def cancel_instance(state: InstanceState, reason: str | None) -> Transition:
+    """End the instance where it stands; the shell withdraws its open tasks."""
+    if state.status != "active":
+        raise EngineStepError(f"instance {state.id} is {state.status}, not active")
+    effects: list[Effect] = [
+        Record("instance_cancelled", detail={"reason": reason} if reason else {}),
+        InstanceEnded("cancelled"),
+    ]
+    return Transition(replace(state, status="cancelled", tokens=()), tuple(effects))
+
+
 def _walk_from(
     process: Process, state: InstanceState, token: Token, effects: list[Effect]
 ) -> InstanceState:

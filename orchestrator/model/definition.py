@@ -85,8 +85,26 @@ class ExclusiveGateway(_Strict):
     default: str | None = None
 
 
+class ErrorBoundaryEvent(_Strict):
+    """Catches a business error (BpmnError) of the service task it is attached to.
+
+    With `error_code` it catches that code only; without, every code (a catch-all). The
+    worker's variables are merged into the instance; `code_variable` and `message_variable`
+    name variables that receive the error's code and message (as Camunda's errorCodeVariable).
+    """
+
+    type: Literal["error_boundary_event"]
+    id: str
+    name: str | None = None
+    attached_to: str
+    error_code: str | None = Field(None, min_length=1, max_length=200)
+    code_variable: str | None = None
+    message_variable: str | None = None
+
+
 Node = Annotated[
-    StartEvent | EndEvent | ServiceTask | ExclusiveGateway, Field(discriminator="type")
+    StartEvent | EndEvent | ServiceTask | ExclusiveGateway | ErrorBoundaryEvent,
+    Field(discriminator="type"),
 ]
 
 

@@ -23,6 +23,15 @@ class _Wire(BaseModel):
 # --- engine -> worker: the task, on queue <ns>.task.<topic> ---------------------------------
 
 
+class PreviousError(BaseModel):
+    """The error of the previous attempt: a failure report, an expired lease or a release."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    message: str
+    details: str | None = None
+
+
 class TaskMessage(_Wire):
     """One attempt of an external task. AMQP message_id is `<task_id>:<attempt>`."""
 
@@ -39,6 +48,9 @@ class TaskMessage(_Wire):
         ge=1, description="Visibility deadline, counted from when a worker takes it"
     )
     retries_left: int = Field(ge=0)
+    previous_error: PreviousError | None = Field(
+        None, description="Why the attempt before this one ended without an outcome"
+    )
     #: Pass this to the services the handler calls: it is the same for every attempt.
     idempotency_key: str
     created_at_ms: int = Field(description="When the engine committed this attempt (Unix ms)")
@@ -137,7 +149,7 @@ class ReportAnswer(_Wire):
     type: Literal["report_answer"] = "report_answer"
     task_id: str
     attempt: int
-    status: Literal["duplicate", "conflict", "stale", "cancelled"]
+    status: Literal["duplicate", "conflict", "stale", "cancelled", "closed"]
     recorded_kind: str | None = None
     recorded_attempt: int | None = None
 
@@ -174,8 +186,43 @@ class StatsCommand(_Wire):
     process_key: str | None = None
 
 
+class ListIncidentsCommand(_Wire):
+    """Open incidents (or also resolved ones), newest first."""
+
+    type: Literal["list_incidents"] = "list_incidents"
+    process_key: str | None = None
+    instance_id: str | None = None
+    include_resolved: bool = False
+    limit: int = Field(100, ge=1, le=10_000)
+
+
+class RetryCommand(_Wire):
+    """Resolve an incident (or the open incident of a task) and dispatch its task again.
+    `retries` is how many attempts it gets before the next incident, as Camunda's retries:
+    1 runs it once more."""
+
+    type: Literal["retry"] = "retry"
+    incident_id: str | None = None
+    task_id: str | None = None
+    retries: int = Field(1, ge=1, le=1000)
+
+
+class CancelCommand(_Wire):
+    """End an active instance: its open tasks are withdrawn, late reports are not applied."""
+
+    type: Literal["cancel"] = "cancel"
+    instance_id: str
+    reason: str | None = Field(None, max_length=1000)
+
+
 Command = Annotated[
-    StartCommand | DeployCommand | GetInstanceCommand | StatsCommand,
+    StartCommand
+    | DeployCommand
+    | GetInstanceCommand
+    | StatsCommand
+    | ListIncidentsCommand
+    | RetryCommand
+    | CancelCommand,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)

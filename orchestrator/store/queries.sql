@@ -87,7 +87,7 @@ ORDER BY id FOR UPDATE;
 -- name: tasks_by_id
 -- Read after lock_instances_of_tasks: the instance locks guard these rows.
 SELECT id, instance_id, node_id, topic, status, attempt, retries_left, lock_ms, worker_id,
-       lease_expires_at, lease_expiries
+       lease_expires_at, lease_expiries, last_error, last_error_details
 FROM tasks WHERE id = ANY($1::uuid[]);
 
 -- name: ledger_for_tasks
@@ -112,8 +112,8 @@ ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excl
 -- name: lock_due_tasks
 -- Expired leases and due retries, for the reaper. SKIP LOCKED: safe on many engines.
 SELECT t.id, t.instance_id, t.node_id, t.topic, t.status, t.attempt, t.retries_left,
-       t.lock_ms, t.worker_id, t.lease_expires_at, t.lease_expiries,
-       i.process_key, i.business_key, i.variables, i.definition_id
+       t.lock_ms, t.worker_id, t.lease_expires_at, t.lease_expiries, t.last_error,
+       t.last_error_details, i.process_key, i.business_key, i.variables, i.definition_id
 FROM tasks t JOIN process_instances i ON i.id = t.instance_id
 WHERE (t.status = 'claimed' AND t.lease_expires_at < now())
    OR (t.status = 'retry_wait' AND t.due_at <= now())
@@ -135,7 +135,7 @@ FROM tasks WHERE instance_id = $1 ORDER BY created_at, id;
 SELECT at, kind, node_id, task_id, detail FROM history WHERE instance_id = $1 ORDER BY id;
 
 -- name: instance_incidents
-SELECT id, task_id, node_id, kind, message, created_at, resolved_at
+SELECT id, task_id, node_id, kind, message, details, created_at, resolved_at, resolution
 FROM incidents WHERE instance_id = $1 ORDER BY created_at;
 
 -- name: instance_counts
@@ -192,8 +192,7 @@ WITH new_instances AS (
         due_at = CASE WHEN u.due_ms IS NULL THEN NULL
                       ELSE now() + make_interval(secs => u.due_ms / 1000.0) END,
         lease_expiries = u.lease_expiries,
-        last_error = coalesce(u.error, t.last_error),
-        last_error_details = coalesce(u.error_details, t.last_error_details),
+        last_error = u.error, last_error_details = u.error_details,
         closed_at = CASE WHEN u.status IN ('completed', 'cancelled') THEN now() ELSE NULL END
     FROM unnest($21::uuid[], $22::text[], $23::integer[], $24::integer[], $25::text[],
                 $26::integer[], $27::integer[], $28::integer[], $29::text[], $30::text[])
@@ -226,8 +225,53 @@ WITH new_instances AS (
     SELECT $55::text, u.name, u.value FROM unnest($56::text[], $57::bigint[]) AS u (name, value)
     ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excluded.value
 )
+), resolved_incidents AS (
+    -- By incident id, or every open incident of a task (a late outcome settles them).
+    UPDATE incidents i SET resolved_at = now(), resolution = u.resolution
+    FROM unnest($62::uuid[], $63::uuid[], $64::text[]) AS u (id, task_id, resolution)
+    WHERE (i.id = u.id OR i.task_id = u.task_id) AND i.resolved_at IS NULL
+)
 INSERT INTO outbox (routing_key, message_id, body, claimed_until)
 SELECT u.routing_key, u.message_id, u.body,
        now() + make_interval(secs => $61::integer / 1000.0)
 FROM unnest($58::text[], $59::text[], $60::bytea[]) AS u (routing_key, message_id, body)
 RETURNING id;
+
+-- name: lock_instance
+SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq
+FROM process_instances WHERE id = $1 FOR UPDATE;
+
+-- name: open_tasks_of_instance
+-- Read under the instance's lock, which guards its tasks.
+SELECT id, instance_id, node_id, topic, status, attempt, retries_left, lock_ms, worker_id,
+       lease_expires_at, lease_expiries, last_error, last_error_details
+FROM tasks WHERE instance_id = $1 AND status NOT IN ('completed', 'cancelled') ORDER BY id;
+
+-- name: incident_by_id
+SELECT id, instance_id, task_id, node_id, kind, message, resolved_at, resolution
+FROM incidents WHERE id = $1;
+
+-- name: open_incident_of_task
+SELECT id, instance_id, task_id, node_id, kind, message, resolved_at, resolution
+FROM incidents WHERE task_id = $1 AND resolved_at IS NULL ORDER BY created_at DESC LIMIT 1;
+
+-- name: open_incidents_of_instance
+SELECT id, task_id FROM incidents WHERE instance_id = $1 AND resolved_at IS NULL;
+
+-- name: list_incidents
+SELECT n.id, n.instance_id, p.process_key, p.business_key, n.task_id, n.node_id, n.kind,
+       n.message, n.details, t.attempt, n.created_at, n.resolved_at, n.resolution
+FROM incidents n
+JOIN process_instances p ON p.id = n.instance_id
+LEFT JOIN tasks t ON t.id = n.task_id
+WHERE ($1::text IS NULL OR p.process_key = $1)
+  AND ($2::uuid IS NULL OR n.instance_id = $2)
+  AND ($3::boolean OR n.resolved_at IS NULL)
+ORDER BY n.created_at DESC, n.id
+LIMIT $4;
+
+-- name: archive_outcome
+-- Before an operator retries a task whose outcome was a business error: the recorded outcome
+-- moves to a per-attempt slot, so the new attempt can report one, and repeats of the old one
+-- are still recognised.
+UPDATE report_ledger SET slot = 'outcome:' || attempt WHERE task_id = $1 AND slot = 'outcome';

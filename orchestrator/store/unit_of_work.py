@@ -38,6 +38,7 @@ class TaskRow:
     #: Pending: set the lease (or the retry due time) to now + this many ms on write.
     lease_ms: int | None = None
     due_ms: int | None = None
+    #: The last attempt's error (what the next attempt's worker is told).
     error: str | None = None
     error_details: str | None = None
 
@@ -55,6 +56,8 @@ class TaskRow:
             worker_id=record["worker_id"],
             lease_expires_at=record["lease_expires_at"],
             lease_expiries=record["lease_expiries"],
+            error=record["last_error"],
+            error_details=record["last_error_details"],
         )
 
     @property
@@ -102,6 +105,8 @@ class UnitOfWork:
     ledger_inserts: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     ledger_repeats: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     ended_instances: list[str] = field(default_factory=list)
+    #: (incident id, or None and a task id for all of that task's open incidents; resolution)
+    resolved_incidents: list[tuple[str | None, str | None, str]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, by: int = 1) -> None:
@@ -175,6 +180,7 @@ class UnitOfWork:
             *_columns(list(self.counters.items()), 2),
             *_columns([(m.routing_key, m.message_id, m.body) for m in self.outbox], 3),
             outbox_claim_ms,
+            *_columns(self.resolved_incidents, 3),
         )
         return [PublishedRow(row["id"], m) for row, m in zip(rows, self.outbox, strict=True)]
 

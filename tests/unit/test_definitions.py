@@ -133,3 +133,81 @@ def test_durations(value: object, ms: int) -> None:
 def test_bad_duration() -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration_ms("soon")
+
+
+def with_boundaries(*events: dict[str, Any], flows: list[dict[str, Any]]) -> dict[str, Any]:
+    base = definition()
+    nodes = [*base["nodes"], *events, {"id": "failed", "type": "end_event"}]
+    return definition(nodes=nodes, flows=[*base["flows"], *flows])
+
+
+def boundary(event_id: str, attached_to: str = "work", **extra: Any) -> dict[str, Any]:
+    return {"id": event_id, "type": "error_boundary_event", "attached_to": attached_to, **extra}
+
+
+def test_error_boundary_events_compile() -> None:
+    process = load(
+        with_boundaries(
+            boundary("declined", error_code="DECLINED"),
+            boundary("anything"),
+            flows=[
+                {"id": "f1", "from": "declined", "to": "failed"},
+                {"id": "f2", "from": "anything", "to": "failed"},
+            ],
+        )
+    )
+    assert [b.id for b in process.boundaries["work"]] == ["declined", "anything"]
+    assert process.catching_boundary("work", "DECLINED").id == "declined"
+    assert process.catching_boundary("work", "OTHER").id == "anything"
+    assert process.catching_boundary("gw", "DECLINED") is None
+
+
+@pytest.mark.parametrize(
+    ("events", "flows", "expected"),
+    [
+        (
+            [boundary("b1", attached_to="gw")],
+            [{"id": "f1", "from": "b1", "to": "failed"}],
+            "node 'b1': attached_to 'gw' is not a service_task",
+        ),
+        ([boundary("b1")], [], "node 'b1': an error_boundary_event needs exactly one outgoing"),
+        (
+            [boundary("b1")],
+            [
+                {"id": "f1", "from": "b1", "to": "failed"},
+                {"id": "f2", "from": "start", "to": "b1"},
+            ],
+            "node 'b1': an error_boundary_event cannot have incoming flows",
+        ),
+        (
+            [boundary("b1", error_code="X"), boundary("b2", error_code="X")],
+            [
+                {"id": "f1", "from": "b1", "to": "failed"},
+                {"id": "f2", "from": "b2", "to": "failed"},
+            ],
+            "node 'b2': another error_boundary_event on 'work' already catches error code 'X'",
+        ),
+        (
+            [boundary("b1"), boundary("b2")],
+            [
+                {"id": "f1", "from": "b1", "to": "failed"},
+                {"id": "f2", "from": "b2", "to": "failed"},
+            ],
+            "already catches every error code",
+        ),
+        (
+            [boundary("b1", code_variable="not a name")],
+            [{"id": "f1", "from": "b1", "to": "failed"}],
+            "node 'b1': invalid variable name 'not a name'",
+        ),
+    ],
+)
+def test_invalid_boundary_events_name_the_element(
+    events: list[dict[str, Any]], flows: list[dict[str, Any]], expected: str
+) -> None:
+    found = problems(with_boundaries(*events, flows=flows))
+    assert any(expected in problem for problem in found), found
+
+
+def test_end_event_reached_only_through_a_boundary_event_is_reachable() -> None:
+    load(with_boundaries(boundary("b1"), flows=[{"id": "f1", "from": "b1", "to": "failed"}]))

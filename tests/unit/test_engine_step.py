@@ -4,13 +4,20 @@ import uuid
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.definitions.loader import Process, load_definition
 from orchestrator.demo import example_definition
 from orchestrator.engine.state import CreateTask, InstanceEnded, RaiseIncident, Transition
-from orchestrator.engine.step import complete_task, start_instance
+from orchestrator.engine.step import (
+    EngineStepError,
+    cancel_instance,
+    complete_task,
+    error_task,
+    start_instance,
+)
 
 ORDER = load_definition(example_definition())
 
@@ -91,3 +98,83 @@ def test_gateway_takes_exactly_one_branch(x: int) -> None:
 def test_any_quantity_finishes_with_at_most_three_tasks(quantities: list[int]) -> None:
     for quantity in quantities:
         assert 1 <= len(run_order(quantity)) <= 3
+
+
+def boundary_process(*, catch_all: bool = False) -> Process:
+    """start -> charge (with PAYMENT_DECLINED boundary -> declined) -> ship -> end."""
+    nodes: list[dict[str, Any]] = [
+        {"id": "s", "type": "start_event"},
+        {"id": "charge", "type": "service_task", "topic": "charge"},
+        {
+            "id": "declined",
+            "type": "error_boundary_event",
+            "attached_to": "charge",
+            "error_code": "PAYMENT_DECLINED",
+            "code_variable": "error_code",
+            "message_variable": "error_message",
+        },
+        {"id": "refund", "type": "service_task", "topic": "refund"},
+        {"id": "ship", "type": "service_task", "topic": "ship"},
+        {"id": "e", "type": "end_event"},
+        {"id": "e_declined", "type": "end_event"},
+    ]
+    flows = [
+        {"id": "f1", "from": "s", "to": "charge"},
+        {"id": "f2", "from": "charge", "to": "ship"},
+        {"id": "f3", "from": "ship", "to": "e"},
+        {"id": "f4", "from": "declined", "to": "e_declined"},
+    ]
+    if catch_all:
+        nodes.append({"id": "any_error", "type": "error_boundary_event", "attached_to": "charge"})
+        flows.append({"id": "f5", "from": "any_error", "to": "refund"})
+        flows.append({"id": "f6", "from": "refund", "to": "e"})
+    else:
+        nodes = [n for n in nodes if n["id"] != "refund"]
+    return load_definition(orjson.dumps({"key": "pay", "nodes": nodes, "flows": flows}))
+
+
+def test_business_error_leaves_through_the_matching_boundary_event() -> None:
+    process = boundary_process()
+    transition = start_instance(process, str(uuid.uuid4()), {"amount": 10})
+    (task,) = created(transition)
+    after = error_task(
+        process, transition.state, task.task_id, "PAYMENT_DECLINED", "card", {"why": "limit"}
+    )
+    assert after is not None
+    assert after.state.status == "completed"
+    assert after.state.variables == {
+        "amount": 10,
+        "why": "limit",
+        "error_code": "PAYMENT_DECLINED",
+        "error_message": "card",
+    }
+    assert not created(after)
+    assert any(getattr(e, "kind", None) == "error_caught" for e in after.effects)
+
+
+def test_uncaught_business_error_returns_none() -> None:
+    process = boundary_process()
+    transition = start_instance(process, str(uuid.uuid4()), {})
+    (task,) = created(transition)
+    assert error_task(process, transition.state, task.task_id, "OTHER", None, {}) is None
+
+
+def test_exact_code_wins_over_catch_all() -> None:
+    process = boundary_process(catch_all=True)
+    transition = start_instance(process, str(uuid.uuid4()), {})
+    (task,) = created(transition)
+    exact = error_task(process, transition.state, task.task_id, "PAYMENT_DECLINED", None, {})
+    other = error_task(process, transition.state, task.task_id, "TIMEOUT", None, {})
+    assert exact is not None and exact.state.status == "completed"
+    assert other is not None and [t.node_id for t in created(other)] == ["refund"]
+
+
+def test_cancel_ends_an_active_instance_once() -> None:
+    process = boundary_process()
+    transition = start_instance(process, str(uuid.uuid4()), {})
+    cancelled = cancel_instance(transition.state, "customer asked")
+    assert cancelled.state.status == "cancelled"
+    assert cancelled.state.tokens == ()
+    assert InstanceEnded("cancelled") in cancelled.effects
+    with pytest.raises(EngineStepError):
+        cancel_instance(cancelled.state, None)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers import TaskContext, Worker
+from workers import BpmnError, TaskContext, Worker
 
 worker = Worker("order-workers")
 
 #: Orders of more items than this are out of stock in the example.
 STOCK_LIMIT = 10
+#: Payments above this amount are declined in the example.
+CARD_LIMIT = 5_000
 
 
 @worker.task("reserve-stock", concurrency=50)
@@ -23,6 +25,8 @@ async def reserve_stock(task: TaskContext) -> dict[str, Any]:
 
 @worker.task("charge-payment", concurrency=50)
 async def charge_payment(task: TaskContext) -> dict[str, Any]:
+    if float(task.variables.get("amount", 0)) > CARD_LIMIT:
+        raise BpmnError("PAYMENT_DECLINED", "the amount is over the card's limit")
     # A real payment service gets the idempotency key, so a retried attempt charges once.
     return {"payment_id": f"pay-{task.idempotency_key[:8]}"}
 

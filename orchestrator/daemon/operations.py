@@ -1,0 +1,148 @@
+"""Operator actions on instances: list incidents, retry a task in incident, cancel.
+
+Each runs in one transaction under the instance's row lock (the lock every writer of its
+tasks holds) and writes through the same unit of work as the report batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from orchestrator.broker.topology import Topology
+from orchestrator.daemon.admin import plain
+from orchestrator.daemon.context import EngineContext
+from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_attempt
+from orchestrator.daemon.reports import Notice
+from orchestrator.engine.step import cancel_instance
+from orchestrator.errors import InvalidCommand, InvalidState, NotFound
+from orchestrator.model.wire import (
+    CancelCommand,
+    ListIncidentsCommand,
+    RetryCommand,
+    TaskRevoked,
+)
+from orchestrator.store.queries import Q
+from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork, state_from_record
+
+
+@dataclass
+class OperationResult:
+    result: dict[str, Any]
+    publish: list[PublishedRow] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+
+
+async def list_incidents(conn: asyncpg.Connection, command: ListIncidentsCommand) -> dict[str, Any]:
+    rows = await conn.fetch(
+        Q.list_incidents,
+        command.process_key,
+        command.instance_id,
+        command.include_resolved,
+        command.limit,
+    )
+    return {"incidents": [plain(row) for row in rows]}
+
+
+async def retry(
+    conn: asyncpg.Connection, context: EngineContext, command: RetryCommand
+) -> OperationResult:
+    """Resolve the incident and dispatch its task again with `command.retries` attempts."""
+    incident = await _find_incident(conn, command)
+    instance = await conn.fetchrow(Q.lock_instance, incident["instance_id"])
+    # Read again under the lock: a concurrent retry or cancel may have resolved it.
+    incident = await conn.fetchrow(Q.incident_by_id, incident["id"])
+    if incident["resolved_at"] is not None:
+        if incident["resolution"] == "retried":  # a resent command: answer as the first time
+            return OperationResult(_retry_result(incident, None, already=True))
+        raise InvalidState(f"incident {incident['id']} is already {incident['resolution']}")
+    if incident["task_id"] is None:
+        raise InvalidState(
+            f"incident {incident['id']} ({incident['kind']}) has no task to retry: "
+            "cancel the instance, or deploy a fixed definition and start a new one"
+        )
+    records = await conn.fetch(Q.tasks_by_id, [incident["task_id"]])
+    task = TaskRow.from_record(records[0])
+    if task.status != "incident" or instance["status"] != "active":
+        raise InvalidState(f"task {task.id} is {task.status}, not in an incident")
+    uow = UnitOfWork()
+    task.attempt += 1
+    task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
+    task.retries_left, task.lease_expiries = command.retries - 1, 0
+    uow.changed_tasks[task.id] = task
+    uow.resolved_incidents.append((None, task.id, "retried"))
+    await conn.execute(Q.archive_outcome, task.id)
+    detail = {"incident_id": str(incident["id"]), "attempt": task.attempt}
+    uow.record(task.instance_id, "task_retried", task.node_id, task.id, detail)
+    uow.count("incidents_retried")
+    info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
+    dispatch_attempt(uow, task, info, instance["variables"])
+    publish = await uow.write(conn, context.outbox_claim_ms, context.engine_id)
+    return OperationResult(_retry_result(incident, task, already=False), publish)
+
+
+async def _find_incident(conn: asyncpg.Connection, command: RetryCommand) -> asyncpg.Record:
+    if (command.incident_id is None) == (command.task_id is None):
+        raise InvalidCommand("retry needs exactly one of incident_id and task_id")
+    if command.incident_id is not None:
+        row = await conn.fetchrow(Q.incident_by_id, command.incident_id)
+        if row is None:
+            raise NotFound(f"incident {command.incident_id} does not exist")
+        return row
+    row = await conn.fetchrow(Q.open_incident_of_task, command.task_id)
+    if row is None:
+        raise NotFound(f"task {command.task_id} has no open incident")
+    return row
+
+
+def _retry_result(
+    incident: asyncpg.Record, task: TaskRow | None, *, already: bool
+) -> dict[str, Any]:
+    return {
+        "incident_id": str(incident["id"]),
+        "task_id": str(incident["task_id"]),
+        "instance_id": str(incident["instance_id"]),
+        "attempt": task.attempt if task else None,
+        "already_retried": already,
+    }
+
+
+async def cancel(
+    conn: asyncpg.Connection, context: EngineContext, command: CancelCommand, topology: Topology
+) -> OperationResult:
+    """End the instance; withdraw its open tasks; tell the workers holding them to stop."""
+    instance = await conn.fetchrow(Q.lock_instance, command.instance_id)
+    if instance is None:
+        raise NotFound(f"instance {command.instance_id} does not exist")
+    result = {"instance_id": str(instance["id"]), "already_cancelled": False}
+    if instance["status"] == "cancelled":  # a resent command
+        return OperationResult({**result, "already_cancelled": True})
+    if instance["status"] != "active":
+        raise InvalidState(f"instance {instance['id']} is already {instance['status']}")
+    uow = UnitOfWork()
+    transition = cancel_instance(state_from_record(instance), command.reason)
+    uow.changed_instances[transition.state.id] = transition.state
+    info = InstanceInfo(transition.state.id, instance["process_key"], instance["business_key"])
+    apply_transition(uow, info, transition)
+    notices = []
+    for record in await conn.fetch(Q.open_tasks_of_instance, instance["id"]):
+        task = TaskRow.from_record(record)
+        if task.status == "claimed" and task.worker_id:
+            notices.append(_revoke_notice(task, topology))
+        task.status, task.worker_id, task.lease_ms, task.due_ms = "cancelled", None, None, None
+        uow.changed_tasks[task.id] = task
+        uow.record(task.instance_id, "task_cancelled", task.node_id, task.id)
+    for row in await conn.fetch(Q.open_incidents_of_instance, instance["id"]):
+        uow.resolved_incidents.append((str(row["id"]), None, "instance cancelled"))
+    publish = await uow.write(conn, context.outbox_claim_ms, context.engine_id)
+    return OperationResult({**result, "cancelled_tasks": len(uow.changed_tasks)}, publish, notices)
+
+
+def _revoke_notice(task: TaskRow, topology: Topology) -> Notice:
+    """Best effort: the holder stops now instead of at its next heartbeat or report."""
+    revoked = TaskRevoked(task_id=task.id, attempt=task.attempt, reason="cancelled")
+    inbox = topology.worker_inbox(task.worker_id or "")
+    return Notice(inbox, orjson.dumps(revoked.model_dump()))
