@@ -224,7 +224,6 @@ WITH new_instances AS (
     INSERT INTO engine_counters (engine_id, name, value)
     SELECT $55::text, u.name, u.value FROM unnest($56::text[], $57::bigint[]) AS u (name, value)
     ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excluded.value
-)
 ), resolved_incidents AS (
     -- By incident id, or every open incident of a task (a late outcome settles them).
     UPDATE incidents i SET resolved_at = now(), resolution = u.resolution
