@@ -60,14 +60,16 @@ class BatchLedger:
     def recorded_for(
         self, report: Completed | Failed | BpmnErrorReport
     ) -> tuple[str, LedgerEntry] | None:
-        """The entry a report repeats, with its slot: its own slot, or for an outcome, the
-        slot an operator retry archived this attempt's outcome to."""
-        slot = slot_of(report)
-        entry = self._entries.get((report.task_id, slot))
-        if entry is None and slot == OUTCOME_SLOT:
-            slot = f"{OUTCOME_SLOT}:{report.attempt}"
+        """The entry a report repeats, with its slot. For an outcome: the slot an operator
+        retry archived this attempt's outcome to, else the task's one outcome slot."""
+        slots = [slot_of(report)]
+        if slots[0] == OUTCOME_SLOT:
+            slots.insert(0, f"{OUTCOME_SLOT}:{report.attempt}")
+        for slot in slots:
             entry = self._entries.get((report.task_id, slot))
-        return (slot, entry) if entry is not None else None
+            if entry is not None:
+                return slot, entry
+        return None
 
     def insert(self, report: Completed | Failed | BpmnErrorReport, payload_hash: bytes) -> None:
         slot = slot_of(report)
