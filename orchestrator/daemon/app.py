@@ -115,6 +115,11 @@ class Engine:
         async with self.pool.acquire() as conn:
             await apply_migrations(conn)
             topics = await admin.deployed_topics(conn)
+            if await conn.fetchval(Q.autovacuum_setting) != "on":
+                log.warning(
+                    "autovacuum is off on this PostgreSQL server: the dead rows every task "
+                    "leaves in the outbox and task tables will pile up; turn it on"
+                )
         self._connection = await connect(settings.amqp_url, name=self.engine_id)
         setup = await self._connection.channel()
         await declare_core(setup, self.topology)

@@ -274,3 +274,6 @@ LIMIT $4;
 -- moves to a per-attempt slot, so the new attempt can report one, and repeats of the old one
 -- are still recognised.
 UPDATE report_ledger SET slot = 'outcome:' || attempt WHERE task_id = $1 AND slot = 'outcome';
+
+-- name: autovacuum_setting
+SELECT current_setting('autovacuum');
