@@ -8,6 +8,7 @@ PostgreSQL runs from that claim. The delivery itself is acked when the outcome i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -17,13 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology, declare_task_queue
 from orchestrator.config import Settings
+from orchestrator.errors import ServiceUnavailable
 from orchestrator.model.wire import (
     NOTICE_ADAPTER,
     BpmnErrorReport,
@@ -43,6 +47,15 @@ from workers._sender import ReportSender
 
 log = logging.getLogger(__name__)
 
+
+#: What a start that met a broker going away raises; the worker then starts again.
+_START_ERRORS = (
+    ServiceUnavailable,
+    aio_pika.exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
 
 #: Reports after which the delivery is done with and can be acked.
 _SETTLING = (Completed, Failed, BpmnErrorReport, Released)
@@ -68,6 +81,13 @@ class _Running:
     claim_sent: bool = False
     revoked: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _channel_open(delivery: AbstractIncomingMessage) -> bool:
+    try:
+        return not delivery.channel.is_closed
+    except ChannelInvalidStateError:  # aio-pika's way of saying the channel is closed
+        return False
 
 
 class Worker:
@@ -140,11 +160,36 @@ class Worker:
             asyncio.run(main())
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        await self.start()
+        """Start (again and again while the broker cannot be reached), run until `stop`."""
+        delay = 0.5
+        while True:
+            try:
+                await self.start()
+                break
+            except _START_ERRORS as exc:
+                # A half-made start (the connection dropped between two subscriptions) is
+                # thrown away whole: a worker consuming some of its topics is worse than none.
+                await self._abandon_start()
+                if stop.is_set():
+                    return
+                log.warning("worker could not start (%s); trying again in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return
+                delay = min(delay * 2, 10.0)
         try:
             await stop.wait()
         finally:
             await self.shutdown()
+
+    async def _abandon_start(self) -> None:
+        connection, self._connection = self._connection, None
+        self._publisher = self._sender = None
+        self._consumers.clear()
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5)
 
     async def start(self) -> None:
         if not self._topics:
@@ -220,10 +265,13 @@ class Worker:
             return
         existing = self._running.get(key)
         if existing is not None:
-            # Redelivered after a reconnect while still running here: keep the new tag.
-            if existing.acked:
+            if existing.acked or _channel_open(existing.delivery):
+                # A second copy of a task running here (the engine may publish one twice):
+                # settle it now, or it would hold a prefetch slot for as long as we run.
                 await delivery.ack()
             else:
+                # Redelivered after a reconnect: the first delivery's tag died with its
+                # channel, so this is the one to ack when the outcome is confirmed.
                 existing.delivery = delivery
             return
         item = _Running(task, delivery)

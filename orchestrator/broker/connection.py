@@ -11,10 +11,19 @@ from orchestrator.errors import ServiceUnavailable
 
 #: A broker restart costs the engine and workers about this much on top of the restart.
 RECONNECT_INTERVAL_S = 1
+#: AMQP heartbeat. RabbitMQ drops a connection that stays silent for about two of these and
+#: requeues its unacked deliveries: that is how the tasks a frozen process was handed (and
+#: had not claimed yet) reach another worker. RabbitMQ's default of 60 s held them a minute.
+HEARTBEAT_S = 5
 
 
-async def connect(url: str, *, name: str, timeout: float = 5.0) -> AbstractRobustConnection:
-    """A robust connection: it reconnects and re-declares its consumers by itself."""
+async def connect(
+    url: str, *, name: str, timeout: float = 5.0, heartbeat_s: int = HEARTBEAT_S
+) -> AbstractRobustConnection:
+    """A robust connection: it reconnects and re-declares its consumers by itself. A
+    `heartbeat` in the URL's query wins over `heartbeat_s`."""
+    if "heartbeat=" not in url:
+        url += ("&" if "?" in url else "?") + f"heartbeat={heartbeat_s}"
     try:
         return await asyncio.wait_for(
             aio_pika.connect_robust(

@@ -1,0 +1,586 @@
+"""What every fault scenario shares: a 3-step process, engines and recording workers as real
+processes, instances started while the faults happen, and the final accounting.
+
+A scenario:
+
+    workload.configure("worker kill -9", count=250)
+    workload.engine()
+    await workload.deploy()
+    workers = [workload.worker() for _ in range(3)]
+    workload.start(rate=35)                  # instances keep arriving while faults happen
+    for _ in range(5):
+        await workload.progressed(by=80)     # work is in flight
+        ...inject a fault...; workload.fault("kill -9 worker")
+    verdict = await workload.finish()        # wait, account, record the row, assert
+
+`finish` waits for every instance, stops the workers so nothing more is reported, and then
+checks the engine's view (every instance completed once, each task completed once in
+`history`, the outbox drained), the workers' view (each task's effect applied once, and once
+per instance and step) and the ledger: the engine's counters agree with `report_ledger`, every
+completion the engine received was applied once or recorded as a repeat, and it received
+every completion the workers sent (counted on a tap queue bound next to the engine's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+
+from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology, declare_core
+from orchestrator.client import Client
+from orchestrator.config import Settings
+from tests.fault_workers import SCHEMA, delay_of
+from tests.faults.report import ROWS, Row
+from tests.harness import Processes, sequential_process, wait_until
+
+STEPS = 3
+#: Message ids of reports a test injects as malformed: the tap does not count them.
+MALFORMED_PREFIX = "malformed-"
+FAULT_WORKER = "tests.fault_workers:worker"
+#: Errors of a database that is being restarted: a poll treats them as "not yet".
+DATABASE_AWAY = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+async def tolerant(check: Callable[[], Awaitable[Any]]) -> bool:
+    """A poll that treats the database being away as 'not yet'."""
+    try:
+        return bool(await check())
+    except DATABASE_AWAY:
+        return False
+
+
+async def exited(proc: subprocess.Popen[bytes], *, timeout: float = 30) -> int:
+    """Wait (without blocking the event loop, which may run a proxy) for a process to end."""
+
+    async def ended() -> bool:
+        return proc.poll() is not None
+
+    await wait_until(ended, timeout=timeout, what=f"process {proc.pid} to exit")
+    return proc.returncode
+
+
+@dataclass
+class Verdict:
+    """What the scenario left behind, from the engine's, the workers' and the ledger's view."""
+
+    instances: int
+    states: dict[str, int]
+    tasks: int
+    #: Tasks with more than one task_completed row in history.
+    completed_twice: int
+    #: (instance, step) pairs the engine dispatched as more than one task.
+    dispatched_twice: int
+    #: (instance, step) pairs whose effect was applied under more than one idempotency key.
+    effects_twice: int
+    #: Tasks with no effect, or more than one run that applied it.
+    effects_wrong: int
+    runs: int
+    repeat_runs: int
+    #: Runs that never finished (their worker was killed, say).
+    interrupted_runs: int
+    ledger_duplicates: int
+    ledger_conflicts: int
+    counters: dict[str, int]
+    #: Completed instances whose variables are not their own start variable plus each
+    #: step's result (a conflicting completion applied, say).
+    variables_wrong: int
+    #: Completed reports seen on the tap: what the workers (and the test) sent.
+    completions_sent: int
+    outbox_left: int
+
+    @property
+    def completed(self) -> int:
+        return self.states.get("completed", 0)
+
+    @property
+    def lost(self) -> int:
+        return self.instances - self.completed
+
+    @property
+    def applied_twice(self) -> int:
+        return self.completed_twice + self.dispatched_twice + self.effects_twice
+
+    @property
+    def ledger_repeats(self) -> int:
+        return self.ledger_duplicates + self.ledger_conflicts
+
+    def counter(self, name: str) -> int:
+        return self.counters.get(name, 0)
+
+
+@dataclass
+class Workload:
+    settings: Settings
+    db: asyncpg.Pool
+    processes: Processes
+    topics: set[str]
+    nodeid: str
+    name: str = ""
+    count: int = 0
+    lock: str = "2s"
+    #: Each task's handler takes up to this long (FAULT_MAX_DELAY_MS of the workers).
+    max_delay_ms: int = 150
+    key: str = ""
+    step_topics: list[str] = field(default_factory=list)
+    engines: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    faults: collections.Counter[str] = field(default_factory=collections.Counter)
+    began: float = 0.0
+    _starting: asyncio.Task[list[str]] | None = None
+    _runs_mark: int = 0
+    _completions_sent: int = -1
+    #: Processes the scenario killed or crashed on purpose.
+    _killed: set[int] = field(default_factory=set)
+
+    @property
+    def tap_queue(self) -> str:
+        return f"{self.settings.namespace}.test-tap"
+
+    def configure(
+        self, name: str, *, count: int, lock: str = "2s", max_delay_ms: int = 150
+    ) -> None:
+        self.name, self.count, self.lock, self.max_delay_ms = name, count, lock, max_delay_ms
+        self.key = f"faults-{uuid.uuid4().hex[:6]}"
+        self.step_topics = [f"{self.key}-step{n}" for n in range(1, STEPS + 1)]
+        self.topics.update(self.step_topics)
+
+    # --- processes ---------------------------------------------------------------------
+
+    def engine(self, **env: str) -> subprocess.Popen[bytes]:
+        proc = self.processes.engine(**env)
+        self.engines.append(proc)
+        return proc
+
+    def worker(self, **env: str) -> subprocess.Popen[bytes]:
+        proc = self.processes.worker(
+            FAULT_WORKER,
+            FAULT_TOPICS=",".join(self.step_topics),
+            FAULT_DB_URL=self.settings.database_url,
+            FAULT_MAX_DELAY_MS=str(self.max_delay_ms),
+            **env,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def live(self, procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+        return [proc for proc in procs if proc.poll() is None]
+
+    def fault(self, kind: str, times: int = 1) -> None:
+        self.faults[kind] += times
+
+    async def kill(self, proc: subprocess.Popen[bytes], kind: str) -> None:
+        """kill -9, wait for the process to be gone, count the fault."""
+        proc.kill()
+        await exited(proc)
+        self.died(proc, kind)
+
+    def died(self, proc: subprocess.Popen[bytes], kind: str) -> None:
+        """A process that ended on purpose (killed, or at a crash point)."""
+        self._killed.add(proc.pid)
+        self.fault(kind)
+
+    # --- setup and load ----------------------------------------------------------------
+
+    async def deploy(self) -> None:
+        """Create the recording tables, bind the tap and deploy the process (an engine must
+        be running to answer the deploy)."""
+        await self.db.execute(SCHEMA)
+        await self._bind_tap()
+        async with Client(self.settings, name="fault-deployer") as client:
+            await client.deploy(sequential_process(self.key, self.step_topics, lock=self.lock))
+
+    async def _bind_tap(self) -> None:
+        topology = Topology(self.settings.namespace)
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await declare_core(channel, topology)
+            queue = await channel.declare_queue(self.tap_queue, durable=True)
+            await queue.bind(topology.reports_exchange, routing_key=REPORT_ROUTING_KEY)
+
+    def start(self, *, rate: float | None = None) -> None:
+        """Start `count` instances in the background: `rate` a second, or all at once."""
+        self.began = time.monotonic()
+        self._starting = asyncio.create_task(self._start_all(rate))
+
+    async def _start_all(self, rate: float | None) -> list[str]:
+        async with Client(self.settings, name="fault-starter") as client:
+
+            async def one(i: int) -> str:
+                started = await client.start(
+                    self.key, idempotency_key=f"{self.key}-{i}", variables={"i": i}
+                )
+                return started.instance_id
+
+            if rate is None:
+                return await asyncio.gather(*(one(i) for i in range(self.count)))
+            pending = []
+            loop = asyncio.get_running_loop()
+            for i in range(self.count):
+                due = self.began + i / rate
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                pending.append(asyncio.create_task(one(i)))
+            return await asyncio.gather(*pending)
+
+    async def started(self) -> list[str]:
+        if self._starting is None:
+            raise RuntimeError("start() was not called")
+        return await self._starting
+
+    async def cancel(self) -> None:
+        """Stop starting instances (a scenario that failed half way)."""
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._starting
+
+    async def consumers(self) -> list[int]:
+        """Consumers of each task queue of the workload, as the broker counts them."""
+        topology = Topology(self.settings.namespace)
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        counts = []
+        async with connection:
+            channel = await connection.channel()
+            for topic in self.step_topics:
+                queue = await channel.declare_queue(topology.task_queue(topic), passive=True)
+                counts.append(queue.declaration_result.consumer_count or 0)
+        return counts
+
+    async def consuming(self, workers: int, *, timeout: float = 30) -> None:
+        """Wait until `workers` workers consume every task queue (they finished starting)."""
+
+        async def ready() -> bool:
+            return await self.consumers() == [workers] * len(self.step_topics)
+
+        await wait_until(ready, timeout=timeout, what=f"{workers} workers to consume")
+
+    async def runs(self) -> int:
+        return int(await self.db.fetchval("SELECT count(*) FROM fault_runs"))
+
+    async def progressed(self, *, by: int, timeout: float = 60) -> None:
+        """Wait until `by` more handler runs began since the last call: work is in flight."""
+        target = self._runs_mark + by
+
+        async def far_enough() -> bool:
+            return await self.runs() >= target
+
+        await wait_until(
+            lambda: tolerant(far_enough),
+            timeout=timeout,
+            what=f"{target} handler runs\n{self.processes.logs()}",
+        )
+        self._runs_mark = target
+
+    async def busy_worker(
+        self, candidates: list[subprocess.Popen[bytes]], *, left_s: float = 0.04
+    ) -> int:
+        """The pid of the candidate with the most handler runs in flight that still have at
+        least `left_s` to go (each task's duration is known from its key); waits for one."""
+        pids = [proc.pid for proc in candidates if proc.poll() is None]
+        found: list[int] = []
+
+        async def busy() -> bool:
+            rows = await self.db.fetch(
+                "SELECT worker_pid, idempotency_key, "
+                "extract(epoch FROM clock_timestamp() - started_at)::float AS age "
+                "FROM fault_runs WHERE finished_at IS NULL AND worker_pid = ANY($1)",
+                pids,
+            )
+            long_runs = collections.Counter(
+                row["worker_pid"]
+                for row in rows
+                if delay_of(row["idempotency_key"], self.max_delay_ms) - row["age"] >= left_s
+            )
+            found[:] = [pid for pid, _ in long_runs.most_common(1)]
+            return bool(found)
+
+        try:
+            await wait_until(busy, timeout=30, what=f"a worker of {pids} with a task in hand")
+        except AssertionError as exc:
+            state = await self.db.fetch(
+                "SELECT worker_pid, count(*) AS runs, count(*) FILTER (WHERE finished_at IS NULL) "
+                "AS unfinished, max(started_at) AS last FROM fault_runs GROUP BY worker_pid"
+            )
+            runs = [dict(row) for row in state]
+            done = await self._all_completed()
+            logs = self.processes.logs()
+            raise AssertionError(f"{exc}\nall completed: {done}, runs: {runs}\n{logs}") from None
+        return found[0]
+
+    async def unfinished_runs(self, pid: int) -> int:
+        value = await self.db.fetchval(
+            "SELECT count(*) FROM fault_runs WHERE worker_pid = $1 AND finished_at IS NULL", pid
+        )
+        return int(value)
+
+    # --- the end -----------------------------------------------------------------------
+
+    async def finish(
+        self,
+        *,
+        exact_reports: bool = True,
+        timeout: float = 90,
+        more_faults: Callable[[], dict[str, int]] | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> Verdict:
+        """Wait for every instance, account for everything, record the scenario's row, and
+        assert. `exact_reports`: the engine received each report exactly as often as it was
+        sent (nothing made it re-read one: no engine died, no engine connection was cut).
+        `more_faults`: faults counted elsewhere, added to the row. `settle`: once the workers
+        stopped, waits until whatever stands between them and the engine passed on all they
+        sent."""
+        ids = await self.started()
+        timed_out = ""
+        try:
+            await wait_until(
+                lambda: tolerant(self._all_completed),
+                timeout=timeout,
+                what="every instance to complete",
+            )
+        except AssertionError as exc:
+            timed_out = str(exc)
+        duration = time.monotonic() - self.began
+        if not timed_out:
+            await self._quiesce(settle)
+        verdict = await self._verdict()
+        if more_faults is not None:
+            self.faults.update(more_faults())
+        ROWS.append(
+            Row(
+                nodeid=self.nodeid,
+                scenario=self.name,
+                instances=self.count,
+                faults=", ".join(f"{n} {kind}" for kind, n in self.faults.items()) or "none",
+                lost=verdict.lost,
+                applied_twice=verdict.applied_twice,
+                repeat_runs=verdict.repeat_runs,
+                ledger_repeats=verdict.ledger_repeats,
+                duration_s=duration,
+            )
+        )
+        details = self._describe(verdict)
+        assert not timed_out, f"{timed_out}\n{details}"
+        assert len(set(ids)) == self.count, details
+        # No process died of a fault it was only meant to live through: the engines still
+        # run, and the workers stopped cleanly when asked.
+        survivors = [p for p in self.engines + self.workers if p.pid not in self._killed]
+        assert all(p.poll() is None for p in survivors if p in self.engines), details
+        assert all(p.returncode == 0 for p in survivors if p in self.workers), details
+        self._assert_verdict(verdict, exact_reports, details)
+        return verdict
+
+    async def all_completed(self, *, timeout: float) -> None:
+        """Wait (at most `timeout` s) until every instance started so far is completed."""
+        await self.started()
+        await wait_until(
+            lambda: tolerant(self._all_completed), timeout=timeout, what="every instance"
+        )
+
+    async def _all_completed(self) -> bool:
+        value = await self.db.fetchval(
+            "SELECT count(*) FROM process_instances WHERE process_key = $1 "
+            "AND status = 'completed'",
+            self.key,
+        )
+        return bool(value == self.count)
+
+    async def _quiesce(self, settle: Callable[[], Awaitable[None]] | None) -> None:
+        """Stop the workers (nothing more is reported) and let the engines publish and apply
+        what is still on its way."""
+        for proc in self.live(self.workers):
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            await exited(proc)
+        if settle is not None:
+            await settle()
+
+        async def outbox_drained() -> bool:
+            return bool(await self.db.fetchval("SELECT count(*) FROM outbox") == 0)
+
+        await wait_until(lambda: tolerant(outbox_drained), timeout=30, what="the outbox to drain")
+        sent = self._completions_sent = await self._tap_completions()
+
+        async def caught_up() -> bool:
+            return await self._counter("reports_completed") >= sent
+
+        await wait_until(
+            lambda: tolerant(caught_up),
+            timeout=30,
+            what=f"the engine to apply or record all {sent} completions sent",
+        )
+
+    async def _tap_completions(self) -> int:
+        """Completed reports in the messages on the tap queue (taken off it)."""
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(self.tap_queue, passive=True)
+            total = queue.declaration_result.message_count or 0
+            await channel.set_qos(prefetch_count=1000)
+            completed = received = 0
+            if total:
+                async with queue.iterator(no_ack=True, timeout=30) as messages:
+                    async for message in messages:
+                        if not (message.message_id or "").startswith(MALFORMED_PREFIX):
+                            completed += count_completed(message.body)
+                        received += 1
+                        if received == total:
+                            break
+        return completed
+
+    async def delete_tap(self) -> None:
+        with contextlib.suppress(Exception):  # cleanup only: the broker may be the fault
+            connection = await aio_pika.connect(self.settings.amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(self.tap_queue)
+
+    async def _counter(self, name: str) -> int:
+        value = await self.db.fetchval(
+            "SELECT sum(value) FROM engine_counters WHERE name = $1", name
+        )
+        return int(value or 0)
+
+    async def _verdict(self) -> Verdict:
+        db = self.db
+        states = {
+            row["status"]: row["n"]
+            for row in await db.fetch(
+                "SELECT status, count(*) AS n FROM process_instances WHERE process_key = $1 "
+                "GROUP BY status",
+                self.key,
+            )
+        }
+        tasks = await db.fetchrow(
+            """
+            SELECT count(*) AS tasks,
+                   count(*) FILTER (WHERE completions > 1) AS completed_twice
+            FROM (SELECT t.id, count(h.id) AS completions FROM tasks t
+                  LEFT JOIN history h ON h.task_id = t.id AND h.kind = 'task_completed'
+                  GROUP BY t.id) per_task
+            """
+        )
+        dispatched_twice = await db.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM tasks GROUP BY instance_id, node_id "
+            "HAVING count(*) > 1) twice"
+        )
+        effects_twice = await db.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM fault_effects GROUP BY instance_id, node_id "
+            "HAVING count(*) > 1) twice"
+        )
+        effects_wrong = await db.fetchval(
+            """
+            SELECT count(*) FROM tasks t
+            WHERE NOT EXISTS (SELECT 1 FROM fault_effects e WHERE e.idempotency_key = t.id::text)
+               OR (SELECT count(*) FROM fault_runs r
+                   WHERE r.idempotency_key = t.id::text AND r.applied) <> 1
+            """
+        )
+        runs = await db.fetchrow(
+            "SELECT count(*) AS runs, count(DISTINCT idempotency_key) AS keys, "
+            "count(*) FILTER (WHERE finished_at IS NULL) AS interrupted FROM fault_runs"
+        )
+        ledger = await db.fetchrow(
+            "SELECT coalesce(sum(duplicates), 0) AS duplicates, "
+            "coalesce(sum(conflicts), 0) AS conflicts FROM report_ledger"
+        )
+        counters = {
+            row["name"]: int(row["value"])
+            for row in await db.fetch(
+                "SELECT name, sum(value) AS value FROM engine_counters GROUP BY name"
+            )
+        }
+        assert tasks is not None and runs is not None and ledger is not None
+        return Verdict(
+            instances=self.count,
+            states=states,
+            tasks=tasks["tasks"],
+            completed_twice=tasks["completed_twice"],
+            dispatched_twice=dispatched_twice,
+            effects_twice=effects_twice,
+            effects_wrong=effects_wrong,
+            runs=runs["runs"],
+            repeat_runs=runs["runs"] - runs["keys"],
+            interrupted_runs=runs["interrupted"],
+            ledger_duplicates=int(ledger["duplicates"]),
+            ledger_conflicts=int(ledger["conflicts"]),
+            counters=counters,
+            variables_wrong=await db.fetchval(
+                "SELECT count(*) FROM process_instances WHERE process_key = $1 "
+                "AND variables - 'i' <> $2::jsonb",
+                self.key,
+                {f"step{n}": "done" for n in range(1, STEPS + 1)},
+            ),
+            completions_sent=self._completions_sent,
+            outbox_left=await db.fetchval("SELECT count(*) FROM outbox"),
+        )
+
+    def _assert_verdict(self, verdict: Verdict, exact_reports: bool, details: str) -> None:
+        expected_tasks = self.count * STEPS
+        # Nothing lost: every instance completed, each of its steps as exactly one task.
+        assert verdict.states == {"completed": self.count}, details
+        assert verdict.tasks == expected_tasks, details
+        assert verdict.outbox_left == 0, details
+        assert verdict.variables_wrong == 0, details
+        # Nothing applied twice, by the engine or by the workers.
+        assert verdict.completed_twice == 0, details
+        assert verdict.dispatched_twice == 0, details
+        assert verdict.effects_twice == 0, details
+        assert verdict.effects_wrong == 0, details
+        # The ledger accounts for every repeat: the counters agree with it, and every
+        # completion the engine received was either applied (one per task) or recorded.
+        assert verdict.counter("reports_duplicate") == verdict.ledger_duplicates, details
+        assert verdict.counter("reports_conflicting") == verdict.ledger_conflicts, details
+        assert verdict.counter("reports_completed") == expected_tasks + verdict.ledger_repeats, (
+            details
+        )
+        # And it received every completion the workers sent: exactly as many, unless the
+        # scenario made an engine read some twice (it died or lost its connection before
+        # acking them: the ledger then recorded the second reading as a repeat).
+        if exact_reports:
+            assert verdict.counter("reports_completed") == verdict.completions_sent, details
+        else:
+            assert verdict.counter("reports_completed") >= verdict.completions_sent, details
+
+    def _describe(self, verdict: Verdict) -> str:
+        return (
+            f"scenario {self.name!r}, process {self.key}, faults {dict(self.faults)}\n"
+            f"{verdict}\n{self.processes.logs()}"
+        )
+
+
+def count_completed(body: bytes) -> int:
+    """Completed reports in a report message (one report, or an array of them)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    items = data if isinstance(data, list) else [data]
+    return sum(1 for item in items if isinstance(item, dict) and item.get("type") == "completed")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a live process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
