@@ -263,10 +263,11 @@ class Engine:
             dead.append(DeadLetter(message, reason, raw))
         crash_point("after_commit")
         await self._dead_letter(dead, self.topology.reports_queue)
-        # Committed: the reports can go, and the task messages are safe in the outbox. Their
-        # publishing overlaps the next batch instead of holding it up for the confirms.
-        await ack_all(batch)
+        # Committed: the task messages are safe in the outbox, and the reports can go. The
+        # publishing starts first (the next step waits for it) and overlaps the next batch
+        # instead of holding it up for the confirms.
         await self._after_commit(outcome.publish, outcome.notices)
+        await ack_all(batch)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "report batch: %d messages, %d reports; parse %.2f ms, transaction %.2f ms, "

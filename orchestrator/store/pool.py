@@ -22,6 +22,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's reset query (RESET ALL, UNLISTEN, advisory
+    unlock): the engine leaves nothing of that behind, and the query cost a round trip at the
+    end of every transaction. asyncpg still rolls back a transaction left open."""
+
+
 async def create_pool(url: str, *, size: int = 8, timeout: float = 5.0) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         url,
@@ -30,6 +36,7 @@ async def create_pool(url: str, *, size: int = 8, timeout: float = 5.0) -> async
         timeout=timeout,
         command_timeout=60,
         init=_init_connection,
+        reset=_keep_session,
         server_settings={
             "application_name": "orchestrator",
             # One plan per statement and connection, made at its first use: planning the
