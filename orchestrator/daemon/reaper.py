@@ -54,13 +54,11 @@ def _expired(
     uow.record(task.instance_id, "lease_expired", task.node_id, task.id, detail)
     if task.lease_expiries >= max_expiries:
         task.status, task.worker_id, task.lease_ms = "incident", None, None
-        uow.incident(
-            task.instance_id,
-            task.node_id,
+        uow.task_incident(
+            task,
             "lease_expired",
             f"the lease of task {task.id} expired {task.lease_expiries} times "
             "(its workers die or hang)",
-            task_id=task.id,
         )
         return
     _redispatch(uow, task, info, variables)

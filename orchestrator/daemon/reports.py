@@ -291,13 +291,11 @@ class ReportBatch:
             return
         task.status = "incident"
         task.error, task.error_details = f"business error {report.code}", report.message
-        self._uow.incident(
-            task.instance_id,
-            task.node_id,
+        self._uow.task_incident(
+            task,
             "unhandled_bpmn_error",
             f"business error {report.code!r} has no matching error boundary event",
-            task_id=task.id,
-            details=report.message,
+            report.message,
         )
 
     def _apply_transition(self, task: TaskRow, transition: Transition) -> None:
@@ -307,7 +305,7 @@ class ReportBatch:
 
     def _engine_incident(self, task: TaskRow, exc: EngineStepError) -> None:
         log.error("cannot advance instance %s: %s", task.instance_id, exc)
-        self._uow.incident(task.instance_id, task.node_id, "engine", str(exc), task_id=task.id)
+        self._uow.task_incident(task, "engine", str(exc))
 
     def _failure(self, item: IncomingReport, report: Failed, task: TaskRow) -> None:
         repeated, payload_hash = self._seen_before(item, report, task)
@@ -338,13 +336,11 @@ class ReportBatch:
         self._uow.record(task.instance_id, "task_failed", task.node_id, task.id, detail)
         if isinstance(decision, GiveUp):
             task.status, task.retries_left = "incident", 0
-            self._uow.incident(
-                task.instance_id,
-                task.node_id,
+            self._uow.task_incident(
+                task,
                 "failed_task",
                 f"{report.error_message} ({decision.reason})",
-                task_id=task.id,
-                details=report.error_details,
+                report.error_details,
             )
         else:
             task.status, task.retries_left = "retry_wait", decision.retries_left

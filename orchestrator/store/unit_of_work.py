@@ -146,6 +146,14 @@ class UnitOfWork:
         )
         self.count("incidents_raised")
 
+    def task_incident(
+        self, task: TaskRow, kind: str, message: str, details: str | None = None
+    ) -> None:
+        """An incident that holds `task` (and its instance) until an operator acts."""
+        self.incident(
+            task.instance_id, task.node_id, kind, message, task_id=task.id, details=details
+        )
+
     def repeat(self, task_id: str, slot: str, *, conflict: bool) -> None:
         # A repeat of an entry this batch inserts is counted in the insert itself: the one
         # statement that writes everything cannot update a row it inserts.
