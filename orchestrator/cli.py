@@ -126,7 +126,12 @@ async def _retry(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     try:
         return await client.retry(incident_id=args.id, retries=args.retries)
     except NotFound:
+        pass
+    try:
         return await client.retry(task_id=args.id, retries=args.retries)
+    except NotFound:
+        message = f"{args.id} is neither an incident nor a task with an open incident"
+        raise NotFound(message) from None
 
 
 async def _incidents(client: Client, args: argparse.Namespace) -> None:
