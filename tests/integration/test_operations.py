@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.errors import InvalidCommand, InvalidState, NotFound
 from orchestrator.model.wire import BpmnErrorReport, Claimed, Completed
-from tests.harness import running_engine, running_worker, wait_until
+from tests.harness import process_env, running_engine, running_worker, wait_until
 from tests.raw_worker import RawWorker
 from workers import BpmnError, TaskContext, TaskFailure, Worker
 
@@ -405,3 +406,58 @@ async def test_auto_extension_stops_at_its_maximum(settings: Settings, topics: s
     assert [attempt for attempt, _ in attempts] == [1, 2]
     assert (attempts[1][1] or "").startswith("lease expired")
     assert "lease_expired" in history_kinds(done)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    """Run `orchestrator ARGS` as its own process (the engine runs in this event loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "--log-level",
+        "WARNING",
+        *args,
+        env=process_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_operator_commands_on_the_command_line(settings: Settings, topics: set[str]) -> None:
+    worker = Worker("ops", settings=settings)
+
+    @worker.task(CHARGE)
+    async def charge(task: TaskContext) -> dict[str, Any]:
+        if task.attempt == 1:
+            raise TaskFailure("card network down", retries=0)
+        return {}
+
+    async with payment_setup(settings, topics, worker) as client:
+        started = await client.start("pay", business_key="cli", variables={})
+        incident = await wait_for_incident(client, started.instance_id)
+        table = await cli(settings, "incidents")
+        listed = await cli(settings, "incidents", "--json", "--instance", started.instance_id)
+        unknown = await cli(settings, "retry", "00000000-0000-0000-0000-000000000000")
+        by_task = await cli(settings, "retry", incident["task_id"])
+
+        async def at_ship() -> bool:
+            instance = await client.get_instance(started.instance_id)
+            return [t["node_id"] for t in instance["open_tasks"]] == ["ship"]
+
+        await wait_until(at_ship, timeout=TIMEOUT, what="the retried charge to complete")
+        cancelled = await cli(settings, "cancel", started.instance_id, "--reason", "test")
+        state = (await client.get_instance(started.instance_id))["state"]
+
+    code, out, _ = table
+    assert code == 0 and incident["id"] in out and "failed_task" in out
+    assert out.splitlines()[0].split()[:3] == ["incident", "instance", "process"]
+    assert [i["id"] for i in orjson.loads(listed[1])] == [incident["id"]]
+    assert unknown[0] == 1 and "neither an incident nor a task" in unknown[2]
+    assert by_task[0] == 0 and orjson.loads(by_task[1])["attempt"] == 2
+    assert cancelled[0] == 0 and orjson.loads(cancelled[1])["cancelled_tasks"] == 1
+    assert state == "cancelled"
