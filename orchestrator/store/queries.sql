@@ -135,7 +135,8 @@ FROM tasks WHERE instance_id = $1 ORDER BY created_at, id;
 SELECT at, kind, node_id, task_id, detail FROM history WHERE instance_id = $1 ORDER BY id;
 
 -- name: instance_incidents
-SELECT id, task_id, node_id, kind, message, details, created_at, resolved_at, resolution
+SELECT id, task_id, node_id, kind, message, details, attempt, created_at, resolved_at,
+       resolution
 FROM incidents WHERE instance_id = $1 ORDER BY created_at;
 
 -- name: instance_counts
@@ -212,28 +213,28 @@ WITH new_instances AS (
         AS u (task_id, slot, duplicates, conflicts)
     WHERE l.task_id = u.task_id AND l.slot = u.slot
 ), new_incidents AS (
-    INSERT INTO incidents (id, instance_id, task_id, node_id, kind, message, details)
+    INSERT INTO incidents (id, instance_id, task_id, node_id, kind, message, details, attempt)
     SELECT * FROM unnest($43::uuid[], $44::uuid[], $45::uuid[], $46::text[], $47::text[],
-                         $48::text[], $49::text[])
+                         $48::text[], $49::text[], $50::integer[])
 ), new_history AS (
     INSERT INTO history (instance_id, kind, node_id, task_id, detail)
     SELECT u.instance_id, u.kind, u.node_id, u.task_id, u.detail::jsonb
-    FROM unnest($50::uuid[], $51::text[], $52::text[], $53::uuid[], $54::text[])
+    FROM unnest($51::uuid[], $52::text[], $53::text[], $54::uuid[], $55::text[])
         AS u (instance_id, kind, node_id, task_id, detail)
 ), counted AS (
     INSERT INTO engine_counters (engine_id, name, value)
-    SELECT $55::text, u.name, u.value FROM unnest($56::text[], $57::bigint[]) AS u (name, value)
+    SELECT $56::text, u.name, u.value FROM unnest($57::text[], $58::bigint[]) AS u (name, value)
     ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excluded.value
 ), resolved_incidents AS (
     -- By incident id, or every open incident of a task (a late outcome settles them).
     UPDATE incidents i SET resolved_at = now(), resolution = u.resolution
-    FROM unnest($62::uuid[], $63::uuid[], $64::text[]) AS u (id, task_id, resolution)
+    FROM unnest($63::uuid[], $64::uuid[], $65::text[]) AS u (id, task_id, resolution)
     WHERE (i.id = u.id OR i.task_id = u.task_id) AND i.resolved_at IS NULL
 )
 INSERT INTO outbox (routing_key, message_id, body, claimed_until)
 SELECT u.routing_key, u.message_id, u.body,
-       now() + make_interval(secs => $61::integer / 1000.0)
-FROM unnest($58::text[], $59::text[], $60::bytea[]) AS u (routing_key, message_id, body)
+       now() + make_interval(secs => $62::integer / 1000.0)
+FROM unnest($59::text[], $60::text[], $61::bytea[]) AS u (routing_key, message_id, body)
 RETURNING id;
 
 -- name: lock_instance
@@ -259,10 +260,9 @@ SELECT id, task_id FROM incidents WHERE instance_id = $1 AND resolved_at IS NULL
 
 -- name: list_incidents
 SELECT n.id, n.instance_id, p.process_key, p.business_key, n.task_id, n.node_id, n.kind,
-       n.message, n.details, t.attempt, n.created_at, n.resolved_at, n.resolution
+       n.message, n.details, n.attempt, n.created_at, n.resolved_at, n.resolution
 FROM incidents n
 JOIN process_instances p ON p.id = n.instance_id
-LEFT JOIN tasks t ON t.id = n.task_id
 WHERE ($1::text IS NULL OR p.process_key = $1)
   AND ($2::uuid IS NULL OR n.instance_id = $2)
   AND ($3::boolean OR n.resolved_at IS NULL)

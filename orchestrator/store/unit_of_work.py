@@ -123,25 +123,25 @@ class UnitOfWork:
         self.history.append((instance_id, kind, node_id, task_id, detail))
 
     def incident(
-        self, instance_id: str, node_id: str, kind: str, message: str, **extra: str | None
+        self,
+        instance_id: str,
+        node_id: str,
+        kind: str,
+        message: str,
+        *,
+        task_id: str | None = None,
+        details: str | None = None,
+        attempt: int | None = None,
     ) -> None:
         incident_id = str(uuid.uuid4())
         self.incidents.append(
-            (
-                incident_id,
-                instance_id,
-                extra.get("task_id"),
-                node_id,
-                kind,
-                message,
-                extra.get("details"),
-            )
+            (incident_id, instance_id, task_id, node_id, kind, message, details, attempt)
         )
         self.record(
             instance_id,
             "incident_raised",
             node_id,
-            extra.get("task_id"),
+            task_id,
             {"incident_id": incident_id, "kind": kind, "message": message},
         )
         self.count("incidents_raised")
@@ -151,7 +151,13 @@ class UnitOfWork:
     ) -> None:
         """An incident that holds `task` (and its instance) until an operator acts."""
         self.incident(
-            task.instance_id, task.node_id, kind, message, task_id=task.id, details=details
+            task.instance_id,
+            task.node_id,
+            kind,
+            message,
+            task_id=task.id,
+            details=details,
+            attempt=task.attempt,
         )
 
     def repeat(self, task_id: str, slot: str, *, conflict: bool) -> None:
@@ -182,7 +188,7 @@ class UnitOfWork:
             *_columns([_task_args(t) for t in self.changed_tasks.values()], 10),
             *_columns([tuple(row) for row in self.ledger_inserts.values()], 8),
             *_columns(repeats, 4),
-            *_columns(self.incidents, 7),
+            *_columns(self.incidents, 8),
             *_columns(history, 5),
             engine_id,
             *_columns(list(self.counters.items()), 2),

@@ -195,7 +195,9 @@ async def test_unhandled_business_error_is_an_incident_an_operator_retries(
     assert again["already_retried"] is True
     assert seen == [(1, None), (2, "business error FRAUD_SUSPECTED")]
     assert done["variables"]["shipped"] is True
-    assert [(i["id"], i["resolution"]) for i in resolved] == [(incident["id"], "retried")]
+    assert [(i["id"], i["resolution"], i["attempt"]) for i in resolved] == [
+        (incident["id"], "retried", 1)  # the attempt that raised it, not the task's latest
+    ]
     assert answer.type == "report_answer" and answer.status == "duplicate"
     assert after_replay == []
     ledger = await db.fetchval(
