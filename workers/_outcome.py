@@ -9,11 +9,8 @@ from typing import Any
 
 from orchestrator.model.wire import (
     BpmnErrorReport,
-    Claimed,
     Completed,
-    ExtendLock,
     Failed,
-    Released,
     TaskMessage,
 )
 from workers._context import TaskContext, TaskInfo
@@ -21,7 +18,6 @@ from workers._errors import BpmnError, TaskFailure
 
 log = logging.getLogger(__name__)
 Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
-Report = Claimed | Completed | Failed | BpmnErrorReport | ExtendLock | Released
 Outcome = Completed | Failed | BpmnErrorReport
 _TRACEBACK_LIMIT = 4_000
 _MESSAGE_LIMIT = 10_000

@@ -11,16 +11,8 @@ from typing import Any
 
 import orjson
 
-from orchestrator.model.wire import (
-    BpmnErrorReport,
-    Claimed,
-    Completed,
-    ExtendLock,
-    Failed,
-    Released,
-)
+from orchestrator.model.wire import Report
 
-Report = Claimed | Completed | Failed | BpmnErrorReport | ExtendLock | Released
 Publish = Callable[[bytes, str], Awaitable[None]]
 
 #: Keep a message well under the engine's 1 MiB limit; a larger report goes alone.

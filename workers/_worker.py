@@ -37,12 +37,13 @@ from orchestrator.model.wire import (
     Failed,
     LockAnswer,
     Released,
+    Report,
     TaskMessage,
     TaskRevoked,
 )
 from workers._context import LockStatus, TaskContext
 from workers._errors import LockLost
-from workers._outcome import Handler, Report, info_of, run_handler
+from workers._outcome import Handler, info_of, run_handler
 from workers._sender import ReportSender
 
 log = logging.getLogger(__name__)

@@ -58,10 +58,15 @@ def task_message(task: TaskRow, info: InstanceInfo, variables: dict[str, Any]) -
     return OutboxMessage(task.topic, f"{task.id}:{task.attempt}", body)
 
 
-def dispatch_attempt(
+def dispatch_next_attempt(
     uow: UnitOfWork, task: TaskRow, info: InstanceInfo, variables: dict[str, Any]
 ) -> None:
-    """Queue `task` (already at its new attempt number) for publishing after commit."""
+    """Open `task`'s next attempt to any worker and queue its message for after commit.
+    Every road back to the queue goes through here: a release, an expired lease, a due
+    retry, an operator's retry."""
+    task.attempt += 1
+    task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
+    uow.changed_tasks[task.id] = task
     uow.outbox.append(task_message(task, info, variables))
 
 
@@ -85,7 +90,7 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
             uow.new_tasks.append(
                 (task.id, info.id, task.node_id, task.topic, task.retries_left, task.lock_ms)
             )
-            dispatch_attempt(uow, task, info, state.variables)
+            uow.outbox.append(task_message(task, info, state.variables))
             uow.count("tasks_created")
         elif isinstance(effect, RaiseIncident):
             uow.incident(info.id, effect.node_id, "process", effect.message, task_id=effect.task_id)

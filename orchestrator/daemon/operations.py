@@ -15,7 +15,7 @@ import orjson
 from orchestrator.broker.topology import Topology
 from orchestrator.daemon.admin import plain
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_attempt
+from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
 from orchestrator.daemon.reports import Notice
 from orchestrator.engine.step import cancel_instance
 from orchestrator.errors import InvalidCommand, InvalidState, NotFound
@@ -69,17 +69,14 @@ async def retry(
     if task.status != "incident" or instance["status"] != "active":
         raise InvalidState(f"task {task.id} is {task.status}, not in an incident")
     uow = UnitOfWork()
-    task.attempt += 1
-    task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
     task.retries_left, task.lease_expiries = command.retries - 1, 0
-    uow.changed_tasks[task.id] = task
+    info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
+    dispatch_next_attempt(uow, task, info, instance["variables"])
     uow.resolved_incidents.append((None, task.id, "retried"))
     await conn.execute(Q.archive_outcome, task.id)
     detail = {"incident_id": str(incident["id"]), "attempt": task.attempt}
     uow.record(task.instance_id, "task_retried", task.node_id, task.id, detail)
     uow.count("incidents_retried")
-    info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
-    dispatch_attempt(uow, task, info, instance["variables"])
     publish = await uow.write(conn, context.outbox_claim_ms, context.engine_id)
     return OperationResult(_retry_result(incident, task, already=False), publish)
 

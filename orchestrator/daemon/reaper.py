@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.effects import InstanceInfo, dispatch_attempt
+from orchestrator.daemon.effects import InstanceInfo, dispatch_next_attempt
 from orchestrator.model.definition import ServiceTask
 from orchestrator.store.queries import Q
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork
@@ -35,7 +35,7 @@ async def reap_once(
                 task.id,
                 {"attempt": task.attempt + 1},
             )
-            _redispatch(uow, task, info, record["variables"])
+            dispatch_next_attempt(uow, task, info, record["variables"])
     return await uow.write(conn, context.outbox_claim_ms, context.engine_id)
 
 
@@ -61,12 +61,4 @@ def _expired(
             "(its workers die or hang)",
         )
         return
-    _redispatch(uow, task, info, variables)
-
-
-def _redispatch(
-    uow: UnitOfWork, task: TaskRow, info: InstanceInfo, variables: dict[str, object]
-) -> None:
-    task.attempt += 1
-    task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
-    dispatch_attempt(uow, task, info, variables)
+    dispatch_next_attempt(uow, task, info, variables)

@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_attempt
+from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.retry import GiveUp, after_failure
@@ -203,14 +203,8 @@ class ReportBatch:
             )
             task.error = f"released unfinished by {report.worker_id} (shutting down)"
             task.error_details = None
-            self._next_attempt(task)
-
-    def _next_attempt(self, task: TaskRow) -> None:
-        task.attempt += 1
-        task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
-        self._uow.changed_tasks[task.id] = task
-        state = self._state(task.instance_id)
-        dispatch_attempt(self._uow, task, self._info(task.instance_id), state.variables)
+            variables = self._state(task.instance_id).variables
+            dispatch_next_attempt(self._uow, task, self._info(task.instance_id), variables)
 
     # --- outcomes ----------------------------------------------------------------------
 

@@ -79,10 +79,15 @@ async def payment_setup(
             yield client
 
 
-def ship_handler(worker: Worker) -> None:
+def payment_worker(settings: Settings, **options: Any) -> Worker:
+    """A worker whose ship step always succeeds; each test registers its own charge step."""
+    worker = Worker("ops", settings=settings, **options)
+
     @worker.task(SHIP)
     async def ship(task: TaskContext) -> dict[str, Any]:
         return {"shipped": True}
+
+    return worker
 
 
 async def wait_for_state(client: Client, instance_id: str, state: str) -> dict[str, Any]:
@@ -118,8 +123,7 @@ def history_kinds(instance: dict[str, Any]) -> list[str]:
 async def test_business_error_goes_to_the_matching_boundary_event(
     settings: Settings, topics: set[str]
 ) -> None:
-    worker = Worker("ops", settings=settings)
-    ship_handler(worker)
+    worker = payment_worker(settings)
 
     @worker.task(CHARGE)
     async def charge(task: TaskContext) -> dict[str, Any]:
@@ -147,8 +151,7 @@ async def test_business_error_goes_to_the_matching_boundary_event(
 async def test_unhandled_business_error_is_an_incident_an_operator_retries(
     settings: Settings, topics: set[str], db: asyncpg.Pool
 ) -> None:
-    worker = Worker("ops", settings=settings)
-    ship_handler(worker)
+    worker = payment_worker(settings)
     seen: list[tuple[int, str | None]] = []
 
     @worker.task(CHARGE)
@@ -213,8 +216,7 @@ async def test_unhandled_business_error_is_an_incident_an_operator_retries(
 async def test_exhausted_retries_raise_an_incident_and_retry_grants_more(
     settings: Settings, topics: set[str]
 ) -> None:
-    worker = Worker("ops", settings=settings)
-    ship_handler(worker)
+    worker = payment_worker(settings)
     seen: list[tuple[int, int, str | None]] = []
 
     @worker.task(CHARGE)
@@ -286,8 +288,7 @@ async def test_late_completion_after_a_lease_incident_settles_it(
 async def test_cancel_withdraws_tasks_stops_the_holder_and_refuses_late_reports(
     settings: Settings, topics: set[str], db: asyncpg.Pool
 ) -> None:
-    worker = Worker("ops", settings=settings, claim_after_ms=0)
-    ship_handler(worker)
+    worker = payment_worker(settings, claim_after_ms=0)
     running = asyncio.Event()
     stopped = asyncio.Event()
 
@@ -349,8 +350,7 @@ async def test_cancel_withdraws_tasks_stops_the_holder_and_refuses_late_reports(
 async def test_cancel_of_a_completed_instance_is_refused(
     settings: Settings, topics: set[str]
 ) -> None:
-    worker = Worker("ops", settings=settings)
-    ship_handler(worker)
+    worker = payment_worker(settings)
 
     @worker.task(CHARGE)
     async def charge(task: TaskContext) -> dict[str, Any]:
@@ -371,8 +371,7 @@ async def test_cancel_of_a_completed_instance_is_refused(
 async def test_auto_extension_keeps_a_slow_task_past_its_lock(
     settings: Settings, topics: set[str]
 ) -> None:
-    worker = Worker("ops", settings=settings)
-    ship_handler(worker)
+    worker = payment_worker(settings)
     attempts: list[int] = []
 
     @worker.task(CHARGE, auto_extend_max_ms=60_000)
@@ -390,8 +389,7 @@ async def test_auto_extension_keeps_a_slow_task_past_its_lock(
 
 
 async def test_auto_extension_stops_at_its_maximum(settings: Settings, topics: set[str]) -> None:
-    worker = Worker("ops", settings=settings)
-    ship_handler(worker)
+    worker = payment_worker(settings)
     attempts: list[tuple[int, str | None]] = []
 
     @worker.task(CHARGE, auto_extend_max_ms=1_000)
