@@ -50,13 +50,7 @@ log = logging.getLogger(__name__)
 
 
 #: What a start that met a broker going away raises; the worker then starts again.
-_START_ERRORS = (
-    ServiceUnavailable,
-    aio_pika.exceptions.AMQPError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
+_START_ERRORS = (ServiceUnavailable, aio_pika.exceptions.AMQPError, OSError)
 
 #: Reports after which the delivery is done with and can be acked.
 _SETTLING = (Completed, Failed, BpmnErrorReport, Released)
@@ -238,10 +232,15 @@ class Worker:
         if self._connection is not None:
             await self._connection.close()
 
-    async def _give_back(self, item: _Running) -> None:
+    def _stop_handler(self, item: _Running, why: str) -> None:
+        """Cancel a running handler whose task is not ours to finish; nothing is reported."""
         if item.handler is not None and not item.handler.done():
+            log.info("stopping task %s attempt %d: %s", item.task.task_id, item.task.attempt, why)
             item.revoked = True
             item.handler.cancel()
+
+    async def _give_back(self, item: _Running) -> None:
+        self._stop_handler(item, "shutting down")
         if item.claim_sent:
             # The engine holds a lease for us: release it so a new attempt goes out at once.
             await self._send(item, Released(**self._ids(item)))
@@ -423,10 +422,7 @@ class Worker:
                 continue  # no answer in time: the lease still runs; try again
             if not status.held or status.cancelled:
                 why = "its instance was cancelled" if status.cancelled else "the lock is lost"
-                log.info("stopping task %s: %s", item.task.task_id, why)
-                item.revoked = True
-                if item.handler is not None:
-                    item.handler.cancel()
+                self._stop_handler(item, why)
                 return
 
     # --- engine answers ----------------------------------------------------------------
@@ -461,12 +457,8 @@ class Worker:
                 future.set_result(notice)
         elif isinstance(notice, TaskRevoked):
             item = self._running.get((notice.task_id, notice.attempt))
-            if item is not None and item.handler is not None and not item.handler.done():
-                log.info(
-                    "task %s attempt %d revoked (%s)", notice.task_id, notice.attempt, notice.reason
-                )
-                item.revoked = True
-                item.handler.cancel()
+            if item is not None:
+                self._stop_handler(item, f"revoked ({notice.reason})")
         else:
             log.info(
                 "engine answered task %s attempt %d: %s",
