@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bench.peers import celery_app as bench_app
+from orchestrator.bench.stats import summary
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -130,19 +131,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 def _status(line: str) -> None:
     sys.stderr.write(f"[celery] {line}\n")
     sys.stderr.flush()
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
-
-
-def summary(values: Sequence[float], quantiles: Iterable[int]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {f"p{q}": round(percentile(values, q), 2) for q in quantiles}
 
 
 def variant(options: Options) -> str:
