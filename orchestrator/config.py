@@ -35,6 +35,9 @@ class Settings:
     #: How long an idempotency key of a start is remembered after it was used.
     start_key_retention_days: int = 7
     pool_size: int = 8
+    #: Active instances whose last written rows the engine keeps, to decide their next
+    #: completion without reading them back (0: always lock and read).
+    recent_instances: int = 10_000
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_PATTERN.match(self.namespace):
@@ -48,5 +51,6 @@ class Settings:
             amqp_url=env.get("ORCH_AMQP_URL", DEFAULT_AMQP_URL),
             namespace=env.get("ORCH_NAMESPACE", "orch"),
             consumers_per_queue=int(env.get("ORCH_CONSUMERS_PER_QUEUE", "1")),
+            recent_instances=int(env.get("ORCH_RECENT_INSTANCES", "10000")),
         )
         return replace(base, **overrides)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from orchestrator.daemon.db import RETRYABLE, in_transaction
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
+from orchestrator.daemon.recent import RecentRows, RecentView
 from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, Notice, ReportBatch
 from orchestrator.daemon.starts import StartBatch, StartResult
@@ -48,6 +49,7 @@ from orchestrator.model.wire import (
 from orchestrator.store.migrate import apply_migrations, ensure_database
 from orchestrator.store.pool import create_pool
 from orchestrator.store.queries import Q
+from orchestrator.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +79,7 @@ class Engine:
         self.processes = ProcessCache()
         self.engine_id = f"engine-{socket.gethostname()}-{os.getpid()}"
         self.context = EngineContext(self.processes, settings.outbox_claim_ms, self.engine_id)
+        self.recent = RecentRows(settings.recent_instances)
         self._pool: asyncpg.Pool | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
@@ -301,15 +304,24 @@ class Engine:
     async def _apply_reports(self, items: list[IncomingReport]) -> BatchOutcome:
         """Apply in one transaction; if that fails for a reason other than the database being
         away, split the batch to isolate the report that causes it and dead-letter that one."""
-
-        async def work(conn: asyncpg.Connection) -> BatchOutcome:
-            batch = ReportBatch(conn, self.context)
-            return await batch.run(items)
-
         if not items:
             return BatchOutcome()
+        stale = False
+        view = self.recent.view(item.report for item in items)
+        if view is not None:
+            outcome = await self._apply_from_recent(items, view)
+            if isinstance(outcome, BatchOutcome):
+                return outcome
+            stale = outcome
+
+        async def work(conn: asyncpg.Connection) -> BatchOutcome:
+            batch = ReportBatch(conn, self.context, stale_copies=stale)
+            return await batch.run(items)
+
         try:
-            return await in_transaction(self.pool, work, stop=self.stop)
+            outcome = await in_transaction(self.pool, work, stop=self.stop)
+            self._remember(outcome)
+            return outcome
         except RETRYABLE:
             raise
         except Exception as exc:
@@ -319,6 +331,25 @@ class Engine:
         middle = len(items) // 2
         first = await self._apply_reports(items[:middle])
         return first.merge(await self._apply_reports(items[middle:]), offset=middle)
+
+    async def _apply_from_recent(
+        self, items: list[IncomingReport], view: RecentView
+    ) -> BatchOutcome | bool:
+        """The one-round-trip path (see RecentRows). If the batch must go the locked way after
+        all, whether that is because a row changed since this engine wrote it."""
+        try:
+            async with self.pool.acquire() as conn:
+                outcome = await ReportBatch(conn, self.context).run_recent(items, view)
+        except Exception as exc:  # the locked path retries, waits or dead-letters as needed
+            log.debug("batch goes the locked way: %r", exc)
+            self.recent.forget(view.instances)
+            return isinstance(exc, asyncpg.SerializationError)
+        self._remember(outcome)
+        return outcome
+
+    def _remember(self, outcome: BatchOutcome) -> None:
+        for uow, instances in outcome.written:
+            self.recent.remember(uow, instances)
 
     async def _apply_in_chunks(self, items: list[IncomingReport]) -> BatchOutcome:
         """A few messages can carry thousands of reports (workers batch them): keep each
@@ -399,11 +430,13 @@ class Engine:
         await ack_all(batch)
 
     async def _start_all(self, commands: list[StartCommand]) -> list[StartResult]:
-        async def work(conn: asyncpg.Connection) -> tuple[list[StartResult], list[Any]]:
+        async def work(
+            conn: asyncpg.Connection,
+        ) -> tuple[list[StartResult], list[Any], UnitOfWork]:
             return await StartBatch(conn, self.context).run(commands)
 
         try:
-            results, rows = await in_transaction(self.pool, work, stop=self.stop)
+            results, rows, uow = await in_transaction(self.pool, work, stop=self.stop)
         except RETRYABLE:
             raise
         except Exception as exc:
@@ -415,6 +448,7 @@ class Engine:
                 commands[middle:]
             )
         crash_point("after_start_commit")
+        self.recent.remember(uow, {})
         await self._after_commit(rows, [])
         return results
 

@@ -87,9 +87,7 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
                 lease_expires_at=None,
                 lease_expiries=0,
             )
-            uow.new_tasks.append(
-                (task.id, info.id, task.node_id, task.topic, task.retries_left, task.lock_ms)
-            )
+            uow.new_tasks.append(task)
             uow.outbox.append(task_message(task, info, state.variables))
             uow.count("tasks_created")
         elif isinstance(effect, RaiseIncident):

@@ -23,6 +23,9 @@ class ProcessCache:
             process = self.remember(row)
         return process
 
+    def has(self, definition_id: int) -> bool:
+        return definition_id in self._by_id
+
     def cached(self, definition_id: int) -> Process:
         """A definition already loaded by `get` or `preload` in this batch."""
         return self._by_id[definition_id]

@@ -17,6 +17,7 @@ import orjson
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
+from orchestrator.daemon.recent import RecentView
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.retry import GiveUp, after_failure
 from orchestrator.engine.state import InstanceState, Transition
@@ -35,7 +36,13 @@ from orchestrator.model.wire import (
     TaskRevoked,
 )
 from orchestrator.store.queries import Q
-from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork, state_from_record
+from orchestrator.store.unit_of_work import (
+    InstanceRow,
+    PublishedRow,
+    TaskRow,
+    UnitOfWork,
+    state_from_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,32 +67,66 @@ class BatchOutcome:
     notices: list[Notice] = field(default_factory=list)
     #: Index into the batch -> reason, for reports that name no known task.
     dead: dict[int, str] = field(default_factory=dict)
+    #: What each transaction wrote, with the instances it read (for RecentRows).
+    written: list[tuple[UnitOfWork, dict[str, InstanceRow]]] = field(default_factory=list)
 
     def merge(self, other: BatchOutcome, *, offset: int) -> BatchOutcome:
         """Add the outcome of the reports that start at `offset` in the same batch."""
         self.publish += other.publish
         self.notices += other.notices
         self.dead.update({index + offset: reason for index, reason in other.dead.items()})
+        self.written += other.written
         return self
+
+
+class NotFromRecent(Exception):
+    """The batch needs more than recent copies can decide: run it under locks."""
 
 
 class ReportBatch:
     """Applies one batch of reports inside the caller's transaction."""
 
-    def __init__(self, conn: asyncpg.Connection, context: EngineContext):
+    def __init__(
+        self, conn: asyncpg.Connection, context: EngineContext, *, stale_copies: bool = False
+    ):
         self._conn = conn
         self._context = context
         self._processes = context.processes
         self._uow = UnitOfWork()
+        if stale_copies:  # this batch first failed to write from the engine's recent copies
+            self._uow.count("recent_copies_stale")
         self._ledger = BatchLedger(self._uow)
         self._tasks: dict[str, TaskRow] = {}
-        self._instances: dict[str, asyncpg.Record] = {}
+        self._instances: dict[str, InstanceRow] = {}
         self._states: dict[str, InstanceState] = {}
         self._outcome = BatchOutcome()
 
     async def run(self, reports: list[IncomingReport]) -> BatchOutcome:
+        """Inside the caller's transaction: lock and read the rows, decide, write."""
         await self._lock([item.report.task_id for item in reports])
         await self._load_ledger(reports)
+        self._decide(reports)
+        return await self._write()
+
+    async def run_recent(self, reports: list[IncomingReport], view: RecentView) -> BatchOutcome:
+        """Decide from the engine's recent copies and write in one autocommit statement.
+
+        Only for completions that advance their instances (see RecentRows.view), and only if
+        every row is still at the version copied: otherwise the statement writes nothing and
+        raises asyncpg.SerializationError (or NotFromRecent before writing).
+        """
+        self._tasks, self._instances, self._states = view.tasks, view.instances, view.states
+        if any(not self._processes.has(row.definition_id) for row in view.instances.values()):
+            raise NotFromRecent("definition not loaded")
+        self._uow.count("batches_from_recent")
+        self._decide(reports)
+        # Each write must also change its instance's row: that row's lock and version are
+        # what every other writer of its tasks goes through.
+        if self._outcome.dead or set(view.instances) - self._uow.changed_instances.keys():
+            raise NotFromRecent("a report did not advance its instance")
+        return await self._write()
+
+    def _decide(self, reports: list[IncomingReport]) -> None:
         for index, item in enumerate(reports):
             task = self._tasks.get(item.report.task_id)
             if task is None:
@@ -93,18 +134,22 @@ class ReportBatch:
                 continue
             self._uow.count(f"reports_{item.report.type}")
             self._apply(item, task)
+
+    async def _write(self) -> BatchOutcome:
         self._outcome.publish = await self._uow.write(
             self._conn, self._context.outbox_claim_ms, self._context.engine_id
         )
+        self._outcome.written.append((self._uow, self._instances))
         return self._outcome
 
     async def _lock(self, task_ids: list[str]) -> None:
         """Lock the instances (in id order); their lock guards their tasks too: every writer
         of a task row (report batches, the reaper) holds its instance's lock."""
         unique = sorted(set(task_ids))
-        for row in await self._conn.fetch(Q.lock_instances_of_tasks, unique):
-            self._instances[str(row["id"])] = row
-        definition_ids = {row["definition_id"] for row in self._instances.values()}
+        for record in await self._conn.fetch(Q.lock_instances_of_tasks, unique):
+            self._instances[str(record["id"])] = InstanceRow.from_record(record)
+            self._states[str(record["id"])] = state_from_record(record)
+        definition_ids = {row.definition_id for row in self._instances.values()}
         await self._processes.preload(self._conn, definition_ids)
         for row in await self._conn.fetch(Q.tasks_by_id, unique):
             task = TaskRow.from_record(row)
@@ -156,7 +201,7 @@ class ReportBatch:
             self._notify(item, TaskRevoked(task_id=task.id, attempt=report.attempt, reason=reason))
 
     def _cancelled(self, task: TaskRow) -> bool:
-        return bool(self._instances[task.instance_id]["status"] == "cancelled")
+        return self._instances[task.instance_id].status == "cancelled"
 
     def _holds(self, task: TaskRow, report: Claimed | ExtendLock | Released) -> bool:
         return (
@@ -343,7 +388,7 @@ class ReportBatch:
     # --- helpers -----------------------------------------------------------------------
 
     def _process(self, task: TaskRow) -> Process:
-        return self._processes.cached(self._instances[task.instance_id]["definition_id"])
+        return self._processes.cached(self._instances[task.instance_id].definition_id)
 
     def _node(self, task: TaskRow) -> ServiceTask:
         node = self._process(task).nodes[task.node_id]
@@ -352,15 +397,11 @@ class ReportBatch:
         return node
 
     def _state(self, instance_id: str) -> InstanceState:
-        state = self._states.get(instance_id)
-        if state is None:
-            state = state_from_record(self._instances[instance_id])
-            self._states[instance_id] = state
-        return state
+        return self._states[instance_id]
 
     def _info(self, instance_id: str) -> InstanceInfo:
         row = self._instances[instance_id]
-        return InstanceInfo(instance_id, row["process_key"], row["business_key"])
+        return InstanceInfo(instance_id, row.process_key, row.business_key)
 
     def _notify(
         self, item: IncomingReport, notice: LockAnswer | TaskRevoked | ReportAnswer

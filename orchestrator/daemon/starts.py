@@ -27,7 +27,7 @@ from orchestrator.errors import (
 )
 from orchestrator.model.wire import StartCommand
 from orchestrator.store.queries import Q
-from orchestrator.store.unit_of_work import PublishedRow, UnitOfWork, state_to_row
+from orchestrator.store.unit_of_work import InstanceRow, PublishedRow, UnitOfWork
 
 StartResult = dict[str, Any] | OrchestratorError
 
@@ -62,7 +62,9 @@ class StartBatch:
         self._context = context
         self._uow = UnitOfWork()
 
-    async def run(self, starts: list[StartCommand]) -> tuple[list[StartResult], list[PublishedRow]]:
+    async def run(
+        self, starts: list[StartCommand]
+    ) -> tuple[list[StartResult], list[PublishedRow], UnitOfWork]:
         batch = [_Start(command) for command in starts]
         await self._resolve_definitions(batch)
         fresh = await self._record_keys([s for s in batch if s.result is None])
@@ -72,7 +74,8 @@ class StartBatch:
         published = await self._uow.write(
             self._conn, self._context.outbox_claim_ms, self._context.engine_id
         )
-        return [s.result or OrchestratorError("start was not decided") for s in batch], published
+        results = [s.result or OrchestratorError("start was not decided") for s in batch]
+        return results, published, self._uow
 
     async def _resolve_definitions(self, batch: list[_Start]) -> None:
         found: dict[tuple[str, int | None], asyncpg.Record | None] = {}
@@ -195,19 +198,13 @@ class StartBatch:
             raise RuntimeError("start without a definition")
         command = start.command
         transition = start_instance(start.process, start.instance_id, command.variables)
-        _, status, variables, tokens, seq = state_to_row(transition.state)
-        self._uow.new_instances.append(
-            (
-                start.instance_id,
-                start.definition["id"],
-                command.process_key,
-                command.business_key,
-                status,
-                variables,
-                tokens,
-                seq,
-            )
+        row = InstanceRow(
+            start.definition["id"],
+            command.process_key,
+            command.business_key,
+            transition.state.status,
         )
+        self._uow.new_instances.append((row, transition.state))
         info = InstanceInfo(start.instance_id, command.process_key, command.business_key)
         apply_transition(self._uow, info, transition)
         self._uow.count("instances_started")

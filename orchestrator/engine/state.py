@@ -26,6 +26,9 @@ class InstanceState:
     tokens: tuple[Token, ...]
     #: Counter behind every id this instance derives, so transitions stay deterministic.
     seq: int = 0
+    #: The stored row's version this state was read at. Transitions carry it along unchanged:
+    #: the store writes their result only if the row is still at this version.
+    version: int = 0
 
     def derive_id(self, seq: int) -> str:
         return str(uuid.uuid5(uuid.UUID(self.id), str(seq)))

@@ -79,7 +79,8 @@ JOIN unnest($1::text[], $2::text[]) AS u (p, b) ON k.process_key = u.p AND k.bus
 
 -- name: lock_instances_of_tasks
 -- Instance rows are locked in id order, so concurrent engines never deadlock.
-SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq
+SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq,
+       version
 FROM process_instances
 WHERE id IN (SELECT instance_id FROM tasks WHERE id = ANY($1::uuid[]))
 ORDER BY id FOR UPDATE;
@@ -87,7 +88,7 @@ ORDER BY id FOR UPDATE;
 -- name: tasks_by_id
 -- Read after lock_instances_of_tasks: the instance locks guard these rows.
 SELECT id, instance_id, node_id, topic, status, attempt, retries_left, lock_ms, worker_id,
-       lease_expires_at, lease_expiries, last_error, last_error_details
+       lease_expires_at, lease_expiries, last_error, last_error_details, version
 FROM tasks WHERE id = ANY($1::uuid[]);
 
 -- name: ledger_for_tasks
@@ -113,7 +114,8 @@ ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excl
 -- Expired leases and due retries, for the reaper. SKIP LOCKED: safe on many engines.
 SELECT t.id, t.instance_id, t.node_id, t.topic, t.status, t.attempt, t.retries_left,
        t.lock_ms, t.worker_id, t.lease_expires_at, t.lease_expiries, t.last_error,
-       t.last_error_details, i.process_key, i.business_key, i.variables, i.definition_id
+       t.last_error_details, t.version, i.process_key, i.business_key, i.variables,
+       i.definition_id
 FROM tasks t JOIN process_instances i ON i.id = t.instance_id
 WHERE (t.status = 'claimed' AND t.lease_expires_at < now())
    OR (t.status = 'retry_wait' AND t.due_at <= now())
@@ -170,11 +172,13 @@ WITH new_instances AS (
         AS u (id, definition_id, process_key, business_key, status, variables, tokens, seq)
 ), changed_instances AS (
     UPDATE process_instances i SET status = u.status, variables = u.variables::jsonb,
-        tokens = u.tokens::jsonb, seq = u.seq,
+        tokens = u.tokens::jsonb, seq = u.seq, version = i.version + 1,
         ended_at = CASE WHEN u.status = 'active' THEN NULL ELSE coalesce(i.ended_at, now()) END
-    FROM unnest($9::uuid[], $10::text[], $11::text[], $12::text[], $13::integer[])
-        AS u (id, status, variables, tokens, seq)
-    WHERE i.id = u.id
+    FROM unnest($9::uuid[], $10::text[], $11::text[], $12::text[], $13::integer[],
+                $66::integer[])
+        AS u (id, status, variables, tokens, seq, version)
+    WHERE i.id = u.id AND i.version = u.version
+    RETURNING 1
 ), released_keys AS (
     DELETE FROM active_business_keys WHERE instance_id = ANY($14::uuid[])
 ), new_tasks AS (
@@ -194,12 +198,15 @@ WITH new_instances AS (
                       ELSE now() + make_interval(secs => u.due_ms / 1000.0) END,
         lease_expiries = u.lease_expiries,
         last_error = u.error, last_error_details = u.error_details,
-        closed_at = CASE WHEN u.status IN ('completed', 'cancelled') THEN now() ELSE NULL END
+        closed_at = CASE WHEN u.status IN ('completed', 'cancelled') THEN now() ELSE NULL END,
+        version = t.version + 1
     FROM unnest($21::uuid[], $22::text[], $23::integer[], $24::integer[], $25::text[],
-                $26::integer[], $27::integer[], $28::integer[], $29::text[], $30::text[])
+                $26::integer[], $27::integer[], $28::integer[], $29::text[], $30::text[],
+                $67::integer[])
         AS u (id, status, attempt, retries_left, worker_id, lease_ms, due_ms, lease_expiries,
-              error, error_details)
-    WHERE t.id = u.id
+              error, error_details, version)
+    WHERE t.id = u.id AND t.version = u.version
+    RETURNING 1
 ), ledger AS (
     INSERT INTO report_ledger
         (task_id, slot, kind, attempt, worker_id, payload_hash, duplicates, conflicts)
@@ -230,21 +237,29 @@ WITH new_instances AS (
     UPDATE incidents i SET resolved_at = now(), resolution = u.resolution
     FROM unnest($63::uuid[], $64::uuid[], $65::text[]) AS u (id, task_id, resolution)
     WHERE (i.id = u.id OR i.task_id = u.task_id) AND i.resolved_at IS NULL
+), new_outbox AS (
+    INSERT INTO outbox (routing_key, message_id, body, claimed_until)
+    SELECT u.routing_key, u.message_id, u.body,
+           now() + make_interval(secs => $62::integer / 1000.0)
+    FROM unnest($59::text[], $60::text[], $61::bytea[]) AS u (routing_key, message_id, body)
+    RETURNING id
 )
-INSERT INTO outbox (routing_key, message_id, body, claimed_until)
-SELECT u.routing_key, u.message_id, u.body,
-       now() + make_interval(secs => $62::integer / 1000.0)
-FROM unnest($59::text[], $60::text[], $61::bytea[]) AS u (routing_key, message_id, body)
-RETURNING id;
+-- Every changed instance and task must still have been at the version the batch read;
+-- otherwise the whole statement fails (and with it, its transaction).
+SELECT orch_expect_rows(
+           (SELECT count(*) FROM changed_instances) + (SELECT count(*) FROM changed_tasks),
+           cardinality($9::uuid[]) + cardinality($21::uuid[])) AS current,
+       ARRAY(SELECT id FROM new_outbox ORDER BY id) AS outbox_ids;
 
 -- name: lock_instance
-SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq
+SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq,
+       version
 FROM process_instances WHERE id = $1 FOR UPDATE;
 
 -- name: open_tasks_of_instance
 -- Read under the instance's lock, which guards its tasks.
 SELECT id, instance_id, node_id, topic, status, attempt, retries_left, lock_ms, worker_id,
-       lease_expires_at, lease_expiries, last_error, last_error_details
+       lease_expires_at, lease_expiries, last_error, last_error_details, version
 FROM tasks WHERE instance_id = $1 AND status NOT IN ('completed', 'cancelled') ORDER BY id;
 
 -- name: incident_by_id

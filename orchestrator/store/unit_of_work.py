@@ -41,6 +41,8 @@ class TaskRow:
     #: The last attempt's error (what the next attempt's worker is told).
     error: str | None = None
     error_details: str | None = None
+    #: The stored row's version this copy was read at (see InstanceState.version).
+    version: int = 0
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> TaskRow:
@@ -58,6 +60,7 @@ class TaskRow:
             lease_expiries=record["lease_expiries"],
             error=record["last_error"],
             error_details=record["last_error_details"],
+            version=record["version"],
         )
 
     @property
@@ -80,6 +83,22 @@ class PublishedRow:
     message: OutboxMessage
 
 
+@dataclass(frozen=True)
+class InstanceRow:
+    """What an instance row holds besides its evolving state (an InstanceState)."""
+
+    definition_id: int
+    process_key: str
+    business_key: str | None
+    status: str
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> InstanceRow:
+        return cls(
+            record["definition_id"], record["process_key"], record["business_key"], record["status"]
+        )
+
+
 def state_to_row(state: InstanceState) -> tuple[Any, ...]:
     tokens = [[t.id, t.node_id, t.task_id] for t in state.tokens]
     return (state.id, state.status, state.variables, tokens, state.seq)
@@ -88,15 +107,20 @@ def state_to_row(state: InstanceState) -> tuple[Any, ...]:
 def state_from_record(record: asyncpg.Record) -> InstanceState:
     tokens = tuple(Token(t[0], t[1], t[2]) for t in record["tokens"])
     return InstanceState(
-        str(record["id"]), record["status"], record["variables"], tokens, record["seq"]
+        str(record["id"]),
+        record["status"],
+        record["variables"],
+        tokens,
+        record["seq"],
+        record["version"],
     )
 
 
 @dataclass
 class UnitOfWork:
-    new_instances: list[tuple[Any, ...]] = field(default_factory=list)
+    new_instances: list[tuple[InstanceRow, InstanceState]] = field(default_factory=list)
     changed_instances: dict[str, InstanceState] = field(default_factory=dict)
-    new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
+    new_tasks: list[TaskRow] = field(default_factory=list)
     changed_tasks: dict[str, TaskRow] = field(default_factory=dict)
     outbox: list[OutboxMessage] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
@@ -174,17 +198,21 @@ class UnitOfWork:
     async def write(
         self, conn: asyncpg.Connection, outbox_claim_ms: int, engine_id: str
     ) -> list[PublishedRow]:
-        """Write everything in one statement; return the outbox rows to publish after commit."""
-        instances = [_with_json(row, 5, 6) for row in self.new_instances]
+        """Write everything in one statement; return the outbox rows to publish after commit.
+
+        Raises asyncpg.SerializationError, writing nothing, if a changed instance or task is no
+        longer at the version it was read at: the decisions were made from a stale copy.
+        """
+        instances = [_with_json(_new_instance_args(r, s), 5, 6) for r, s in self.new_instances]
         changed = [_with_json(state_to_row(s), 2, 3) for s in self.changed_instances.values()]
         repeats = [(t, s, d, c) for (t, s), (d, c) in self.ledger_repeats.items()]
         history = [_with_json(row, 4) for row in self.history]
-        rows = await conn.fetch(
+        row = await conn.fetchrow(
             Q.write_batch,
             *_columns(instances, 8),
             *_columns(changed, 5),
             self.ended_instances,
-            *_columns(self.new_tasks, 6),
+            *_columns([_new_task_args(t) for t in self.new_tasks], 6),
             *_columns([_task_args(t) for t in self.changed_tasks.values()], 10),
             *_columns([tuple(row) for row in self.ledger_inserts.values()], 8),
             *_columns(repeats, 4),
@@ -195,8 +223,11 @@ class UnitOfWork:
             *_columns([(m.routing_key, m.message_id, m.body) for m in self.outbox], 3),
             outbox_claim_ms,
             *_columns(self.resolved_incidents, 3),
+            [s.version for s in self.changed_instances.values()],
+            [t.version for t in self.changed_tasks.values()],
         )
-        return [PublishedRow(row["id"], m) for row, m in zip(rows, self.outbox, strict=True)]
+        ids = row["outbox_ids"] if row is not None else []
+        return [PublishedRow(i, m) for i, m in zip(ids, self.outbox, strict=True)]
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -212,6 +243,24 @@ def _with_json(row: tuple[Any, ...], *json_columns: int) -> tuple[Any, ...]:
         orjson.dumps(value).decode() if i in json_columns and value is not None else value
         for i, value in enumerate(row)
     )
+
+
+def _new_instance_args(row: InstanceRow, state: InstanceState) -> tuple[Any, ...]:
+    _, status, variables, tokens, seq = state_to_row(state)
+    return (
+        state.id,
+        row.definition_id,
+        row.process_key,
+        row.business_key,
+        status,
+        variables,
+        tokens,
+        seq,
+    )
+
+
+def _new_task_args(task: TaskRow) -> tuple[Any, ...]:
+    return (task.id, task.instance_id, task.node_id, task.topic, task.retries_left, task.lock_ms)
 
 
 def _task_args(task: TaskRow) -> tuple[Any, ...]:

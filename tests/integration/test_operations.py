@@ -345,6 +345,12 @@ async def test_cancel_withdraws_tasks_stops_the_holder_and_refuses_late_reports(
         task["id"],
     )
     assert (recorded["kind"], recorded["worker_id"]) == ("completed", "late")
+    # The engine's recent copy of the task still said "claimed": its one-statement write
+    # failed on the versions the cancel had bumped, and the locked rows decided instead.
+    stale = await db.fetchval(
+        "SELECT sum(value) FROM engine_counters WHERE name = 'recent_copies_stale'"
+    )
+    assert stale == 1
 
 
 async def test_cancel_of_a_completed_instance_is_refused(

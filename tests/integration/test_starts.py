@@ -159,7 +159,7 @@ async def test_concurrent_transactions_with_one_key(
             await gate.wait()
             async with conn.transaction():
                 context = EngineContext(ProcessCache(), 1000, "test")
-                results, _ = await StartBatch(conn, context).run([command])
+                results, _, _ = await StartBatch(conn, context).run([command])
                 return results[0]
 
     try:

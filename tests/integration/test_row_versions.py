@@ -1,0 +1,104 @@
+"""Every write names the versions of the rows it changes: a write decided from a stale copy
+(the engine's recent copies, after another engine, the reaper or an operator changed a row)
+writes nothing at all, and the engine decides again from locked rows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import asyncpg
+import pytest
+
+from orchestrator.client import Client
+from orchestrator.config import Settings
+from orchestrator.daemon.context import EngineContext
+from orchestrator.daemon.processes import ProcessCache
+from orchestrator.daemon.starts import StartBatch
+from orchestrator.model.wire import StartCommand
+from orchestrator.store.queries import Q
+from orchestrator.store.unit_of_work import (
+    OutboxMessage,
+    TaskRow,
+    UnitOfWork,
+    state_from_record,
+)
+from tests.harness import running_engine, sequential_process
+
+pytestmark = pytest.mark.integration
+
+
+async def _start_one(settings: Settings, db: asyncpg.Pool) -> str:
+    async with running_engine(settings), Client(settings) as client:
+        await client.deploy(sequential_process("versions", ["versions-work"]))
+    async with db.acquire() as conn, conn.transaction():
+        context = EngineContext(ProcessCache(), 1000, "test")
+        command = StartCommand(process_key="versions", idempotency_key="v", variables={})
+        (result,), _, _ = await StartBatch(conn, context).run([command])
+    return str(result["instance_id"])
+
+
+async def _written_rows(db: asyncpg.Pool) -> tuple[int, int]:
+    history = await db.fetchval("SELECT count(*) FROM history")
+    outbox = await db.fetchval("SELECT count(*) FROM outbox")
+    return history, outbox
+
+
+def _noisy_unit_of_work() -> UnitOfWork:
+    """A unit of work that also writes rows with no version: none may survive a failure."""
+    uow = UnitOfWork()
+    uow.outbox.append(OutboxMessage("versions-work", "m-1", b"{}"))
+    uow.count("test_writes")
+    return uow
+
+
+async def test_a_stale_instance_version_writes_nothing(
+    settings: Settings, db: asyncpg.Pool, topics: set[str]
+) -> None:
+    topics.add("versions-work")
+    instance_id = await _start_one(settings, db)
+    read = state_from_record(await db.fetchrow(Q.lock_instance, instance_id))
+    assert read.version == 0
+
+    first = _noisy_unit_of_work()
+    first.changed_instances[read.id] = replace(read, variables={"by": "first"})
+    async with db.acquire() as conn:
+        await first.write(conn, 1000, "test")
+    before = await _written_rows(db)
+
+    stale = _noisy_unit_of_work()
+    stale.changed_instances[read.id] = replace(read, variables={"by": "stale"})
+    stale.record(read.id, "should_not_exist")
+    async with db.acquire() as conn:
+        with pytest.raises(asyncpg.SerializationError, match="stale write: 0 of 1"):
+            await stale.write(conn, 1000, "test")
+
+    row = await db.fetchrow(Q.lock_instance, instance_id)
+    assert (row["variables"], row["version"]) == ({"by": "first"}, 1)
+    assert await _written_rows(db) == before
+    counted = await db.fetchval("SELECT value FROM engine_counters WHERE name = 'test_writes'")
+    assert counted == 1
+
+
+async def test_a_stale_task_version_writes_nothing(
+    settings: Settings, db: asyncpg.Pool, topics: set[str]
+) -> None:
+    topics.add("versions-work")
+    instance_id = await _start_one(settings, db)
+    (record,) = await db.fetch(Q.open_tasks_of_instance, instance_id)
+    task = TaskRow.from_record(record)
+
+    claimed = _noisy_unit_of_work()
+    claimed.changed_tasks[task.id] = replace(task, status="claimed", worker_id="w1", lease_ms=1)
+    async with db.acquire() as conn:
+        await claimed.write(conn, 1000, "test")
+    before = await _written_rows(db)
+
+    stale = _noisy_unit_of_work()
+    stale.changed_tasks[task.id] = replace(task, status="completed", worker_id="w2")
+    async with db.acquire() as conn, conn.transaction():
+        with pytest.raises(asyncpg.SerializationError):
+            await stale.write(conn, 1000, "test")
+
+    after = await db.fetchrow("SELECT status, worker_id, version FROM tasks WHERE id = $1", task.id)
+    assert tuple(after) == ("claimed", "w1", 1)
+    assert await _written_rows(db) == before

@@ -1,0 +1,120 @@
+"""The engine's recent copies: what a batch may be decided from, and what is kept after it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from orchestrator.daemon.recent import RecentRows
+from orchestrator.engine.state import InstanceState, Token
+from orchestrator.model.wire import Claimed, Completed, Failed
+from orchestrator.store.unit_of_work import InstanceRow, TaskRow, UnitOfWork
+
+ROW = InstanceRow(definition_id=1, process_key="p", business_key=None, status="active")
+
+
+def _state(instance_id: str, task_id: str, version: int = 0) -> InstanceState:
+    token = Token("t1", "step1", task_id)
+    return InstanceState(instance_id, "active", {}, (token,), seq=2, version=version)
+
+
+def _task(task_id: str, instance_id: str, **changes: object) -> TaskRow:
+    task = TaskRow(
+        id=task_id,
+        instance_id=instance_id,
+        node_id="step1",
+        topic="work",
+        status="queued",
+        attempt=1,
+        retries_left=2,
+        lock_ms=1000,
+        worker_id=None,
+        lease_expires_at=None,
+        lease_expiries=0,
+    )
+    return replace(task, **changes)  # type: ignore[arg-type]
+
+
+def _started(recent: RecentRows, instance_id: str, task_id: str) -> None:
+    uow = UnitOfWork()
+    uow.new_instances.append((ROW, _state(instance_id, task_id)))
+    uow.new_tasks.append(_task(task_id, instance_id))
+    recent.remember(uow, {})
+
+
+def _done(task_id: str, attempt: int = 1) -> Completed:
+    return Completed(task_id=task_id, attempt=attempt, worker_id="w")
+
+
+def test_completions_of_known_open_tasks_are_decided_from_copies() -> None:
+    recent = RecentRows(10)
+    _started(recent, "i1", "a")
+    _started(recent, "i2", "b")
+    view = recent.view([_done("a"), _done("b")])
+    assert view is not None
+    assert set(view.tasks) == {"a", "b"} and set(view.instances) == {"i1", "i2"}
+    assert view.states["i1"].version == 0 and view.tasks["a"].version == 0
+
+
+def test_anything_else_goes_the_locked_way() -> None:
+    recent = RecentRows(10)
+    _started(recent, "i1", "a")
+    assert recent.view([_done("unknown")]) is None
+    assert recent.view([_done("a", attempt=2)]) is None
+    assert recent.view([_done("a"), _done("a")]) is None  # a repeat within the batch
+    assert recent.view([Claimed(task_id="a", attempt=1, worker_id="w")]) is None
+    failed = Failed(task_id="a", attempt=1, worker_id="w", error_message="x")
+    assert recent.view([failed]) is None
+
+
+def test_a_view_is_a_copy() -> None:
+    recent = RecentRows(10)
+    _started(recent, "i1", "a")
+    view = recent.view([_done("a")])
+    assert view is not None
+    view.tasks["a"].status = "completed"
+    again = recent.view([_done("a")])
+    assert again is not None and again.tasks["a"].status == "queued"
+
+
+def test_remember_keeps_written_versions_and_drops_what_closed() -> None:
+    recent = RecentRows(10)
+    _started(recent, "i1", "a")
+    uow = UnitOfWork()
+    uow.changed_tasks["a"] = _task("a", "i1", status="claimed", worker_id="w", lease_ms=500)
+    recent.remember(uow, {"i1": ROW})
+    view = recent.view([_done("a")])
+    assert view is not None
+    assert (view.tasks["a"].status, view.tasks["a"].version) == ("claimed", 1)
+    assert view.tasks["a"].lease_ms is None  # a write instruction, already carried out
+    assert view.states["i1"].version == 0  # the instance row was not written
+
+    advanced = UnitOfWork()
+    advanced.changed_tasks["a"] = _task("a", "i1", status="completed", version=1)
+    advanced.changed_instances["i1"] = _state("i1", "b", version=0)
+    advanced.new_tasks.append(_task("b", "i1"))
+    recent.remember(advanced, {"i1": ROW})
+    assert recent.view([_done("a")]) is None
+    next_view = recent.view([_done("b")])
+    assert next_view is not None and next_view.states["i1"].version == 1
+
+    ended = UnitOfWork()
+    ended.changed_tasks["b"] = _task("b", "i1", status="completed")
+    ended.changed_instances["i1"] = replace(_state("i1", "b", version=1), status="completed")
+    recent.remember(ended, {"i1": ROW})
+    assert len(recent) == 0 and recent.view([_done("b")]) is None
+
+
+def test_it_keeps_at_most_max_instances() -> None:
+    recent = RecentRows(2)
+    for n in range(5):
+        _started(recent, f"i{n}", f"t{n}")
+    assert len(recent) == 2
+    assert recent.view([_done("t0")]) is None
+    assert recent.view([_done("t4")]) is not None
+
+
+def test_forget_drops_instances_and_their_tasks() -> None:
+    recent = RecentRows(10)
+    _started(recent, "i1", "a")
+    recent.forget(["i1"])
+    assert recent.view([_done("a")]) is None
