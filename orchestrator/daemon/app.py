@@ -361,13 +361,22 @@ class Engine:
         return outcome
 
     async def _send_notices(self, notices: list[Notice]) -> None:
-        if notices:
-            await self.publisher.publish_many(
-                [
-                    Outgoing("", n.reply_to, n.body, persistent=False, mandatory=False)
-                    for n in notices
-                ]
+        if not notices:
+            return
+        outgoing = [
+            Outgoing(
+                "",
+                n.reply_to,
+                n.body,
+                correlation_id=n.correlation_id,
+                persistent=False,
+                mandatory=False,
             )
+            for n in notices
+        ]
+        errors = [e for e in await self.publisher.publish_many(outgoing) if e is not None]
+        if errors:  # best effort: workers ask again, clients resend
+            log.warning("could not send %d answers: %s", len(errors), errors[0])
 
     async def _dead_letter(self, dead: list[DeadLetter], source: str) -> None:
         """Publish each to the dead exchange with its reason, and count them (outside the
@@ -487,23 +496,19 @@ class Engine:
         return done.result
 
     async def _reply(self, answers: list[tuple[Message, CommandResult]]) -> None:
-        """Send the replies of a batch of commands, all in flight at once: waiting for each
-        confirm in turn would make every start in a batch wait for all before it."""
-        outgoing = [
-            Outgoing(
-                "",
+        """Send the replies of a batch of commands after it, without holding up the next
+        batch for their confirms: a lost reply is resent by the client (starts are
+        idempotent), so the command loop need not wait to know it arrived."""
+        notices = [
+            Notice(
                 message.reply_to,
                 orjson.dumps(_reply_of(result).model_dump(mode="json")),
                 correlation_id=message.correlation_id,
-                persistent=False,
-                mandatory=False,
             )
             for message, result in answers
             if message.reply_to
         ]
-        errors = [e for e in await self.publisher.publish_many(outgoing) if e is not None]
-        if errors:  # the clients resend; their starts are idempotent
-            log.warning("could not send %d replies: %s", len(errors), errors[0])
+        await self._after_commit([], notices)
 
 
 def rows_left(rows: list[Any]) -> bool:

@@ -55,10 +55,12 @@ class IncomingReport:
 
 @dataclass(frozen=True)
 class Notice:
-    """An answer for the worker that sent a report; best effort, never persisted."""
+    """An answer for the worker that sent a report, or the client that sent a command; best
+    effort, never persisted."""
 
     reply_to: str
     body: bytes
+    correlation_id: str | None = None
 
 
 @dataclass
