@@ -30,7 +30,7 @@ from orchestrator.daemon.reaper import reap_once
 from orchestrator.daemon.recent import RecentRows, RecentView
 from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, Notice, ReportBatch
-from orchestrator.daemon.starts import StartBatch, StartResult
+from orchestrator.daemon.starts import NotKnownHere, StartBatch, StartResult
 from orchestrator.daemon.supervisor import supervise
 from orchestrator.errors import InvalidCommand, OrchestratorError, ServiceUnavailable
 from orchestrator.faults import crash_point
@@ -439,6 +439,27 @@ class Engine:
         await ack_all(batch)
 
     async def _start_all(self, commands: list[StartCommand]) -> list[StartResult]:
+        known = await self._start_known(commands)
+        if known is not None:
+            return known
+        return await self._start_locked(commands)
+
+    async def _start_known(self, commands: list[StartCommand]) -> list[StartResult] | None:
+        """The one-statement start (see StartBatch.run_known); None: go the locked way."""
+        try:
+            async with self.pool.acquire() as conn:
+                results, rows, uow = await StartBatch(conn, self.context).run_known(commands)
+        except NotKnownHere:
+            return None
+        except Exception as exc:  # the locked way retries, waits or reports as needed
+            log.debug("starts go the locked way: %r", exc)
+            return None
+        crash_point("after_start_commit")
+        self.recent.remember(uow, {})
+        await self._after_commit(rows, [])
+        return results
+
+    async def _start_locked(self, commands: list[StartCommand]) -> list[StartResult]:
         async def work(
             conn: asyncpg.Connection,
         ) -> tuple[list[StartResult], list[Any], UnitOfWork]:
@@ -453,7 +474,7 @@ class Engine:
                 log.exception("start failed")
                 return [OrchestratorError(f"start failed: {type(exc).__name__}: {exc}")]
             middle = len(commands) // 2
-            return await self._start_all(commands[:middle]) + await self._start_all(
+            return await self._start_locked(commands[:middle]) + await self._start_locked(
                 commands[middle:]
             )
         crash_point("after_start_commit")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 
 from orchestrator.definitions.loader import Process, compile_definition
@@ -9,10 +11,33 @@ from orchestrator.errors import NotFound
 from orchestrator.store.queries import Q
 
 
+@dataclass(frozen=True)
+class DefinitionRef:
+    id: int
+    key: str
+    version: int
+
+
 class ProcessCache:
     def __init__(self) -> None:
         self._by_id: dict[int, Process] = {}
         self._versions: dict[int, int] = {}
+        #: The version a start without one resolved to last; a newer one may exist since
+        #: (another engine deployed it), so a start that relies on this checks as it writes.
+        self._latest: dict[str, DefinitionRef] = {}
+        #: (key, version) -> definition: fixed once deployed.
+        self._exact: dict[tuple[str, int], DefinitionRef] = {}
+
+    def resolved(self, ref: DefinitionRef, *, latest: bool) -> None:
+        """Note what a start's definition lookup found."""
+        self._exact[(ref.key, ref.version)] = ref
+        if latest:
+            self._latest[ref.key] = ref
+
+    def known(self, key: str, version: int | None) -> DefinitionRef | None:
+        """A definition resolved before and compiled here; see `_latest` for version None."""
+        ref = self._latest.get(key) if version is None else self._exact.get((key, version))
+        return ref if ref is not None and ref.id in self._by_id else None
 
     async def get(self, conn: asyncpg.Connection, definition_id: int) -> Process:
         process = self._by_id.get(definition_id)

@@ -17,6 +17,7 @@ import asyncpg
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
 from orchestrator.daemon.ledger import fingerprint
+from orchestrator.daemon.processes import DefinitionRef
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.step import start_instance
 from orchestrator.errors import (
@@ -37,7 +38,7 @@ class _Start:
     """One start command on its way through the batch."""
 
     command: StartCommand
-    definition: asyncpg.Record | None = None
+    definition: DefinitionRef | None = None
     process: Process | None = None
     instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     payload_hash: bytes = b""
@@ -56,6 +57,16 @@ class _Start:
         )
 
 
+class NotKnownHere(Exception):
+    """The batch needs the locked way: something in it was not resolved by this engine."""
+
+
+def _payload_hash(command: StartCommand) -> bytes:
+    return fingerprint(
+        [command.process_key, command.version, command.business_key, command.variables]
+    )
+
+
 class StartBatch:
     def __init__(self, conn: asyncpg.Connection, context: EngineContext):
         self._conn = conn
@@ -65,12 +76,45 @@ class StartBatch:
     async def run(
         self, starts: list[StartCommand]
     ) -> tuple[list[StartResult], list[PublishedRow], UnitOfWork]:
+        """Inside the caller's transaction: look up, record the keys, create the winners."""
         batch = [_Start(command) for command in starts]
         await self._resolve_definitions(batch)
         fresh = await self._record_keys([s for s in batch if s.result is None])
         winners = await self._claim_business_keys(fresh)
         for start in winners:
             self._create(start)
+        return await self._write(batch)
+
+    async def run_known(
+        self, starts: list[StartCommand]
+    ) -> tuple[list[StartResult], list[PublishedRow], UnitOfWork]:
+        """The common case in one autocommit statement: new keys of definitions this engine
+        resolved before, no unique business key. The statement records the keys and writes
+        the instances only if every key is new and no newer definition was deployed since;
+        otherwise it writes nothing and raises asyncpg.SerializationError (or NotKnownHere
+        before writing), and the batch goes through `run`."""
+        processes = self._context.processes
+        batch = [_Start(command) for command in starts]
+        if len({s.key for s in batch}) < len(batch):
+            raise NotKnownHere("a key repeats within the batch")
+        for start in batch:
+            command = start.command
+            start.definition = processes.known(command.process_key, command.version)
+            if start.definition is None:
+                raise NotKnownHere(f"definition {command.process_key!r} not resolved here yet")
+            start.process = processes.cached(start.definition.id)
+            if start.unique_business_key:
+                raise NotKnownHere("business key uniqueness needs the locked way")
+            start.payload_hash = _payload_hash(command)
+            self._uow.start_keys.append((start.key, start.payload_hash, start.instance_id))
+            if command.version is None:
+                self._uow.latest_definitions.append((command.process_key, start.definition.version))
+            self._create(start)
+        return await self._write(batch)
+
+    async def _write(
+        self, batch: list[_Start]
+    ) -> tuple[list[StartResult], list[PublishedRow], UnitOfWork]:
         published = await self._uow.write(
             self._conn, self._context.outbox_claim_ms, self._context.engine_id
         )
@@ -78,7 +122,7 @@ class StartBatch:
         return results, published, self._uow
 
     async def _resolve_definitions(self, batch: list[_Start]) -> None:
-        found: dict[tuple[str, int | None], asyncpg.Record | None] = {}
+        found: dict[tuple[str, int | None], DefinitionRef | None] = {}
         for start in batch:
             wanted = (start.command.process_key, start.command.version)
             if wanted not in found:
@@ -88,16 +132,19 @@ class StartBatch:
                 suffix = f" version {wanted[1]}" if wanted[1] is not None else ""
                 start.result = NotFound(f"no process definition {wanted[0]!r}{suffix} is deployed")
                 continue
-            start.process = await self._context.processes.get(self._conn, start.definition["id"])
-            command = start.command
-            start.payload_hash = fingerprint(
-                [command.process_key, command.version, command.business_key, command.variables]
-            )
+            start.process = await self._context.processes.get(self._conn, start.definition.id)
+            start.payload_hash = _payload_hash(start.command)
 
-    async def _definition(self, key: str, version: int | None) -> asyncpg.Record | None:
+    async def _definition(self, key: str, version: int | None) -> DefinitionRef | None:
         if version is None:
-            return await self._conn.fetchrow(Q.latest_definition, key)
-        return await self._conn.fetchrow(Q.definition_by_version, key, version)
+            row = await self._conn.fetchrow(Q.latest_definition, key)
+        else:
+            row = await self._conn.fetchrow(Q.definition_by_version, key, version)
+        if row is None:
+            return None
+        ref = DefinitionRef(row["id"], row["key"], row["version"])
+        self._context.processes.resolved(ref, latest=version is None)
+        return ref
 
     async def _record_keys(self, batch: list[_Start]) -> list[_Start]:
         """Insert every idempotency key; answer the repeats; return the starts that won."""
@@ -199,7 +246,7 @@ class StartBatch:
         command = start.command
         transition = start_instance(start.process, start.instance_id, command.variables)
         row = InstanceRow(
-            start.definition["id"],
+            start.definition.id,
             command.process_key,
             command.business_key,
             transition.state.status,
@@ -211,6 +258,6 @@ class StartBatch:
         start.result = {
             "instance_id": start.instance_id,
             "created": True,
-            "process_key": start.definition["key"],
-            "version": start.definition["version"],
+            "process_key": start.definition.key,
+            "version": start.definition.version,
         }

@@ -243,12 +243,25 @@ WITH new_instances AS (
            now() + make_interval(secs => $62::integer / 1000.0)
     FROM unnest($59::text[], $60::text[], $61::bytea[]) AS u (routing_key, message_id, body)
     RETURNING id
+), start_keys AS (
+    -- Starts decided without a transaction of their own: every key must be new.
+    INSERT INTO start_ledger (idempotency_key, payload_hash, instance_id, created)
+    SELECT u.k, u.h, u.i, true FROM unnest($68::text[], $69::bytea[], $70::uuid[]) AS u (k, h, i)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING 1
+), newer_definitions AS (
+    SELECT 1 FROM process_definitions d
+    JOIN unnest($71::text[], $72::integer[]) AS u (key, version)
+        ON d.key = u.key AND d.version > u.version
 )
--- Every changed instance and task must still have been at the version the batch read;
--- otherwise the whole statement fails (and with it, its transaction).
+-- Every changed instance and task must still have been at the version the batch read, every
+-- start key new, and every definition assumed latest still so; otherwise the whole statement
+-- fails (and with it, its transaction).
 SELECT orch_expect_rows(
-           (SELECT count(*) FROM changed_instances) + (SELECT count(*) FROM changed_tasks),
-           cardinality($9::uuid[]) + cardinality($21::uuid[])) AS current,
+           (SELECT count(*) FROM changed_instances) + (SELECT count(*) FROM changed_tasks)
+               + (SELECT count(*) FROM start_keys) - (SELECT count(*) FROM newer_definitions),
+           cardinality($9::uuid[]) + cardinality($21::uuid[]) + cardinality($68::text[])
+       ) AS current,
        ARRAY(SELECT id FROM new_outbox ORDER BY id) AS outbox_ids;
 
 -- name: lock_instance

@@ -132,6 +132,10 @@ class UnitOfWork:
     #: (incident id, or None and a task id for all of that task's open incidents; resolution)
     resolved_incidents: list[tuple[str | None, str | None, str]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    #: Start ledger entries (key, payload hash, instance id) that must all be new.
+    start_keys: list[tuple[str, bytes, str]] = field(default_factory=list)
+    #: (process key, version) that must still be the latest deployed version.
+    latest_definitions: list[tuple[str, int]] = field(default_factory=list)
 
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
@@ -201,7 +205,8 @@ class UnitOfWork:
         """Write everything in one statement; return the outbox rows to publish after commit.
 
         Raises asyncpg.SerializationError, writing nothing, if a changed instance or task is no
-        longer at the version it was read at: the decisions were made from a stale copy.
+        longer at the version it was read at, a start key was already used, or a definition
+        is no longer the latest: the decisions were made from a stale copy.
         """
         instances = [_with_json(_new_instance_args(r, s), 5, 6) for r, s in self.new_instances]
         changed = [_with_json(state_to_row(s), 2, 3) for s in self.changed_instances.values()]
@@ -225,6 +230,8 @@ class UnitOfWork:
             *_columns(self.resolved_incidents, 3),
             [s.version for s in self.changed_instances.values()],
             [t.version for t in self.changed_tasks.values()],
+            *_columns(self.start_keys, 3),
+            *_columns(self.latest_definitions, 2),
         )
         ids = row["outbox_ids"] if row is not None else []
         return [PublishedRow(i, m) for i, m in zip(ids, self.outbox, strict=True)]

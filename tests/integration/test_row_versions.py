@@ -102,3 +102,35 @@ async def test_a_stale_task_version_writes_nothing(
     after = await db.fetchrow("SELECT status, worker_id, version FROM tasks WHERE id = $1", task.id)
     assert tuple(after) == ("claimed", "w1", 1)
     assert await _written_rows(db) == before
+
+
+async def test_a_known_start_checks_its_key_and_definition_as_it_writes(
+    settings: Settings, db: asyncpg.Pool, topics: set[str]
+) -> None:
+    """Starts decided from what this engine resolved before: a used key or a definition
+    deployed since (by any engine) makes the one statement write nothing."""
+    topics.update({"versions-work", "versions-work-2"})
+    context = EngineContext(ProcessCache(), 1000, "test")
+
+    def command(key: str) -> StartCommand:
+        return StartCommand(process_key="versions", idempotency_key=key, variables={})
+
+    async with running_engine(settings), Client(settings) as client:
+        await client.deploy(sequential_process("versions", ["versions-work"]))
+        async with db.acquire() as conn, conn.transaction():
+            (first,), _, _ = await StartBatch(conn, context).run([command("k1")])
+        async with db.acquire() as conn:
+            (known,), _, _ = await StartBatch(conn, context).run_known([command("k2")])
+            with pytest.raises(asyncpg.SerializationError):
+                await StartBatch(conn, context).run_known([command("k1")])
+        await client.deploy(sequential_process("versions", ["versions-work-2"]))
+        async with db.acquire() as conn:
+            with pytest.raises(asyncpg.SerializationError):
+                await StartBatch(conn, context).run_known([command("k3")])
+        async with db.acquire() as conn, conn.transaction():
+            (third,), _, _ = await StartBatch(conn, context).run([command("k3")])
+
+    assert (first["version"], known["version"], third["version"]) == (1, 1, 2)
+    keys = await db.fetch("SELECT idempotency_key FROM start_ledger ORDER BY 1")
+    assert [r["idempotency_key"] for r in keys] == ["k1", "k2", "k3"]
+    assert await db.fetchval("SELECT count(*) FROM process_instances") == 3
