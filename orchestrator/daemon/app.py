@@ -105,6 +105,7 @@ class Engine:
                     },
                     "reaper": self._reaper_loop(),
                     "relay-sweeper": self.relay.sweep_forever(0.5, self.stop),
+                    "relay-deleter": self.relay.delete_forever(0.02, self.stop),
                 },
                 self.stop,
             )
@@ -161,6 +162,8 @@ class Engine:
     async def close(self) -> None:
         if self._post_commit:
             await asyncio.wait(self._post_commit, timeout=10)
+        if self._relay is not None:  # what the last batches published, so no sweep resends it
+            await self._relay.delete_confirmed()
         if self._connection is not None:
             await self._connection.close()
         if self._pool is not None:

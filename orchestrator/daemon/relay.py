@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
@@ -34,6 +33,9 @@ class Relay:
         self._topology = topology
         self._claim_ms = claim_ms
         self._declared: set[str] = set()
+        #: Rows whose messages the broker confirmed, deleted together every few ms.
+        self._confirmed: list[int] = []
+        self._have_confirmed = asyncio.Event()
 
     async def ensure_queues(self, topics: set[str] | frozenset[str]) -> None:
         for topic in sorted(set(topics) - self._declared):
@@ -72,12 +74,32 @@ class Relay:
             )
             self._declared.clear()  # a returned message may mean a deleted queue
         if confirmed:
-            try:
-                async with self._pool.acquire() as conn:
-                    await conn.execute(Q.delete_outbox, confirmed)
-            except RETRYABLE as exc:  # rows stay; the sweep republishes, consumers dedupe
-                log.warning("could not delete %d published outbox rows: %s", len(confirmed), exc)
+            self._confirmed += confirmed
+            self._have_confirmed.set()
         return len(confirmed)
+
+    async def delete_forever(self, window_s: float, stop: asyncio.Event) -> None:
+        """Delete published rows in one statement per `window_s`, not one per batch: a
+        commit each (with its WAL flush) cost the database more than the batches did. A row
+        not yet deleted when its claim lapses is published again; consumers dedupe."""
+        while not stop.is_set():
+            await _wait(stop, None, self._have_confirmed)
+            await _wait(stop, window_s)
+            await self.delete_confirmed()
+        await self.delete_confirmed()
+
+    async def delete_confirmed(self) -> None:
+        self._have_confirmed.clear()
+        ids, self._confirmed = self._confirmed, []
+        if not ids:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(Q.delete_outbox, ids)
+        except RETRYABLE as exc:  # kept for the next round; the sweep may republish them
+            log.warning("could not delete %d published outbox rows: %s", len(ids), exc)
+            self._confirmed = ids + self._confirmed
+            self._have_confirmed.set()
 
     async def sweep_once(self, limit: int = 500) -> int:
         """Publish rows whose committing engine did not (it died, or the broker was away)."""
@@ -101,6 +123,15 @@ class Relay:
             await _wait(stop, interval)
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+async def _wait(
+    stop: asyncio.Event, seconds: float | None, event: asyncio.Event | None = None
+) -> None:
+    """Until `stop`, `event` (if given) or `seconds` (if given), whichever comes first."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if event is not None:
+        waits.append(asyncio.ensure_future(event.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
