@@ -41,6 +41,7 @@ from orchestrator.model.wire import (
     TaskMessage,
     TaskRevoked,
 )
+from workers._acks import AckBatcher
 from workers._context import LockStatus, TaskContext
 from workers._errors import LockLost
 from workers._outcome import Handler, info_of, run_handler
@@ -113,6 +114,7 @@ class Worker:
         self._consumers: list[tuple[Any, str]] = []
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._acks = AckBatcher()
 
     def task(
         self, topic: str, *, concurrency: int = 10, auto_extend_max_ms: int | None = None
@@ -229,6 +231,7 @@ class Worker:
                 )
         for item in list(self._running.values()):
             await self._give_back(item)
+        await self._acks.flush()
         if self._connection is not None:
             await self._connection.close()
 
@@ -245,6 +248,7 @@ class Worker:
             # The engine holds a lease for us: release it so a new attempt goes out at once.
             await self._send(item, Released(**self._ids(item)))
         elif not item.acked:
+            self._acks.settled_elsewhere(item.delivery)
             try:
                 await item.delivery.nack(requeue=True)
             except Exception:
@@ -257,10 +261,12 @@ class Worker:
             task = TaskMessage.model_validate_json(delivery.body)
         except ValidationError as exc:
             log.error("malformed task message %s dead-lettered: %s", delivery.message_id, exc)
+            self._acks.settled_elsewhere(delivery)
             await delivery.reject(requeue=False)
             return
         key = (task.task_id, task.attempt)
         if self._stopping.is_set():
+            self._acks.settled_elsewhere(delivery)
             await delivery.nack(requeue=True)
             return
         existing = self._running.get(key)
@@ -268,7 +274,7 @@ class Worker:
             if existing.acked or _channel_open(existing.delivery):
                 # A second copy of a task running here (the engine may publish one twice):
                 # settle it now, or it would hold a prefetch slot for as long as we run.
-                await delivery.ack()
+                self._acks.ack(delivery)
             else:
                 # Redelivered after a reconnect: the first delivery's tag died with its
                 # channel, so this is the one to ack when the outcome is confirmed.
@@ -396,10 +402,7 @@ class Worker:
 
     async def _ack(self, item: _Running) -> None:
         item.acked = True
-        try:
-            await item.delivery.ack()
-        except Exception as exc:  # channel replaced by a reconnect: its tags are gone
-            log.info("ack of %s skipped (%s); the broker redelivers it", item.task.task_id, exc)
+        self._acks.ack(item.delivery)
 
     async def _keep_extending(self, item: _Running, max_ms: int) -> None:
         """Extend the lock every half lock until the handler ends or max_ms is used up."""
