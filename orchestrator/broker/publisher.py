@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel
+from aiormq.abc import ChannelFrame
 from aiormq.exceptions import ChannelInvalidStateError
+from pamqp.header import ContentHeader
 
 log = logging.getLogger(__name__)
 CONFIRM_TIMEOUT_S = 15.0
@@ -49,23 +54,13 @@ class Publisher:
         Goes straight to the channel's AMQP layer (aiormq) instead of building an aio-pika
         Message: on the engine's hot path that object costs more than the publish itself.
         """
-        if self._channel.is_closed:
-            raise ChannelInvalidStateError("publishing channel is closed")
-        channel = await self._channel.get_underlay_channel()
-        properties = aiormq.spec.Basic.Properties(
-            content_type="application/json",
-            delivery_mode=2 if message.persistent else 1,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            headers=dict(message.headers) or None,
-        )
+        channel = await self._underlay()
         # A confirm that never comes (connection lost mid-flight) must not stall the caller.
         result = await channel.basic_publish(
             message.body,
             exchange=message.exchange,
             routing_key=message.routing_key,
-            properties=properties,
+            properties=_properties(message, message.message_id or uuid.uuid4().hex),
             mandatory=message.mandatory,
             timeout=CONFIRM_TIMEOUT_S,
         )
@@ -73,12 +68,115 @@ class Publisher:
             raise Unroutable(f"no queue took {message.exchange}/{message.routing_key}")
 
     async def publish_many(self, messages: list[Outgoing]) -> list[BaseException | None]:
-        """Publish all with confirms in flight together; one result (None = confirmed) each."""
-        results = await asyncio.gather(
-            *(self.publish(message) for message in messages), return_exceptions=True
-        )
-        return [result if isinstance(result, BaseException) else None for result in results]
+        """Publish all with confirms in flight together; one result (None = confirmed) each.
+
+        The messages go out as one write to the socket (see `_write_together`): one write
+        per message cost the engine a quarter of its CPU.
+        """
+        if not messages:
+            return []
+        try:
+            channel = await self._underlay()
+            if len(messages) == 1 or not _can_write_together(channel):
+                results = await asyncio.gather(
+                    *(self.publish(message) for message in messages), return_exceptions=True
+                )
+                return [r if isinstance(r, BaseException) else None for r in results]
+            confirmations = await _write_together(channel, messages)
+        except Exception as exc:  # the channel is closed or closing: none of them went out
+            return [exc] * len(messages)
+        await asyncio.wait(confirmations, timeout=CONFIRM_TIMEOUT_S)
+        return [_outcome(confirmation) for confirmation in confirmations]
+
+    async def _underlay(self) -> aiormq.abc.AbstractChannel:
+        if self._channel.is_closed:
+            raise ChannelInvalidStateError("publishing channel is closed")
+        return await self._channel.get_underlay_channel()
 
     async def close(self) -> None:
         if not self._channel.is_closed:
             await self._channel.close()
+
+
+def _properties(message: Outgoing, message_id: str) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=2 if message.persistent else 1,
+        message_id=message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        headers=dict(message.headers) or None,
+    )
+
+
+#: What `_write_together` uses of aiormq's channel: the bookkeeping its own basic_publish
+#: does per message (pinned aiormq 7.2; without them publishing falls back to one by one).
+_CHANNEL_PARTS = (
+    "lock",
+    "delivery_tag",
+    "confirmations",
+    "message_id_delivery_tag",
+    "write_queue",
+    "number",
+    "_split_body",
+)
+
+
+def _can_write_together(channel: Any) -> bool:
+    return bool(channel.publisher_confirms) and all(hasattr(channel, a) for a in _CHANNEL_PARTS)
+
+
+async def _write_together(channel: Any, messages: list[Outgoing]) -> list[asyncio.Future[Any]]:
+    """Do what aiormq's basic_publish does for each message (a delivery tag, a confirmation
+    future, the message id a return is matched by), but send all their frames in one write."""
+    confirmations: list[asyncio.Future[Any]] = []
+    frames: list[Any] = []
+    async with channel.lock:
+        for message in messages:
+            message_id = message.message_id or uuid.uuid4().hex
+            properties = _properties(message, message_id)
+            channel.delivery_tag += 1
+            tag = channel.delivery_tag
+            confirmation = channel.create_future()
+            channel.confirmations[tag] = confirmation
+            channel.message_id_delivery_tag[message_id] = tag
+            confirmation.add_done_callback(
+                functools.partial(_forget_message_id, channel, message_id, tag)
+            )
+            confirmations.append(confirmation)
+            frames.append(
+                aiormq.spec.Basic.Publish(
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    mandatory=message.mandatory,
+                )
+            )
+            frames.append(ContentHeader(properties=properties, body_size=len(message.body)))
+            frames += channel._split_body(message.body)
+        written = channel.create_future()
+        await channel.write_queue.put(
+            ChannelFrame.marshall(
+                channel_number=channel.number, frames=frames, drain_future=written
+            )
+        )
+        await written
+    return confirmations
+
+
+def _forget_message_id(channel: Any, message_id: str, tag: int, _: object) -> None:
+    if channel.message_id_delivery_tag.get(message_id) == tag:
+        channel.message_id_delivery_tag.pop(message_id, None)
+
+
+def _outcome(confirmation: asyncio.Future[Any]) -> BaseException | None:
+    if not confirmation.done():
+        confirmation.cancel()
+        return TimeoutError(f"no confirm within {CONFIRM_TIMEOUT_S} s")
+    if confirmation.cancelled():
+        return asyncio.CancelledError("confirmation cancelled (channel closed?)")
+    error = confirmation.exception()
+    if error is not None:
+        return error
+    if isinstance(confirmation.result(), aiormq.abc.DeliveredMessage):
+        return Unroutable("a mandatory message was returned: no queue took it")
+    return None
