@@ -346,7 +346,8 @@ class Engine:
         except Exception as exc:  # the locked path retries, waits or dead-letters as needed
             log.debug("batch goes the locked way: %r", exc)
             self.recent.forget(view.instances)
-            return isinstance(exc, asyncpg.SerializationError)
+            # A stale copy fails on a version, or on a task id the newer state already used.
+            return isinstance(exc, asyncpg.SerializationError | asyncpg.UniqueViolationError)
         self._remember(outcome)
         return outcome
 
