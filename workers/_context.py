@@ -26,7 +26,10 @@ class TaskInfo:
     idempotency_key: str
     """Pass to the services the handler calls so a repeated attempt has no second effect."""
     created_at_ms: int = 0
-    """When the engine committed this attempt (Unix ms): its dispatch latency starts here."""
+    """When the engine decided this attempt (Unix ms), just before its transaction wrote it."""
+    published_at_ms: float | None = None
+    """When the engine published this attempt, right after the commit (Unix ms; from the
+    message's `x-orch-published-at-ms` header): the dispatch latency starts here."""
     previous_error: str | None = None
     """Why the previous attempt ended without an outcome: its failure message, an expired
     lease or a release. None on the first attempt."""

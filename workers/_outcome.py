@@ -23,7 +23,7 @@ _TRACEBACK_LIMIT = 4_000
 _MESSAGE_LIMIT = 10_000
 
 
-def info_of(task: TaskMessage) -> TaskInfo:
+def info_of(task: TaskMessage, published_at_ms: float | None = None) -> TaskInfo:
     return TaskInfo(
         task_id=task.task_id,
         attempt=task.attempt,
@@ -36,6 +36,7 @@ def info_of(task: TaskMessage) -> TaskInfo:
         lock_ms=task.lock_ms,
         idempotency_key=task.idempotency_key,
         created_at_ms=task.created_at_ms,
+        published_at_ms=published_at_ms,
         previous_error=task.previous_error.message if task.previous_error else None,
         previous_error_details=task.previous_error.details if task.previous_error else None,
     )

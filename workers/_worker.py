@@ -25,7 +25,12 @@ from pydantic import ValidationError
 
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
-from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology, declare_task_queue
+from orchestrator.broker.topology import (
+    PUBLISHED_AT_HEADER,
+    REPORT_ROUTING_KEY,
+    Topology,
+    declare_task_queue,
+)
 from orchestrator.config import Settings
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.model.wire import (
@@ -77,6 +82,14 @@ class _Running:
     claim_sent: bool = False
     revoked: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _published_at_ms(delivery: AbstractIncomingMessage) -> float | None:
+    value = (delivery.headers or {}).get(PUBLISHED_AT_HEADER)
+    try:
+        return float(value) if isinstance(value, str | bytes | int | float) else None
+    except ValueError:
+        return None
 
 
 def _channel_open(delivery: AbstractIncomingMessage) -> bool:
@@ -324,7 +337,9 @@ class Worker:
     async def _call_handler(self, handler: Handler, item: _Running) -> Report:
         task = item.task
         context = TaskContext(
-            info_of(task), dict(task.variables), lambda lock_ms: self._extend(item, lock_ms)
+            info_of(task, _published_at_ms(item.delivery)),
+            dict(task.variables),
+            lambda lock_ms: self._extend(item, lock_ms),
         )
         return await run_handler(handler, context, self.worker_id)
 

@@ -2,7 +2,7 @@
 
 Run by `orchestrator bench` as `orchestrator worker orchestrator.bench.noop_worker:worker`
 with BENCH_TOPICS (comma-separated) and BENCH_LATENCY_FILE (where to write, at exit, one
-line `<created_at_ms> <entered_at_ms>` per task).
+line `<published_at_ms> <entered_at_ms>` per task).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from typing import Any
 from workers import TaskContext, Worker
 
 worker = Worker("bench", shutdown_grace_s=2.0)
-_entries: list[tuple[int, int]] = []
+_entries: list[tuple[float, float]] = []
 _PAYLOAD = "x" * int(os.environ.get("BENCH_PAYLOAD_BYTES", "0"))
 
 
 def _register(topic: str) -> None:
     @worker.task(topic, concurrency=int(os.environ.get("BENCH_CONCURRENCY", "64")))
     async def step(task: TaskContext) -> dict[str, Any]:
-        _entries.append((task.info.created_at_ms, int(time.time() * 1000)))
+        published = task.info.published_at_ms or task.info.created_at_ms
+        _entries.append((published, time.time() * 1000))
         return {"payload": _PAYLOAD} if _PAYLOAD else {}
 
 
@@ -30,7 +31,7 @@ def _write_latencies() -> None:
     path = os.environ.get("BENCH_LATENCY_FILE")
     if path:
         with open(path, "w", encoding="ascii") as sink:
-            sink.writelines(f"{created} {entered}\n" for created, entered in _entries)
+            sink.writelines(f"{sent:.3f} {entered:.3f}\n" for sent, entered in _entries)
 
 
 for _topic in filter(None, os.environ.get("BENCH_TOPICS", "").split(",")):

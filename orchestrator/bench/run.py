@@ -140,9 +140,9 @@ class Run:
         values: list[float] = []
         for path in self.workdir.glob("latency-*.txt"):
             for line in path.read_text().splitlines():
-                created, entered = (int(part) for part in line.split())
-                if since_ms <= created <= until_ms:
-                    values.append(entered - created)
+                sent, entered = (float(part) for part in line.split())
+                if since_ms <= sent <= until_ms:
+                    values.append(entered - sent)
         return values
 
 

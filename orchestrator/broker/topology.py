@@ -14,6 +14,9 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 REPORT_ROUTING_KEY = "report"
 COMMAND_ROUTING_KEY = "command"
 DEAD_REASON_HEADER = "x-orch-dead-reason"
+#: On task messages: when the engine published them, right after commit (Unix ms as text,
+#: with a fraction).
+PUBLISHED_AT_HEADER = "x-orch-published-at-ms"
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from orchestrator.broker.publisher import Outgoing, Publisher
-from orchestrator.broker.topology import Topology, declare_task_queue
+from orchestrator.broker.topology import PUBLISHED_AT_HEADER, Topology, declare_task_queue
 from orchestrator.daemon.db import RETRYABLE
 from orchestrator.store.queries import Q
 from orchestrator.store.unit_of_work import OutboxMessage, PublishedRow
@@ -42,12 +43,13 @@ class Relay:
             await declare_task_queue(self._declare_channel, self._topology, topic)
             self._declared.add(topic)
 
-    def _outgoing(self, message: OutboxMessage) -> Outgoing:
+    def _outgoing(self, message: OutboxMessage, published_at_ms: str) -> Outgoing:
         return Outgoing(
             self._topology.tasks_exchange,
             message.routing_key,
             message.body,
             message_id=message.message_id,
+            headers={PUBLISHED_AT_HEADER: published_at_ms},
         )
 
     async def publish(self, rows: list[PublishedRow]) -> int:
@@ -61,7 +63,10 @@ class Relay:
                 "cannot declare task queues (%s); %d rows stay in the outbox", exc, len(rows)
             )
             return 0
-        results = await self._publisher.publish_many([self._outgoing(r.message) for r in rows])
+        now_ms = f"{time.time() * 1000:.3f}"
+        results = await self._publisher.publish_many(
+            [self._outgoing(r.message, now_ms) for r in rows]
+        )
         confirmed = [row.id for row, error in zip(rows, results, strict=True) if error is None]
         failed = len(rows) - len(confirmed)
         if failed:

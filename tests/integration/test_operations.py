@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -467,3 +468,23 @@ async def test_operator_commands_on_the_command_line(settings: Settings, topics:
     assert by_task[0] == 0 and orjson.loads(by_task[1])["attempt"] == 2
     assert cancelled[0] == 0 and orjson.loads(cancelled[1])["cancelled_tasks"] == 1
     assert state == "cancelled"
+
+
+async def test_a_handler_sees_when_its_task_was_published(
+    settings: Settings, topics: set[str]
+) -> None:
+    worker = payment_worker(settings)
+    seen: list[tuple[int, float | None, float]] = []
+
+    @worker.task(CHARGE)
+    async def charge(task: TaskContext) -> dict[str, Any]:
+        seen.append((task.info.created_at_ms, task.info.published_at_ms, time.time() * 1000))
+        return {}
+
+    async with payment_setup(settings, topics, worker) as client:
+        started = await client.start("pay", business_key="when", variables={})
+        await wait_for_state(client, started.instance_id, "completed")
+
+    ((created, published, entered),) = seen
+    assert published is not None
+    assert created <= published + 1 <= entered + 1  # created_at_ms is whole milliseconds
