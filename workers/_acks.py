@@ -62,8 +62,12 @@ class AckBatcher:
 
     async def _flush_soon(self) -> None:
         try:
-            await asyncio.sleep(0)  # let the rest of this iteration's settlements join
-            await self.flush()
+            while True:
+                await asyncio.sleep(0)  # let the rest of this iteration's settlements join
+                await self.flush()
+                # Deliveries that settled while the acks were being written go next round.
+                if not any(channel.ready for channel in self._channels.values()):
+                    return
         finally:
             self._flush = None
 

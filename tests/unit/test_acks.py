@@ -17,6 +17,7 @@ class _Delivery:
         self._sent = sent
 
     async def ack(self, multiple: bool = False) -> None:
+        await asyncio.sleep(0)  # writing the frame lets other tasks run
         self._sent.append((self.delivery_tag, multiple))
 
 
@@ -29,8 +30,8 @@ def _deliveries(count: int, channel: object | None = None) -> tuple[list[Any], l
 async def _settle(acks: AckBatcher, *deliveries: Any) -> None:
     for delivery in deliveries:
         acks.ack(delivery)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    for _ in range(10):  # enough loop iterations for the flush to finish
+        await asyncio.sleep(0)
 
 
 async def test_a_run_of_settled_deliveries_is_one_multiple_ack() -> None:
@@ -64,3 +65,16 @@ async def test_each_channel_counts_its_own_tags() -> None:
     await _settle(acks, first[0], first[1], second[1])
     assert sent_first == [(2, True)]
     assert sent_second == [(2, False)]
+
+
+async def test_a_delivery_settling_during_a_flush_is_acked_too() -> None:
+    acks = AckBatcher()
+    d, sent = _deliveries(3)
+    acks.ack(d[0])
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the flush is now writing the ack of tag 1
+    acks.ack(d[1])
+    acks.ack(d[2])
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert sent == [(1, True), (3, True)]
