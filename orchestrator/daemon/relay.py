@@ -90,14 +90,16 @@ class Relay:
         while not stop.is_set():
             await _wait(stop, None, self._have_confirmed)
             await _wait(stop, window_s)
-            await self.delete_confirmed()
+            if not await self.delete_confirmed():
+                await _wait(stop, 1.0)  # the database is away: do not spin
         await self.delete_confirmed()
 
-    async def delete_confirmed(self) -> None:
+    async def delete_confirmed(self) -> bool:
+        """Delete the rows published so far; False if the database was away (kept for later)."""
         self._have_confirmed.clear()
         ids, self._confirmed = self._confirmed, []
         if not ids:
-            return
+            return True
         try:
             async with self._pool.acquire() as conn:
                 await conn.execute(Q.delete_outbox, ids)
@@ -105,6 +107,8 @@ class Relay:
             log.warning("could not delete %d published outbox rows: %s", len(ids), exc)
             self._confirmed = ids + self._confirmed
             self._have_confirmed.set()
+            return False
+        return True
 
     async def sweep_once(self, limit: int = 500) -> int:
         """Publish rows whose committing engine did not (it died, or the broker was away)."""
