@@ -23,14 +23,14 @@ from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_c
 from orchestrator.config import Settings
 from orchestrator.daemon import admin, operations
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import RETRYABLE, in_transaction
+from orchestrator.daemon.db import RETRYABLE, NeedsLocks, in_transaction
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
 from orchestrator.daemon.recent import RecentRows, RecentView
 from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, Notice, ReportBatch
-from orchestrator.daemon.starts import NotKnownHere, StartBatch, StartResult
+from orchestrator.daemon.starts import StartBatch, StartResult
 from orchestrator.daemon.supervisor import supervise
 from orchestrator.errors import InvalidCommand, OrchestratorError, ServiceUnavailable
 from orchestrator.faults import crash_point
@@ -453,14 +453,12 @@ class Engine:
         try:
             async with self.pool.acquire() as conn:
                 results, rows, uow = await StartBatch(conn, self.context).run_known(commands)
-        except NotKnownHere:
+        except NeedsLocks:
             return None
         except Exception as exc:  # the locked way retries, waits or reports as needed
             log.debug("starts go the locked way: %r", exc)
             return None
-        crash_point("after_start_commit")
-        self.recent.remember(uow, {})
-        await self._after_commit(rows, [])
+        await self._started(rows, uow)
         return results
 
     async def _start_locked(self, commands: list[StartCommand]) -> list[StartResult]:
@@ -481,10 +479,14 @@ class Engine:
             return await self._start_locked(commands[:middle]) + await self._start_locked(
                 commands[middle:]
             )
+        await self._started(rows, uow)
+        return results
+
+    async def _started(self, rows: list[Any], uow: UnitOfWork) -> None:
+        """After a start batch committed, either way: keep its rows, publish its tasks."""
         crash_point("after_start_commit")
         self.recent.remember(uow, {})
         await self._after_commit(rows, [])
-        return results
 
     async def _answer(self, command: Command) -> dict[str, Any] | OrchestratorError:
         try:

@@ -12,6 +12,12 @@ import asyncpg
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+class NeedsLocks(Exception):
+    """Work tried in one autocommit statement needs the locked way after all: something in
+    it is not known to this engine. Raised before anything is written."""
+
+
 #: Errors after which the same transaction can simply be tried again.
 RETRYABLE = (
     OSError,

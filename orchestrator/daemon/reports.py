@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 
 from orchestrator.daemon.context import EngineContext
+from orchestrator.daemon.db import NeedsLocks
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
 from orchestrator.daemon.recent import RecentView
@@ -81,10 +82,6 @@ class BatchOutcome:
         return self
 
 
-class NotFromRecent(Exception):
-    """The batch needs more than recent copies can decide: run it under locks."""
-
-
 class ReportBatch:
     """Applies one batch of reports inside the caller's transaction."""
 
@@ -115,17 +112,17 @@ class ReportBatch:
 
         Only for completions that advance their instances (see RecentRows.view), and only if
         every row is still at the version copied: otherwise the statement writes nothing and
-        raises asyncpg.SerializationError (or NotFromRecent before writing).
+        raises asyncpg.SerializationError (or NeedsLocks before writing).
         """
         self._tasks, self._instances, self._states = view.tasks, view.instances, view.states
         if any(not self._processes.has(row.definition_id) for row in view.instances.values()):
-            raise NotFromRecent("definition not loaded")
+            raise NeedsLocks("definition not loaded")
         self._uow.count("batches_from_recent")
         self._decide(reports)
         # Each write must also change its instance's row: that row's lock and version are
         # what every other writer of its tasks goes through.
         if self._outcome.dead or set(view.instances) - self._uow.changed_instances.keys():
-            raise NotFromRecent("a report did not advance its instance")
+            raise NeedsLocks("a report did not advance its instance")
         return await self._write()
 
     def _decide(self, reports: list[IncomingReport]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from orchestrator.daemon.context import EngineContext
+from orchestrator.daemon.db import NeedsLocks
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
 from orchestrator.daemon.ledger import fingerprint
 from orchestrator.daemon.processes import DefinitionRef
@@ -57,10 +58,6 @@ class _Start:
         )
 
 
-class NotKnownHere(Exception):
-    """The batch needs the locked way: something in it was not resolved by this engine."""
-
-
 def _payload_hash(command: StartCommand) -> bytes:
     return fingerprint(
         [command.process_key, command.version, command.business_key, command.variables]
@@ -91,20 +88,20 @@ class StartBatch:
         """The common case in one autocommit statement: new keys of definitions this engine
         resolved before, no unique business key. The statement records the keys and writes
         the instances only if every key is new and no newer definition was deployed since;
-        otherwise it writes nothing and raises asyncpg.SerializationError (or NotKnownHere
+        otherwise it writes nothing and raises asyncpg.SerializationError (or NeedsLocks
         before writing), and the batch goes through `run`."""
         processes = self._context.processes
         batch = [_Start(command) for command in starts]
         if len({s.key for s in batch}) < len(batch):
-            raise NotKnownHere("a key repeats within the batch")
+            raise NeedsLocks("a key repeats within the batch")
         for start in batch:
             command = start.command
             start.definition = processes.known(command.process_key, command.version)
             if start.definition is None:
-                raise NotKnownHere(f"definition {command.process_key!r} not resolved here yet")
+                raise NeedsLocks(f"definition {command.process_key!r} not resolved here yet")
             start.process = processes.cached(start.definition.id)
             if start.unique_business_key:
-                raise NotKnownHere("business key uniqueness needs the locked way")
+                raise NeedsLocks("business key uniqueness needs the locked way")
             start.payload_hash = _payload_hash(command)
             self._uow.start_keys.append((start.key, start.payload_hash, start.instance_id))
             if command.version is None:
