@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
+from orchestrator import aio
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import (
@@ -162,12 +163,7 @@ class Worker:
                 loop.add_signal_handler(signum, stop.set)
             await self.run_until(stop)
 
-        try:
-            import uvloop
-
-            uvloop.run(main())
-        except ImportError:  # pragma: no cover
-            asyncio.run(main())
+        aio.run(main())
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Start (again and again while the broker cannot be reached), run until `stop`."""

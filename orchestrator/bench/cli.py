@@ -26,6 +26,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
             steps=args.steps,
             warmup=100,
             rate_seconds=2.0,
+            floor_samples=50,
             worker_processes=args.worker_processes,
             peers=peers,
             payload_bytes=args.payload_bytes,

@@ -48,10 +48,20 @@ def table(result: dict[str, Any]) -> str:
     cpu = result.get("cpu_s_per_1000_tasks")
     if cpu:
         out.append("CPU s per 1000 tasks: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
+    cpu = latency.get("cpu_s_per_1000_tasks")
+    if cpu:
+        out.append(
+            "in the latency phase: CPU s per 1000 tasks "
+            + ", ".join(f"{k} {v}" for k, v in cpu.items())
+            + f"; the machine {latency.get('machine_busy_pct')} % busy"
+        )
     out.append(
         f"engine peak RSS: {result.get('engine_peak_rss_mb')} MB; "
         f"dispatch at full load: {result.get('dispatch_latency_ms_full_load')}"
     )
+    floors = result.get("floor_ms")
+    if floors:
+        out.append(_floor_line(floors, latency.get("rate")))
     backlog = result.get("backlog")
     if backlog:
         out.append(
@@ -61,3 +71,17 @@ def table(result: dict[str, Any]) -> str:
             "empty-queue rate)"
         )
     return "\n".join(out)
+
+
+def _floor_line(floors: dict[str, dict[str, Any]], rate: Any) -> str:
+    """What the broker and the database alone cost an instance here (see bench/floor.py)."""
+    some = next(iter(floors.values()))
+    parts = [
+        f"{floor['instance_ms']} ms {name.replace('_', ' ')} "
+        f"(hop {floor['broker_hop_ms']}, commit {floor['commit_ms']})"
+        for name, floor in floors.items()
+    ]
+    return (
+        f"latency floor here, {some['hops']} broker hops + {some['commits']} commits per "
+        f"instance: " + "; ".join(parts)
+    )

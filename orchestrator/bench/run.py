@@ -24,6 +24,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from orchestrator import aio
+from orchestrator.bench.floor import measure_floors
 from orchestrator.bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
 from orchestrator.bench.stats import summary
 from orchestrator.client import Client
@@ -47,6 +49,8 @@ class BenchOptions:
     timeout_s: float = 600.0
     #: With a backlog of this many instances queued first, compare the drain rate.
     backlog: int = 0
+    #: Samples of each part of the latency floor (see bench/floor.py).
+    floor_samples: int = 200
 
 
 @dataclass
@@ -235,6 +239,9 @@ async def _latency(run: Run, client: Client, pool: asyncpg.Pool, rate: float) ->
         started = await client.start("bench", timeout=60)
         sent[started.instance_id] = at
 
+    meter = CpuMeter.for_run([e.pid for e in run.engines], [w.pid for w in run.workers])
+    meter.groups["bench client"] = [os.getpid()]
+    meter.start()
     pending = []
     for index in range(count):
         delay = began + index * interval - time.monotonic()
@@ -250,11 +257,18 @@ async def _latency(run: Run, client: Client, pool: asyncpg.Pool, rate: float) ->
         ids,
     )
     latencies = [(float(row["ended"]) - sent[str(row["id"])]) * 1000 for row in rows]
+    elapsed = time.monotonic() - began
+    cpu = meter.stop()
+    tasks = count * run.options.steps
     return {
         "rate": round(rate, 1),
         "instances": count,
-        "achieved_rate": round(count / (time.monotonic() - began), 1),
+        "achieved_rate": round(count / elapsed, 1),
         "instance_latency_ms": summary(latencies),
+        "cpu_s_per_1000_tasks": {k: round(v * 1000 / tasks, 3) for k, v in cpu.items()},
+        # How busy these processes kept the machine: latency under load is mostly queueing
+        # for a core once this nears 100.
+        "machine_busy_pct": round(sum(cpu.values()) / (elapsed * (os.cpu_count() or 1)) * 100),
         "_window_ms": (window_start, time.time() * 1000),
     }
 
@@ -316,6 +330,14 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
             _status(f"{full['tasks_per_s']} tasks/s; latency phase...")
             rate = options.rate or max(1.0, full["instances_per_s"] / 2)
             half = await _latency(run, client, pool, rate)
+            _status("measuring the floor (broker hop, commit)...")
+            floors = await measure_floors(
+                run.settings.amqp_url,
+                url,
+                f"{run.settings.namespace}.floor",
+                steps=options.steps,
+                samples=options.floor_samples,
+            )
             backlog = await _backlog(run, client, pool, full) if options.backlog else None
         rss = max((peak_rss_mb(e.pid) or 0.0 for e in run.engines), default=None)
     finally:
@@ -338,6 +360,7 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
         "instance_latency_ms": half["instance_latency_ms"],
         "latency_phase": {k: v for k, v in half.items() if k != "instance_latency_ms"},
         "engine_peak_rss_mb": round(rss, 1) if rss else None,
+        "floor_ms": {name: floor.as_dict() for name, floor in floors.items()},
         "backlog": backlog,
     }
 
@@ -428,7 +451,7 @@ def run_peer(name: str, settings: Settings, options: BenchOptions, rate: float) 
 
 def bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
-    ours = asyncio.run(run_ours(settings, options, workdir))
+    ours = aio.run(run_ours(settings, options, workdir))
     result: dict[str, Any] = {**ours, "machine": _machine()}
     if options.peers:
         rate = ours["latency_phase"]["rate"]

@@ -10,12 +10,13 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from orchestrator import aio
 from orchestrator.broker.batches import BatchConsumer, ack_all
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
@@ -52,7 +53,6 @@ from orchestrator.store.queries import Q
 from orchestrator.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 Message = AbstractIncomingMessage
 
 
@@ -554,12 +554,4 @@ def run_engine(settings: Settings) -> None:
         engine.install_signal_handlers()
         await engine.run()
 
-    _run(main())
-
-
-def _run(coro: Awaitable[T]) -> T:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    return uvloop.run(coro)  # type: ignore[arg-type]
+    aio.run(main())
