@@ -22,7 +22,7 @@ def load_queries() -> dict[str, str]:
 
 
 class _Queries:
-    """Attribute access to the named statements: Q.write_batch, say."""
+    """Attribute access to the named statements: Q.lock_instance, say."""
 
     def __getattr__(self, name: str) -> str:
         try:

@@ -1,7 +1,7 @@
-"""Everything one engine transaction writes, collected in memory and written in few round trips.
+"""Everything one engine transaction writes, collected in memory and written in one round trip.
 
-The engine decides in Python (under row locks) and this class turns the decisions into
-batched statements: one executemany per kind of row.
+The engine decides in Python (under row locks, or from its recent copies) and this class
+turns the decisions into one statement (see batch_statement.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 
 from orchestrator.engine.state import InstanceState, Token
-from orchestrator.store.queries import Q
+from orchestrator.store.batch_statement import batch_statement
 
 OPEN_TASK_STATES = frozenset({"queued", "claimed", "retry_wait", "incident"})
 
@@ -208,33 +208,64 @@ class UnitOfWork:
         longer at the version it was read at, a start key was already used, or a definition
         is no longer the latest: the decisions were made from a stale copy.
         """
-        instances = [_with_json(_new_instance_args(r, s), 5, 6) for r, s in self.new_instances]
-        changed = [_with_json(state_to_row(s), 2, 3) for s in self.changed_instances.values()]
-        repeats = [(t, s, d, c) for (t, s), (d, c) in self.ledger_repeats.items()]
-        history = [_with_json(row, 4) for row in self.history]
-        row = await conn.fetchrow(
-            Q.write_batch,
-            *_columns(instances, 8),
-            *_columns(changed, 5),
-            self.ended_instances,
-            *_columns([_new_task_args(t) for t in self.new_tasks], 6),
-            *_columns([_task_args(t) for t in self.changed_tasks.values()], 10),
-            *_columns([tuple(row) for row in self.ledger_inserts.values()], 8),
-            *_columns(repeats, 4),
-            *_columns(self.incidents, 8),
-            *_columns(history, 5),
-            engine_id,
-            *_columns(list(self.counters.items()), 2),
-            *_columns([(m.routing_key, m.message_id, m.body) for m in self.outbox], 3),
-            outbox_claim_ms,
-            *_columns(self.resolved_incidents, 3),
-            [s.version for s in self.changed_instances.values()],
-            [t.version for t in self.changed_tasks.values()],
-            *_columns(self.start_keys, 3),
-            *_columns(self.latest_definitions, 2),
-        )
+        parts = self._parts(outbox_claim_ms, engine_id)
+        if not parts:
+            return []
+        expected = len(self.changed_instances) + len(self.changed_tasks) + len(self.start_keys)
+        statement, args = batch_statement(parts, expected)
+        row = await conn.fetchrow(statement, *args)
         ids = row["outbox_ids"] if row is not None else []
         return [PublishedRow(i, m) for i, m in zip(ids, self.outbox, strict=True)]
+
+    def _parts(self, outbox_claim_ms: int, engine_id: str) -> dict[str, list[Any]]:
+        """The parameters of each part of the batch statement that has rows to write."""
+        return {**self._row_parts(), **self._record_parts(outbox_claim_ms, engine_id)}
+
+    def _row_parts(self) -> dict[str, list[Any]]:
+        """Instances and tasks: new, and changed from the version they were read at."""
+        parts: dict[str, list[Any]] = {}
+        if self.new_instances:
+            instances = [_with_json(_new_instance_args(r, s), 5, 6) for r, s in self.new_instances]
+            parts["new_instances"] = _columns(instances, 8)
+        if self.changed_instances:
+            changed = [
+                (*_with_json(state_to_row(s), 2, 3), s.version)
+                for s in self.changed_instances.values()
+            ]
+            parts["changed_instances"] = _columns(changed, 6)
+        if self.ended_instances:
+            parts["released_keys"] = [self.ended_instances]
+        if self.new_tasks:
+            parts["new_tasks"] = _columns([_new_task_args(t) for t in self.new_tasks], 6)
+        if self.changed_tasks:
+            tasks = [(*_task_args(t), t.version) for t in self.changed_tasks.values()]
+            parts["changed_tasks"] = _columns(tasks, 11)
+        return parts
+
+    def _record_parts(self, outbox_claim_ms: int, engine_id: str) -> dict[str, list[Any]]:
+        """Everything else: ledger, incidents, history, counters, outbox, start keys."""
+        parts: dict[str, list[Any]] = {}
+        if self.ledger_inserts:
+            parts["ledger"] = _columns([tuple(row) for row in self.ledger_inserts.values()], 8)
+        if self.ledger_repeats:
+            repeats = [(t, s, d, c) for (t, s), (d, c) in self.ledger_repeats.items()]
+            parts["ledger_repeats"] = _columns(repeats, 4)
+        if self.incidents:
+            parts["new_incidents"] = _columns(self.incidents, 8)
+        if self.history:
+            parts["new_history"] = _columns([_with_json(row, 4) for row in self.history], 5)
+        if self.counters:
+            parts["counted"] = [engine_id, *_columns(list(self.counters.items()), 2)]
+        if self.resolved_incidents:
+            parts["resolved_incidents"] = _columns(self.resolved_incidents, 3)
+        if self.outbox:
+            messages = [(m.routing_key, m.message_id, m.body) for m in self.outbox]
+            parts["new_outbox"] = [outbox_claim_ms, *_columns(messages, 3)]
+        if self.start_keys:
+            parts["start_keys"] = _columns(self.start_keys, 3)
+        if self.latest_definitions:
+            parts["newer_definitions"] = _columns(self.latest_definitions, 2)
+        return parts
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

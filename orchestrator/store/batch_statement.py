@@ -1,0 +1,84 @@
+"""The one statement that writes a batch, made of only the parts the batch has rows for.
+
+The parts are the CTEs of write_batch.sql. A statement is built once per combination of
+parts and cached (asyncpg then prepares it once per connection). Whatever parts it holds,
+it ends in the same guard: every changed instance and task must still have been at the
+version the batch read, every start key new, and every definition assumed latest still so;
+otherwise orch_expect_rows raises serialization_failure and the statement writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+_PART = re.compile(r"^-- part: (\w+)\s*$", re.MULTILINE)
+_PARAM = re.compile(r"\$(\d+)")
+
+#: Parts whose returned rows the guard counts: toward the rows expected (+), or against (-).
+GUARDED = {
+    "changed_instances": "+ (SELECT count(*) FROM changed_instances)",
+    "changed_tasks": "+ (SELECT count(*) FROM changed_tasks)",
+    "start_keys": "+ (SELECT count(*) FROM start_keys)",
+    "newer_definitions": "- (SELECT count(*) FROM newer_definitions)",
+}
+#: The part whose new ids the statement returns, in id order.
+OUTBOX = "new_outbox"
+OUTBOX_IDS = "ARRAY(SELECT id FROM new_outbox ORDER BY id)"
+NO_IDS = "'{}'::bigint[]"
+
+
+@cache
+def load_parts() -> dict[str, str]:
+    """Part name to its SQL, in the order of the file (the order the CTEs are written in)."""
+    text = resources.files("orchestrator.store").joinpath("write_batch.sql").read_text("utf-8")
+    pieces = _PART.split(text)
+    parts: dict[str, str] = {}
+    for name, body in zip(pieces[1::2], pieces[2::2], strict=True):
+        if name in parts:
+            raise ValueError(f"part {name} is defined twice in write_batch.sql")
+        parts[name] = body.strip()
+    return parts
+
+
+def parameter_count(sql: str) -> int:
+    return max((int(n) for n in _PARAM.findall(sql)), default=0)
+
+
+def batch_statement(
+    columns: Mapping[str, Sequence[Any]], expected_rows: int
+) -> tuple[str, list[Any]]:
+    """The statement for the parts in `columns` (each with its parameters, in the part's own
+    order) and its arguments: theirs in file order, then the number of rows the guard
+    expects."""
+    names = tuple(name for name in load_parts() if name in columns)
+    unknown = set(columns) - set(names)
+    if unknown:
+        raise KeyError(f"no such part in write_batch.sql: {sorted(unknown)}")
+    args = [value for name in names for value in columns[name]]
+    args.append(expected_rows)
+    return _statement(names), args
+
+
+@cache
+def _statement(names: tuple[str, ...]) -> str:
+    parts = load_parts()
+    ctes: list[str] = []
+    offset = 0
+    for name in names:
+        ctes.append(f"{name} AS (\n{_renumbered(parts[name], offset)}\n)")
+        offset += parameter_count(parts[name])
+    written = "".join(f" {GUARDED[name]}" for name in GUARDED if name in names)
+    outbox = OUTBOX_IDS if OUTBOX in names else NO_IDS
+    head = ("WITH " + ",\n".join(ctes) + "\n") if ctes else ""
+    return (
+        f"{head}SELECT orch_expect_rows(0{written}, ${offset + 1}::bigint) AS current,\n"
+        f"       {outbox} AS outbox_ids"
+    )
+
+
+def _renumbered(sql: str, offset: int) -> str:
+    return _PARAM.sub(lambda match: f"${int(match.group(1)) + offset}", sql)
