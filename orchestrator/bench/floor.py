@@ -78,8 +78,10 @@ async def broker_hops(amqp_url: str, queue_name: str, samples: int, gap_s: float
     try:
         channel = await receiver.channel()
         await channel.set_qos(prefetch_count=1)
-        queue = await channel.declare_queue(queue_name, durable=True)
-        tag = await queue.consume(on_message)
+        # Durable (persistent messages go to disk only on a durable queue), and gone with the
+        # consumer's connection whatever happens here.
+        queue = await channel.declare_queue(queue_name, durable=True, auto_delete=True)
+        await queue.consume(on_message)
         publisher = await Publisher.open(sender)
         for _ in range(samples):
             arrived.clear()
@@ -87,8 +89,6 @@ async def broker_hops(amqp_url: str, queue_name: str, samples: int, gap_s: float
             await publisher.publish(Outgoing("", queue_name, body))
             await asyncio.wait_for(arrived.wait(), timeout=10)
             await asyncio.sleep(gap_s)
-        await queue.cancel(tag)
-        await queue.delete(if_unused=False, if_empty=False)
     finally:
         await sender.close()
         await receiver.close()

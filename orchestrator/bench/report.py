@@ -61,7 +61,7 @@ def table(result: dict[str, Any]) -> str:
     )
     floors = result.get("floor_ms")
     if floors:
-        out.append(_floor_line(floors, latency.get("rate")))
+        out.append(_floor_line(floors))
     backlog = result.get("backlog")
     if backlog:
         out.append(
@@ -73,7 +73,7 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _floor_line(floors: dict[str, dict[str, Any]], rate: Any) -> str:
+def _floor_line(floors: dict[str, dict[str, Any]]) -> str:
     """What the broker and the database alone cost an instance here (see bench/floor.py)."""
     some = next(iter(floors.values()))
     parts = [
