@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
-from importlib import resources
 from typing import Any
+
+from orchestrator.store.queries import named_sections
 
 _PART = re.compile(r"^-- part: (\w+)\s*$", re.MULTILINE)
 _PARAM = re.compile(r"\$(\d+)")
@@ -34,14 +35,7 @@ NO_IDS = "'{}'::bigint[]"
 @cache
 def load_parts() -> dict[str, str]:
     """Part name to its SQL, in the order of the file (the order the CTEs are written in)."""
-    text = resources.files("orchestrator.store").joinpath("write_batch.sql").read_text("utf-8")
-    pieces = _PART.split(text)
-    parts: dict[str, str] = {}
-    for name, body in zip(pieces[1::2], pieces[2::2], strict=True):
-        if name in parts:
-            raise ValueError(f"part {name} is defined twice in write_batch.sql")
-        parts[name] = body.strip()
-    return parts
+    return named_sections("write_batch.sql", _PART)
 
 
 def parameter_count(sql: str) -> int:

@@ -11,14 +11,20 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 @cache
 def load_queries() -> dict[str, str]:
-    text = resources.files("orchestrator.store").joinpath("queries.sql").read_text("utf-8")
-    parts = _NAME.split(text)
-    queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
-            raise ValueError(f"query {name} is defined twice in queries.sql")
-        queries[name] = body.strip().rstrip(";")
-    return queries
+    return {name: sql.rstrip(";") for name, sql in named_sections("queries.sql", _NAME).items()}
+
+
+def named_sections(filename: str, marker: re.Pattern[str]) -> dict[str, str]:
+    """The sections of an SQL file of this package, each begun by a `marker` line that names
+    it, in the file's order."""
+    text = resources.files("orchestrator.store").joinpath(filename).read_text("utf-8")
+    pieces = marker.split(text)
+    sections: dict[str, str] = {}
+    for name, body in zip(pieces[1::2], pieces[2::2], strict=True):
+        if name in sections:
+            raise ValueError(f"{name} is defined twice in {filename}")
+        sections[name] = body.strip()
+    return sections
 
 
 class _Queries:
