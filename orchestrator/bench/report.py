@@ -56,8 +56,9 @@ def table(result: dict[str, Any]) -> str:
             + f"; the machine {latency.get('machine_busy_pct')} % busy"
         )
     out.append(
-        f"engine peak RSS: {result.get('engine_peak_rss_mb')} MB; "
-        f"dispatch at full load: {result.get('dispatch_latency_ms_full_load')}"
+        f"engine peak RSS: {result.get('engine_peak_rss_mb')} MB; at full load, instance "
+        f"latency {result.get('instance_latency_ms_full_load')} and dispatch "
+        f"{result.get('dispatch_latency_ms_full_load')}"
     )
     floors = result.get("floor_ms")
     if floors:

@@ -187,17 +187,37 @@ async def _wait_completed(run: Run, pool: asyncpg.Pool, ids: list[str], deadline
         await asyncio.sleep(0.02)
 
 
-async def _start_all(client: Client, count: int, payload: dict[str, Any]) -> list[str]:
+async def _start_all(
+    client: Client, count: int, payload: dict[str, Any], sent: dict[str, float] | None = None
+) -> list[str]:
+    """Start `count` instances as fast as the client sends; note in `sent` (if given) when
+    each start call was made, by instance id."""
+
+    async def one() -> str:
+        at = time.time()
+        started = await client.start("bench", variables=payload, timeout=60)
+        if sent is not None:
+            sent[started.instance_id] = at
+        return started.instance_id
+
     ids: list[str] = []
     for chunk in range(0, count, 1000):
-        started = await asyncio.gather(
-            *(
-                client.start("bench", variables=payload, timeout=60)
-                for _ in range(chunk, min(chunk + 1000, count))
-            )
-        )
-        ids += [s.instance_id for s in started]
+        ids += await asyncio.gather(*(one() for _ in range(chunk, min(chunk + 1000, count))))
     return ids
+
+
+async def _ended_at(pool: asyncpg.Pool, ids: list[str]) -> dict[str, float]:
+    """When each instance completed (epoch seconds), as the database recorded it."""
+    rows = await pool.fetch(
+        "SELECT id, extract(epoch FROM ended_at) AS ended FROM process_instances "
+        "WHERE id = ANY($1::uuid[])",
+        ids,
+    )
+    return {str(row["id"]): float(row["ended"]) for row in rows}
+
+
+def _latencies_ms(sent: dict[str, float], ended: dict[str, float]) -> list[float]:
+    return [(ended[instance] - at) * 1000 for instance, at in sent.items()]
 
 
 async def _throughput(run: Run, client: Client, pool: asyncpg.Pool) -> dict[str, Any]:
@@ -207,22 +227,22 @@ async def _throughput(run: Run, client: Client, pool: asyncpg.Pool) -> dict[str,
     meter.start()
     began_wall = time.time()
     began = time.monotonic()
-    ids = await _start_all(client, options.instances, payload)
+    sent: dict[str, float] = {}
+    ids = await _start_all(client, options.instances, payload, sent)
     await _wait_completed(run, pool, ids, began + options.timeout_s)
-    last_end = await pool.fetchval(
-        "SELECT extract(epoch FROM max(ended_at)) FROM process_instances "
-        "WHERE id = ANY($1::uuid[])",
-        ids,
-    )
-    elapsed = float(last_end) - began_wall
     cpu = meter.stop()
+    ended = await _ended_at(pool, ids)
+    last_end = max(ended.values())
+    elapsed = last_end - began_wall
     tasks = options.instances * options.steps
     return {
         "elapsed_s": round(elapsed, 3),
         "tasks_per_s": round(tasks / elapsed, 1),
         "instances_per_s": round(options.instances / elapsed, 1),
+        # Every instance started as fast as the client sends: mostly time spent queued.
+        "instance_latency_ms_full_load": summary(_latencies_ms(sent, ended)),
         "cpu_s_per_1000_tasks": {k: round(v * 1000 / tasks, 3) for k, v in cpu.items()},
-        "_window_ms": (began_wall * 1000, float(last_end) * 1000),
+        "_window_ms": (began_wall * 1000, last_end * 1000),
     }
 
 
@@ -234,11 +254,6 @@ async def _latency(run: Run, client: Client, pool: asyncpg.Pool, rate: float) ->
     began = time.monotonic()
     window_start = time.time() * 1000
 
-    async def one() -> None:
-        at = time.time()
-        started = await client.start("bench", timeout=60)
-        sent[started.instance_id] = at
-
     meter = CpuMeter.for_run([e.pid for e in run.engines], [w.pid for w in run.workers])
     meter.groups["bench client"] = [os.getpid()]
     meter.start()
@@ -247,16 +262,11 @@ async def _latency(run: Run, client: Client, pool: asyncpg.Pool, rate: float) ->
         delay = began + index * interval - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        pending.append(asyncio.create_task(one()))
+        pending.append(asyncio.create_task(_start_all(client, 1, {}, sent)))
     await asyncio.gather(*pending)
     ids = list(sent)
     await _wait_completed(run, pool, ids, time.monotonic() + run.options.timeout_s)
-    rows = await pool.fetch(
-        "SELECT id, extract(epoch FROM ended_at) AS ended FROM process_instances "
-        "WHERE id = ANY($1::uuid[])",
-        ids,
-    )
-    latencies = [(float(row["ended"]) - sent[str(row["id"])]) * 1000 for row in rows]
+    latencies = _latencies_ms(sent, await _ended_at(pool, ids))
     elapsed = time.monotonic() - began
     cpu = meter.stop()
     tasks = count * run.options.steps
