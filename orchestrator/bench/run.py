@@ -216,6 +216,10 @@ async def _ended_at(pool: asyncpg.Pool, ids: list[str]) -> dict[str, float]:
     return {str(row["id"]): float(row["ended"]) for row in rows}
 
 
+def _per_1000_tasks(cpu_s: dict[str, float], tasks: int) -> dict[str, float]:
+    return {group: round(seconds * 1000 / tasks, 3) for group, seconds in cpu_s.items()}
+
+
 def _latencies_ms(sent: dict[str, float], ended: dict[str, float]) -> list[float]:
     return [(ended[instance] - at) * 1000 for instance, at in sent.items()]
 
@@ -241,7 +245,7 @@ async def _throughput(run: Run, client: Client, pool: asyncpg.Pool) -> dict[str,
         "instances_per_s": round(options.instances / elapsed, 1),
         # Every instance started as fast as the client sends: mostly time spent queued.
         "instance_latency_ms_full_load": summary(_latencies_ms(sent, ended)),
-        "cpu_s_per_1000_tasks": {k: round(v * 1000 / tasks, 3) for k, v in cpu.items()},
+        "cpu_s_per_1000_tasks": _per_1000_tasks(cpu, tasks),
         "_window_ms": (began_wall * 1000, last_end * 1000),
     }
 
@@ -275,7 +279,7 @@ async def _latency(run: Run, client: Client, pool: asyncpg.Pool, rate: float) ->
         "instances": count,
         "achieved_rate": round(count / elapsed, 1),
         "instance_latency_ms": summary(latencies),
-        "cpu_s_per_1000_tasks": {k: round(v * 1000 / tasks, 3) for k, v in cpu.items()},
+        "cpu_s_per_1000_tasks": _per_1000_tasks(cpu, tasks),
         # How busy these processes kept the machine: latency under load is mostly queueing
         # for a core once this nears 100.
         "machine_busy_pct": round(sum(cpu.values()) / (elapsed * (os.cpu_count() or 1)) * 100),
