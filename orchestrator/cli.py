@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from orchestrator.bench.peers import PEERS
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.errors import NotFound, OrchestratorError
@@ -79,8 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         "--peers",
         nargs="*",
         default=None,
-        help="also run peers: celery, celery-noconfirm, celery-quorum, dbos "
-        "(no names: celery and dbos)",
+        choices=sorted(PEERS),
+        help="also run peers: celery, celery-noconfirm, celery-quorum, dbos, and bare (the "
+        "engine's messages and commits with no engine) (no names: celery and dbos)",
     )
     bench.add_argument(
         "--quick",

@@ -26,6 +26,7 @@ import orjson
 
 from orchestrator import aio
 from orchestrator.bench.floor import measure_floors
+from orchestrator.bench.peers import PEERS
 from orchestrator.bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
 from orchestrator.bench.stats import summary
 from orchestrator.client import Client
@@ -418,24 +419,18 @@ def _status(line: str) -> None:
     sys.stderr.flush()
 
 
-PEERS = {
-    "celery": ("orchestrator.bench.peers.celery_chain", "--amqp-url", ()),
-    "celery-noconfirm": ("orchestrator.bench.peers.celery_chain", "--amqp-url", ("--no-confirms",)),
-    "celery-quorum": ("orchestrator.bench.peers.celery_chain", "--amqp-url", ("--quorum",)),
-    "dbos": ("orchestrator.bench.peers.dbos_workflow", "--database-url", ()),
-}
-
-
 def run_peer(name: str, settings: Settings, options: BenchOptions, rate: float) -> dict[str, Any]:
     """Run one peer's benchmark in its own process; its last stdout line is its JSON."""
-    module, url_flag, extra = PEERS[name]
-    url = settings.amqp_url if url_flag == "--amqp-url" else settings.database_url
+    module, services, extra = PEERS[name]
+    urls = {
+        "amqp": ("--amqp-url", settings.amqp_url),
+        "database": ("--database-url", settings.database_url),
+    }
     args = [
         sys.executable,
         "-m",
         module,
-        url_flag,
-        url,
+        *(part for service in services for part in urls[service]),
         "--instances",
         str(options.instances),
         "--steps",

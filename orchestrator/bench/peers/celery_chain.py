@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import functools
 import json
 import operator
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bench.peers import celery_app as bench_app
+from orchestrator.bench.peers.processes import die_with_parent
 from orchestrator.bench.stats import summary
 
 STARTUP_TIMEOUT_S = 60.0
@@ -194,14 +194,6 @@ def delete_topology(app: Any, queues: Iterable[str], exchanges: Iterable[str]) -
 # --- worker processes ------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Run in each worker node before exec (Linux): SIGTERM it if this runner dies, e.g. when a
-    harness kills the runner on a timeout, so no node outlives its run."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class WorkerGroup:
     """W `celery worker` nodes, each in its own process group so that a kill reaches its pool."""
@@ -240,7 +232,7 @@ class WorkerGroup:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                        preexec_fn=_die_with_parent,
+                        preexec_fn=die_with_parent,
                     )
                 )
 
