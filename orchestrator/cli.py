@@ -81,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=None,
         choices=sorted(PEERS),
-        help="also run peers: celery, celery-noconfirm, celery-quorum, dbos, and bare (the "
-        "engine's messages and commits with no engine) (no names: celery and dbos)",
+        help="also run peers: celery, celery-noconfirm, celery-quorum, dbos; bare (the "
+        "engine's messages and commits with no engine) and bare-db-start (the same, starts "
+        "committed by the client) (no names: celery and dbos)",
     )
     bench.add_argument(
         "--quick",

@@ -15,8 +15,9 @@ from orchestrator.config import Settings
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("start_in_database", [False, True], ids=["by-command", "in-database"])
 async def test_every_instance_goes_through_every_step_and_nothing_stays(
-    settings: Settings,
+    settings: Settings, start_in_database: bool
 ) -> None:
     options = Options(
         amqp_url=settings.amqp_url,
@@ -28,6 +29,7 @@ async def test_every_instance_goes_through_every_step_and_nothing_stays(
         rate_instances=20,
         warmup=10,
         timeout_s=60.0,
+        start_in_database=start_in_database,
     )
 
     # An instance counts as done only when its last step's commit set ended_at: the run
@@ -40,6 +42,7 @@ async def test_every_instance_goes_through_every_step_and_nothing_stays(
     assert result["dispatch_latency_ms"]["p50"] is not None
     phase = result["latency_phase"]
     assert phase["instances"] == 20
+    assert ("committed by the client" in result["variant"]) == start_in_database
     assert set(phase["cpu_s_per_1000_tasks"]) == {
         "coordinator",
         "workers",

@@ -9,4 +9,9 @@ PEERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "celery-quorum": ("orchestrator.bench.peers.celery_chain", ("amqp",), ("--quorum",)),
     "dbos": ("orchestrator.bench.peers.dbos_workflow", ("database",), ()),
     "bare": ("orchestrator.bench.peers.bare_pipeline", ("amqp", "database"), ()),
+    "bare-db-start": (
+        "orchestrator.bench.peers.bare_pipeline",
+        ("amqp", "database"),
+        ("--start-in-database",),
+    ),
 }

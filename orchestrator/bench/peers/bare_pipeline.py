@@ -39,7 +39,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from orchestrator import aio
-from orchestrator.bench.peers.bare_roles import Names
+from orchestrator.bench.peers.bare_roles import Names, task_message
 from orchestrator.bench.peers.processes import die_with_parent
 from orchestrator.bench.procstats import CpuMeter, pids_named
 from orchestrator.bench.stats import summary
@@ -61,6 +61,9 @@ class Options:
     rate_instances: int
     warmup: int
     timeout_s: float
+    #: The client commits each start and publishes its first task itself (no start command,
+    #: no reply): what starting in the database instead of through the engine would save.
+    start_in_database: bool = False
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -78,6 +81,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--rate-instances", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per phase")
+    parser.add_argument(
+        "--start-in-database",
+        action="store_true",
+        help="the client commits each start and publishes its first task (5 hops, not 7)",
+    )
     args = parser.parse_args(argv)
     for name in ("instances", "steps", "workers"):
         if getattr(args, name) < 1:
@@ -95,7 +103,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         rate_instances=rate_instances,
         warmup=args.warmup,
         timeout_s=args.timeout,
+        start_in_database=args.start_in_database,
     )
+
+
+def _now_ms() -> float:
+    return time.time() * 1000
 
 
 def _status(line: str) -> None:
@@ -161,11 +174,20 @@ class Processes:
 
 class Starter:
     """Sends start commands (persistent, confirmed) and waits for each reply, as the engine's
-    client does."""
+    client does; or, with `in_database`, commits the start and publishes step 1 itself."""
 
-    def __init__(self, names: Names, connection: AbstractRobustConnection) -> None:
+    def __init__(
+        self,
+        names: Names,
+        connection: AbstractRobustConnection,
+        pool: asyncpg.Pool,
+        *,
+        in_database: bool,
+    ) -> None:
         self.names = names
         self.connection = connection
+        self.pool = pool
+        self.in_database = in_database
         self.waiting: dict[str, asyncio.Future[str]] = {}
         self.reply_queue = ""
         self.publisher: Publisher | None = None
@@ -185,11 +207,19 @@ class Starter:
             future.set_result(message.body.decode())
 
     async def start(self, sent: dict[str, float]) -> str:
+        at = time.time()
+        if self.in_database:
+            instance = await self._start_in_database()
+        else:
+            instance = await self._start_by_command()
+        sent[instance] = at
+        return instance
+
+    async def _start_by_command(self) -> str:
         assert self.publisher is not None
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.waiting[correlation_id] = future
-        at = time.time()
         await self.publisher.publish(
             Outgoing(
                 "",
@@ -199,9 +229,14 @@ class Starter:
                 reply_to=self.reply_queue,
             )
         )
-        instance = await asyncio.wait_for(future, 60)
-        sent[instance] = at
-        return instance
+        return await asyncio.wait_for(future, 60)
+
+    async def _start_in_database(self) -> str:
+        assert self.publisher is not None
+        instance = uuid.uuid4()
+        await self.pool.execute(self.names.insert_starts, [instance])
+        await self.publisher.publish(task_message(self.names, str(instance), 1, _now_ms()))
+        return str(instance)
 
 
 @dataclass
@@ -316,14 +351,14 @@ async def _clean_up(names: Names, connection: AbstractRobustConnection, pool: as
 async def run(options: Options) -> dict[str, Any]:
     names = Names(f"bare-{uuid.uuid4().hex[:12]}", options.steps)
     await ensure_database(options.database_url)  # the engine's database, as it would create it
-    pool = await asyncpg.create_pool(options.database_url, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(options.database_url, min_size=1, max_size=8)
     connection = await connect(options.amqp_url, name=f"{names.prefix}-client")
     try:
         await _declare(names, connection, pool)
         with tempfile.TemporaryDirectory(prefix="bare-bench-") as logdir:
             processes = Processes(names, options, Path(logdir))
             try:
-                starter = Starter(names, connection)
+                starter = Starter(names, connection, pool, in_database=options.start_in_database)
                 await starter.open()
                 bench = Bench(options, names, pool, starter, processes)
                 await bench.warmup()
@@ -345,7 +380,10 @@ async def run(options: Options) -> dict[str, Any]:
     return {
         "name": "bare",
         "run": names.prefix,
-        "variant": f"the engine's hops and commits, no engine; {options.workers} workers",
+        "variant": (
+            f"the engine's hops and commits, no engine; {options.workers} workers"
+            + ("; starts committed by the client" if options.start_in_database else "")
+        ),
         "instances": options.instances,
         "steps": options.steps,
         **full,

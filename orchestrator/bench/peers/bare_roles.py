@@ -113,6 +113,12 @@ async def _batches(connection: AbstractRobustConnection, queue_name: str) -> Bat
     return consumer
 
 
+def task_message(names: Names, instance: str, step: int, published_ms: float) -> Outgoing:
+    """A step's task: persistent, mandatory, confirmed (Outgoing's defaults)."""
+    body = orjson.dumps({"instance": instance, "step": step})
+    return Outgoing("", names.step(step), body, headers={PUBLISHED_AT: f"{published_ms:.3f}"})
+
+
 class Coordinator:
     """Starts: insert one row each, commit, publish step 1, reply. Reports: move each row to
     the next step (or end it), commit, publish the next task. One statement per batch."""
@@ -158,10 +164,7 @@ class Coordinator:
         await ack_all(batch)
 
     def _task(self, instance: str, step: int, published_ms: float) -> Outgoing:
-        body = orjson.dumps({"instance": instance, "step": step})
-        return Outgoing(
-            "", self.names.step(step), body, headers={PUBLISHED_AT: f"{published_ms:.3f}"}
-        )
+        return task_message(self.names, instance, step, published_ms)
 
     async def _publish(self, outgoing: list[Outgoing]) -> None:
         errors = [e for e in await self.publisher.publish_many(outgoing) if e is not None]
