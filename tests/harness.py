@@ -259,3 +259,25 @@ def sequential_process(
     nodes.append({"id": "end", "type": "end_event"})
     flows.append({"id": "to_end", "from": previous, "to": "end"})
     return orjson.dumps({"key": key, "nodes": nodes, "flows": flows}).decode()
+
+
+async def queue_exists(amqp_url: str, name: str) -> bool:
+    """Whether RabbitMQ has a queue of that name (a passive declare, on its own channel)."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+        return True
+    finally:
+        await connection.close()
+
+
+async def table_exists(database_url: str, name: str) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT to_regclass($1)", name) is not None
+    finally:
+        await conn.close()

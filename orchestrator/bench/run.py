@@ -28,7 +28,7 @@ from orchestrator import aio
 from orchestrator.bench.floor import measure_floors
 from orchestrator.bench.peers import PEERS
 from orchestrator.bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
-from orchestrator.bench.stats import summary
+from orchestrator.bench.stats import dispatch_samples, summary
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.store.migrate import ensure_database
@@ -142,13 +142,7 @@ class Run:
                 )
 
     def dispatch_latencies(self, since_ms: float, until_ms: float) -> list[float]:
-        values: list[float] = []
-        for path in self.workdir.glob("latency-*.txt"):
-            for line in path.read_text().splitlines():
-                sent, entered = (float(part) for part in line.split())
-                if since_ms <= sent <= until_ms:
-                    values.append(entered - sent)
-        return values
+        return dispatch_samples(self.workdir.glob("latency-*.txt"), since_ms, until_ms)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

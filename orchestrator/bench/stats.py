@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -18,3 +19,15 @@ def summary(values: Sequence[float], quantiles: Sequence[int] = (50, 95, 99)) ->
     if not values:
         return {f"p{q}": None for q in quantiles}
     return {f"p{q}": round(percentile(values, q), 2) for q in quantiles}
+
+
+def dispatch_samples(files: Iterable[Path], since_ms: float, until_ms: float) -> list[float]:
+    """Dispatch latencies (ms) from the workers' files, one line `<published_ms>
+    <entered_ms>` per task, of the tasks published between `since_ms` and `until_ms`."""
+    values: list[float] = []
+    for path in files:
+        for line in path.read_text().splitlines():
+            sent, entered = (float(part) for part in line.split())
+            if since_ms <= sent <= until_ms:
+                values.append(entered - sent)
+    return values

@@ -4,13 +4,12 @@ neither its queues nor its table behind."""
 
 from __future__ import annotations
 
-import aio_pika
-import asyncpg
 import pytest
 
 from orchestrator.bench.peers.bare_pipeline import Options, run
 from orchestrator.bench.peers.bare_roles import Names
 from orchestrator.config import Settings
+from tests import harness
 
 pytestmark = pytest.mark.integration
 
@@ -52,16 +51,6 @@ async def test_every_instance_goes_through_every_step_and_nothing_stays(
     }
 
     names = Names(result["run"], options.steps)
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        for queue in names.queues:
-            channel = await connection.channel()
-            with pytest.raises(aio_pika.exceptions.ChannelClosed):
-                await channel.declare_queue(queue, passive=True)
-    finally:
-        await connection.close()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        assert await conn.fetchval("SELECT to_regclass($1)", names.table) is None
-    finally:
-        await conn.close()
+    for queue in names.queues:
+        assert not await harness.queue_exists(settings.amqp_url, queue)
+    assert not await harness.table_exists(settings.database_url, names.table)

@@ -3,12 +3,11 @@ nothing behind: its queue and its table are gone afterwards."""
 
 from __future__ import annotations
 
-import aio_pika
-import asyncpg
 import pytest
 
 from orchestrator.bench.floor import measure_floors
 from orchestrator.config import Settings
+from tests import harness
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +29,5 @@ async def test_floor_measures_both_parts_and_cleans_up(settings: Settings) -> No
             7 * floor.broker_hop_ms + 4 * floor.commit_ms, abs=0.01
         )
 
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        with pytest.raises(aio_pika.exceptions.ChannelClosed):
-            await channel.declare_queue(queue, passive=True)
-    finally:
-        await connection.close()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        assert await conn.fetchval("SELECT to_regclass('bench_floor')") is None
-    finally:
-        await conn.close()
+    assert not await harness.queue_exists(settings.amqp_url, queue)
+    assert not await harness.table_exists(settings.database_url, "bench_floor")

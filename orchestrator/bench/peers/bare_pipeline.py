@@ -42,7 +42,7 @@ from orchestrator import aio
 from orchestrator.bench.peers.bare_roles import Names, task_message
 from orchestrator.bench.peers.processes import die_with_parent
 from orchestrator.bench.procstats import CpuMeter, pids_named
-from orchestrator.bench.stats import summary
+from orchestrator.bench.stats import dispatch_samples, summary
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.store.migrate import ensure_database
@@ -163,13 +163,7 @@ class Processes:
                 proc.kill()
 
     def dispatch_latencies(self, since_ms: float, until_ms: float) -> list[float]:
-        values = []
-        for path in self.logdir.glob("worker-*.latency"):
-            for line in path.read_text().splitlines():
-                sent, entered = (float(part) for part in line.split())
-                if since_ms <= sent <= until_ms:
-                    values.append(entered - sent)
-        return values
+        return dispatch_samples(self.logdir.glob("worker-*.latency"), since_ms, until_ms)
 
 
 class Starter:
