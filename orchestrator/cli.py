@@ -24,7 +24,7 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="also queue this many instances with no worker, then drain them",
     )
+    bench.add_argument(
+        "--against",
+        metavar="DIR",
+        help="run another checkout of this project (DIR) at the same time, same workload "
+        "(needs --rate): the fair way to compare two versions on a machine whose speed drifts",
+    )
     return parser
 
 
@@ -161,7 +167,7 @@ _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

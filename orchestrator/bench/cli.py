@@ -7,6 +7,7 @@ import sys
 
 import orjson
 
+from orchestrator.bench.against import AgainstError, checkout
 from orchestrator.bench.report import table
 from orchestrator.bench.run import BenchOptions, bench
 from orchestrator.config import Settings
@@ -17,6 +18,8 @@ QUICK_FLOOR = TARGET_TASKS_PER_S / 4
 
 
 def options_from(args: argparse.Namespace) -> BenchOptions:
+    if args.against is not None:
+        _check_against(args)
     peers: tuple[str, ...] = ()
     if args.peers is not None:
         peers = tuple(args.peers) or ("celery", "dbos")
@@ -43,7 +46,20 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         rate_seconds=args.rate_seconds,
         peers=peers,
         backlog=args.backlog,
+        against=args.against,
     )
+
+
+def _check_against(args: argparse.Namespace) -> None:
+    """Both sides need the same fixed arrival rate, and nothing else running beside them."""
+    if args.rate is None:
+        raise SystemExit("--against needs --rate: both sides run their latency phase at it")
+    if args.peers is not None or args.backlog or args.quick:
+        raise SystemExit("--against runs alone: no --peers, --backlog or --quick with it")
+    try:
+        checkout(args.against)
+    except AgainstError as exc:
+        raise SystemExit(f"--against: {exc}") from exc
 
 
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:

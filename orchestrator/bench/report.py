@@ -27,7 +27,8 @@ def _cell(value: Any) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = [result, *result.get("peers", {}).values()]
+    against = [result["against"]] if result.get("against") else []
+    rows = [result, *result.get("peers", {}).values(), *against]
     header = ["system", *(name for name, _ in COLUMNS), "ours/this (tasks/s)"]
     lines = [header]
     ours = result.get("tasks_per_s")
@@ -48,13 +49,10 @@ def table(result: dict[str, Any]) -> str:
     cpu = result.get("cpu_s_per_1000_tasks")
     if cpu:
         out.append("CPU s per 1000 tasks: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
-    cpu = latency.get("cpu_s_per_1000_tasks")
-    if cpu:
-        out.append(
-            "in the latency phase: CPU s per 1000 tasks "
-            + ", ".join(f"{k} {v}" for k, v in cpu.items())
-            + f"; the machine {latency.get('machine_busy_pct')} % busy"
-        )
+    for row in [result, *against]:
+        line = _latency_cpu_line(row.get("latency_phase") or {})
+        if line:
+            out.append(line if row is result else f"{row['name']}, {line}")
     out.append(
         f"engine peak RSS: {result.get('engine_peak_rss_mb')} MB; at full load, instance "
         f"latency {result.get('instance_latency_ms_full_load')} and dispatch "
@@ -72,6 +70,17 @@ def table(result: dict[str, Any]) -> str:
             "empty-queue rate)"
         )
     return "\n".join(out)
+
+
+def _latency_cpu_line(latency: dict[str, Any]) -> str | None:
+    cpu = latency.get("cpu_s_per_1000_tasks")
+    if not cpu:
+        return None
+    return (
+        "in the latency phase: CPU s per 1000 tasks "
+        + ", ".join(f"{k} {v}" for k, v in cpu.items())
+        + f"; the machine {latency.get('machine_busy_pct')} % busy"
+    )
 
 
 def _floor_line(floors: dict[str, dict[str, Any]]) -> str:

@@ -25,6 +25,7 @@ import asyncpg
 import orjson
 
 from orchestrator import aio
+from orchestrator.bench.against import OtherSide, this_checkout
 from orchestrator.bench.floor import measure_floors
 from orchestrator.bench.peers import PEERS
 from orchestrator.bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
@@ -34,6 +35,7 @@ from orchestrator.config import Settings
 from orchestrator.store.migrate import ensure_database
 
 WORKER_SPEC = "orchestrator.bench.noop_worker:worker"
+CODE = this_checkout()
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class BenchOptions:
     backlog: int = 0
     #: Samples of each part of the latency floor (see bench/floor.py).
     floor_samples: int = 200
+    #: Another checkout of the project to run the same workload at the same time (against.py).
+    against: str | None = None
 
 
 @dataclass
@@ -371,6 +375,8 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
         "engine_peak_rss_mb": round(rss, 1) if rss else None,
         "floor_ms": {name: floor.as_dict() for name, floor in floors.items()},
         "backlog": backlog,
+        # Which checkout this was (a comparison with --against checks it).
+        "code": str(CODE),
     }
 
 
@@ -454,12 +460,28 @@ def run_peer(name: str, settings: Settings, options: BenchOptions, rate: float) 
 
 def bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
-    ours = aio.run(run_ours(settings, options, workdir))
+    other = OtherSide.start(options.against, options, workdir) if options.against else None
+    try:
+        ours = aio.run(run_ours(settings, options, workdir))
+    except BaseException:  # our side failed: the other side must not run on alone
+        if other is not None:
+            other.stop()
+        raise
     result: dict[str, Any] = {**ours, "machine": _machine()}
+    if other is not None:
+        result["against"] = _checked(other.result(options.timeout_s * 2), other.path)
     if options.peers:
         rate = ours["latency_phase"]["rate"]
         result["peers"] = {name: run_peer(name, settings, options, rate) for name in options.peers}
     return result
+
+
+def _checked(theirs: dict[str, Any], path: Path) -> dict[str, Any]:
+    """An error instead of figures if the other side did not run the other checkout's code."""
+    code = theirs.get("code")
+    if code is not None and Path(code) != path:
+        return {"name": theirs["name"], "error": f"it ran the code in {code}, not {path}"}
+    return theirs
 
 
 def _machine() -> dict[str, Any]:

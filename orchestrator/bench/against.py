@@ -1,0 +1,111 @@
+"""Two versions of the engine measured at the same time on the same machine.
+
+On a shared or virtual machine the speed drifts: runs a few minutes apart can differ by 2x,
+which drowns any change worth making. `orchestrator bench --against DIR` runs the same
+workload twice at once: this checkout, and another checkout of the project in DIR (its whole
+`orchestrator` package, bench included, imported first through PYTHONPATH). Each side has its
+own database, namespace, engine, workers and client, and both see the same machine. The other
+side runs as a separate `orchestrator bench --json`; its result comes back under `against`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import orchestrator
+
+
+class AgainstError(ValueError):
+    """The directory given to --against is not a checkout of this project."""
+
+
+def this_checkout() -> Path:
+    """The checkout whose `orchestrator` package this process imported."""
+    return Path(orchestrator.__file__).resolve().parent.parent
+
+
+def checkout(directory: str) -> Path:
+    path = Path(directory).resolve()
+    if not (path / "orchestrator" / "__init__.py").is_file():
+        raise AgainstError(f"{directory} is not a checkout of this project (no orchestrator/)")
+    return path
+
+
+def label(path: Path) -> str:
+    """The other side's name in the table: its commit if it is a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return f"orchestrator@{path.name}"
+    commit = done.stdout.decode().strip()
+    return f"orchestrator@{commit if done.returncode == 0 and commit else path.name}"
+
+
+def bench_arguments(options: Any) -> list[str]:
+    """The other side's command line: the same workload, JSON out. (`options` is a
+    BenchOptions; typed loosely so this module does not import the runner.)"""
+    return [
+        "--instances", str(options.instances),
+        "--steps", str(options.steps),
+        "--worker-processes", str(options.worker_processes),
+        "--engines", str(options.engines),
+        "--payload-bytes", str(options.payload_bytes),
+        "--rate", str(options.rate),
+        "--rate-seconds", str(options.rate_seconds),
+        "--json",
+    ]  # fmt: skip
+
+
+@dataclass
+class OtherSide:
+    path: Path
+    process: subprocess.Popen[bytes]
+    output: Path
+
+    @classmethod
+    def start(cls, directory: str, options: Any, workdir: Path) -> OtherSide:
+        path = checkout(directory)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
+        output = workdir / "against.out"
+        with output.open("wb") as out, (workdir / "against.err").open("wb") as err:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "bench", *bench_arguments(options)],
+                env=env,
+                stdout=out,
+                stderr=err,
+                cwd=path,
+            )
+        return cls(path, process, output)
+
+    def result(self, timeout_s: float) -> dict[str, Any]:
+        name = label(self.path)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.terminate()
+            return {"name": name, "error": f"timed out after {timeout_s:.0f}s"}
+        lines = self.output.read_text(errors="replace").strip().splitlines()
+        if self.process.returncode != 0 or not lines:
+            errors = (self.output.parent / "against.err").read_text(errors="replace")
+            return {"name": name, "error": f"exit {self.process.returncode}: {errors[-2000:]}"}
+        theirs: dict[str, Any] = orjson.loads(lines[-1])
+        theirs["name"] = name
+        return theirs
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
