@@ -95,6 +95,12 @@ _pool: asyncpg.Pool | None = None
 _pool_lock = asyncio.Lock()
 
 
+def recorder_name(pid: int) -> str:
+    """The application_name of a worker's recording connections: the harness waits for a
+    killed worker's connections to be gone before it reads what that worker finished."""
+    return f"fault-worker-{pid}"
+
+
 async def _recorder() -> asyncpg.Pool:
     global _pool
     async with _pool_lock:
@@ -103,7 +109,12 @@ async def _recorder() -> asyncpg.Pool:
                 raise RuntimeError("FAULT_DB_URL is not set")
             # Two short statements per run: a few connections serve many handlers, and the
             # suite's processes together stay well under PostgreSQL's max_connections.
-            _pool = await asyncpg.create_pool(DB_URL, min_size=1, max_size=POOL_SIZE)
+            _pool = await asyncpg.create_pool(
+                DB_URL,
+                min_size=1,
+                max_size=POOL_SIZE,
+                server_settings={"application_name": recorder_name(os.getpid())},
+            )
     return _pool
 
 

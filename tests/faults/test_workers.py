@@ -24,7 +24,8 @@ STOPPED_AT_MOST_S = 4.0
 
 @pytest.mark.timeout(150)
 async def test_worker_killed_mid_task_repeatedly(workload: Workload) -> None:
-    workload.configure("kill -9 worker mid-task", count=250)
+    # Long enough that all the kills land while work is still arriving.
+    workload.configure("kill -9 worker mid-task", count=400)
     workload.engine()
     await workload.deploy()
     for _ in range(3):
@@ -40,9 +41,11 @@ async def test_worker_killed_mid_task_repeatedly(workload: Workload) -> None:
         workload.worker()  # a replacement, so the others do not carry it all
 
     verdict = await workload.finish()
-    # Every kill hit work in hand, and all of it was done again by another worker (the
-    # effect still applied once: finish() checked that).
-    assert all(n >= 1 for n in interrupted), interrupted
+    # The kills hit work in hand, and all of it was done again by another worker (the effect
+    # still applied once: finish() checked that). Not every kill need hit some: a run whose
+    # last statement was already on its way to PostgreSQL finishes even though its worker
+    # is dead, and on a loaded machine a victim's runs can all end that way.
+    assert sum(1 for n in interrupted if n >= 1) >= KILLS - 2, interrupted
     assert verdict.interrupted_runs == sum(interrupted), verdict
     assert verdict.repeat_runs >= sum(interrupted), verdict
     # Claimed tasks of a dead worker came back through their lease.

@@ -42,7 +42,7 @@ import orjson
 from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology, declare_core
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from tests.fault_workers import SCHEMA, delay_of
+from tests.fault_workers import SCHEMA, delay_of, recorder_name
 from tests.faults.report import ROWS, Row
 from tests.harness import Processes, sequential_process, wait_until
 
@@ -337,6 +337,18 @@ class Workload:
         return found[0]
 
     async def unfinished_runs(self, pid: int) -> int:
+        """Runs a (killed) worker left unfinished. Counted once its database connections are
+        gone: a statement it sent just before the kill can still commit until then, and a
+        run it finished that way is not interrupted."""
+
+        async def connections_gone() -> bool:
+            left = await self.db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                recorder_name(pid),
+            )
+            return int(left) == 0
+
+        await wait_until(connections_gone, timeout=10, what=f"worker {pid}'s connections to close")
         value = await self.db.fetchval(
             "SELECT count(*) FROM fault_runs WHERE worker_pid = $1 AND finished_at IS NULL", pid
         )
