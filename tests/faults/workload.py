@@ -406,7 +406,8 @@ class Workload:
         # run, and the workers stopped cleanly when asked.
         survivors = [p for p in self.engines + self.workers if p.pid not in self._killed]
         assert all(p.poll() is None for p in survivors if p in self.engines), details
-        assert all(p.returncode == 0 for p in survivors if p in self.workers), details
+        unclean = [(p.pid, p.returncode) for p in survivors if p in self.workers and p.returncode]
+        assert not unclean, f"workers that did not stop cleanly (pid, exit): {unclean}\n{details}"
         self._assert_verdict(verdict, exact_reports, details)
         return verdict
 
