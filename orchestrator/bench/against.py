@@ -15,11 +15,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 import orchestrator
+
+if TYPE_CHECKING:  # the runner imports this module
+    from orchestrator.bench.run import BenchOptions
 
 
 class AgainstError(ValueError):
@@ -53,9 +56,8 @@ def label(path: Path) -> str:
     return f"orchestrator@{commit if done.returncode == 0 and commit else path.name}"
 
 
-def bench_arguments(options: Any) -> list[str]:
-    """The other side's command line: the same workload, JSON out. (`options` is a
-    BenchOptions; typed loosely so this module does not import the runner.)"""
+def bench_arguments(options: BenchOptions) -> list[str]:
+    """The other side's command line: the same workload, JSON out."""
     return [
         "--instances", str(options.instances),
         "--steps", str(options.steps),
@@ -75,7 +77,7 @@ class OtherSide:
     output: Path
 
     @classmethod
-    def start(cls, directory: str, options: Any, workdir: Path) -> OtherSide:
+    def start(cls, directory: str, options: BenchOptions, workdir: Path) -> OtherSide:
         path = checkout(directory)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))

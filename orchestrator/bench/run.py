@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from orchestrator import aio
 from orchestrator.bench.against import OtherSide, this_checkout
 from orchestrator.bench.floor import measure_floors
 from orchestrator.bench.peers import PEERS
+from orchestrator.bench.peers.processes import stop_all
 from orchestrator.bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
 from orchestrator.bench.stats import dispatch_samples, summary
 from orchestrator.client import Client
@@ -132,11 +132,11 @@ class Run:
             )
 
     def stop_workers(self) -> None:
-        _stop(self.workers)
+        stop_all(self.workers)
         self.workers = []
 
     def stop_processes(self) -> None:
-        _stop([*self.workers, *self.engines])
+        stop_all([*self.workers, *self.engines])
 
     def check_alive(self) -> None:
         for proc in [*self.engines, *self.workers]:
@@ -147,17 +147,6 @@ class Run:
 
     def dispatch_latencies(self, since_ms: float, until_ms: float) -> list[float]:
         return dispatch_samples(self.workdir.glob("latency-*.txt"), since_ms, until_ms)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def _completed_so_far(pool: asyncpg.Pool) -> int:

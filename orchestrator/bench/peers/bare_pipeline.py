@@ -39,8 +39,8 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from orchestrator import aio
-from orchestrator.bench.peers.bare_roles import Names, task_message
-from orchestrator.bench.peers.processes import die_with_parent
+from orchestrator.bench.peers.bare_roles import Names, now_ms, task_message
+from orchestrator.bench.peers.processes import die_with_parent, stop_all
 from orchestrator.bench.procstats import CpuMeter, pids_named
 from orchestrator.bench.stats import dispatch_samples, summary
 from orchestrator.broker.connection import connect
@@ -107,10 +107,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
 
 
-def _now_ms() -> float:
-    return time.time() * 1000
-
-
 def _status(line: str) -> None:
     sys.stderr.write(f"[bare] {line}\n")
     sys.stderr.flush()
@@ -130,6 +126,8 @@ class Processes:
         }
         self.coordinator = self._spawn("coordinator", "coordinator")
         self.workers = [self._spawn(f"worker-{i}", "worker") for i in range(options.workers)]
+        self.labels = {self.coordinator.pid: "coordinator"}
+        self.labels.update({proc.pid: f"worker-{i}" for i, proc in enumerate(self.workers)})
 
     def _spawn(self, label: str, role: str) -> subprocess.Popen[bytes]:
         env = {**self.env, "BARE_LATENCY_FILE": str(self.logdir / f"{label}.latency")}
@@ -149,18 +147,12 @@ class Processes:
     def check_alive(self) -> None:
         for proc in self.all:
             if proc.poll() is not None:
-                log = (self.logdir / "coordinator.log").read_text(errors="replace")[-2000:]
-                raise SystemExit(f"a bare pipeline process exited ({proc.args!r}): {log}")
+                label = self.labels[proc.pid]
+                log = (self.logdir / f"{label}.log").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"the bare pipeline's {label} exited ({proc.returncode}): {log}")
 
     def stop(self) -> None:
-        for proc in self.all:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.all:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(self.all, timeout_s=20)
 
     def dispatch_latencies(self, since_ms: float, until_ms: float) -> list[float]:
         return dispatch_samples(self.logdir.glob("worker-*.latency"), since_ms, until_ms)
@@ -214,22 +206,25 @@ class Starter:
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.waiting[correlation_id] = future
-        await self.publisher.publish(
-            Outgoing(
-                "",
-                self.names.starts,
-                b"{}",
-                correlation_id=correlation_id,
-                reply_to=self.reply_queue,
+        try:
+            await self.publisher.publish(
+                Outgoing(
+                    "",
+                    self.names.starts,
+                    b"{}",
+                    correlation_id=correlation_id,
+                    reply_to=self.reply_queue,
+                )
             )
-        )
-        return await asyncio.wait_for(future, 60)
+            return await asyncio.wait_for(future, 60)
+        finally:
+            self.waiting.pop(correlation_id, None)
 
     async def _start_in_database(self) -> str:
         assert self.publisher is not None
         instance = uuid.uuid4()
         await self.pool.execute(self.names.insert_starts, [instance])
-        await self.publisher.publish(task_message(self.names, str(instance), 1, _now_ms()))
+        await self.publisher.publish(task_message(self.names, str(instance), 1, now_ms()))
         return str(instance)
 
 

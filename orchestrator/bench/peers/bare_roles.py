@@ -131,7 +131,7 @@ class Coordinator:
     async def starts(self, batch: list[AbstractIncomingMessage]) -> None:
         ids = [uuid.uuid4() for _ in batch]
         await self.pool.execute(self.names.insert_starts, ids)
-        published = _now_ms()
+        published = now_ms()
         outgoing = [self._task(str(instance), 1, published) for instance in ids]
         outgoing += [
             Outgoing(
@@ -153,7 +153,7 @@ class Coordinator:
         done = [int(report["step"]) for report in reports]
         last = self.names.steps
         await self.pool.execute(self.names.advance, ids, done)
-        published = _now_ms()
+        published = now_ms()
         await self._publish(
             [
                 self._task(report["instance"], step + 1, published)
@@ -203,7 +203,7 @@ class Worker:
         self.entries: list[tuple[float, float]] = []
 
     async def on_task(self, message: AbstractIncomingMessage) -> None:
-        entered = _now_ms()
+        entered = now_ms()
         published = (message.headers or {}).get(PUBLISHED_AT)
         if isinstance(published, str | bytes):
             self.entries.append((float(published), entered))
@@ -225,7 +225,8 @@ async def run_worker(names: Names, amqp_url: str) -> list[tuple[float, float]]:
     return worker.entries
 
 
-def _now_ms() -> float:
+def now_ms() -> float:
+    """Unix time in ms, the unit of the dispatch-latency files."""
     return time.time() * 1000
 
 
