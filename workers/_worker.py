@@ -135,8 +135,8 @@ class Worker:
     ) -> Callable[[Handler], Handler]:
         """Register the handler of `topic`, running at most `concurrency` tasks at once.
 
-        With `auto_extend_max_ms` the worker extends the task's lock every half lock while
-        the handler runs, for at most that long in all: a slow handler keeps its task, a
+        With `auto_extend_max_ms` the worker extends the task's lock every third of a lock
+        while the handler runs, for at most that long in all: a slow handler keeps its task, a
         stuck one still loses it. If the engine answers that the task is no longer ours or
         its instance was cancelled, the handler is cancelled and nothing is reported.
         """
@@ -416,12 +416,19 @@ class Worker:
         self._acks.ack(item.delivery)
 
     async def _keep_extending(self, item: _Running, max_ms: int) -> None:
-        """Extend the lock every half lock until the handler ends or max_ms is used up."""
+        """Extend the lock every third of a lock until the handler ends or max_ms is used up.
+
+        The cadence is kept from the start, not from each answer: waiting a lock's third
+        after every answer let the answers' delays add up, and on a busy machine a short
+        lock lapsed between two extensions."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         lock_ms = item.task.lock_ms
+        every_s = max(lock_ms / 3000, 0.05)
+        due = started
         while True:
-            await asyncio.sleep(max(lock_ms / 2000, 0.05))
+            due += every_s
+            await asyncio.sleep(max(due - loop.time(), 0))
             left_ms = max_ms - (loop.time() - started) * 1000
             if left_ms <= 0:
                 log.warning(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -100,3 +104,29 @@ def test_a_topic_has_one_handler() -> None:
 async def test_worker_without_handlers_refuses_to_start() -> None:
     with pytest.raises(ValueError, match="no handlers"):
         await Worker("empty").start()
+
+
+async def test_auto_extension_keeps_its_cadence_however_slow_the_answers() -> None:
+    """Extensions go out every third of a lock counted from the start: an answer that takes
+    most of that time does not push the next extension later (which let short locks lapse)."""
+    worker = Worker("cadence")
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def slow_answer(_item: Any, _lock_ms: int) -> LockStatus:
+        sent.append(loop.time())
+        await asyncio.sleep(0.08)  # most of the 100 ms between extensions
+        return LockStatus(held=True, cancelled=False)
+
+    worker._extend = slow_answer  # type: ignore[method-assign]
+    item = SimpleNamespace(task=SimpleNamespace(lock_ms=300, task_id="t"))
+    extending = asyncio.create_task(worker._keep_extending(item, max_ms=60_000))  # type: ignore[arg-type]
+    await asyncio.sleep(0.65)
+    extending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await extending
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+    # Every 100 ms; waiting a third of a lock after each answer would make it 180 ms or more.
+    assert len(sent) >= 5, sent
+    assert max(gaps) < 0.16, gaps
