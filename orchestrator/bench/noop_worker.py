@@ -2,7 +2,7 @@
 
 Run by `orchestrator bench` as `orchestrator worker orchestrator.bench.noop_worker:worker`
 with BENCH_TOPICS (comma-separated) and BENCH_LATENCY_FILE (where to write, at exit, one
-line `<published_at_ms> <entered_at_ms>` per task).
+line `<published_at_ms> <entered_at_ms> <task_id>` per task).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from workers import TaskContext, Worker
 
 worker = Worker("bench", shutdown_grace_s=2.0)
-_entries: list[tuple[float, float]] = []
+_entries: list[tuple[float, float, str]] = []
 _PAYLOAD = "x" * int(os.environ.get("BENCH_PAYLOAD_BYTES", "0"))
 
 
@@ -23,7 +23,7 @@ def _register(topic: str) -> None:
     @worker.task(topic, concurrency=int(os.environ.get("BENCH_CONCURRENCY", "64")))
     async def step(task: TaskContext) -> dict[str, Any]:
         published = task.info.published_at_ms or task.info.created_at_ms
-        _entries.append((published, time.time() * 1000))
+        _entries.append((published, time.time() * 1000, task.info.task_id))
         return {"payload": _PAYLOAD} if _PAYLOAD else {}
 
 
@@ -31,7 +31,9 @@ def _write_latencies() -> None:
     path = os.environ.get("BENCH_LATENCY_FILE")
     if path:
         with open(path, "w", encoding="ascii") as sink:
-            sink.writelines(f"{sent:.3f} {entered:.3f}\n" for sent, entered in _entries)
+            sink.writelines(
+                f"{sent:.3f} {entered:.3f} {task}\n" for sent, entered, task in _entries
+            )
 
 
 for _topic in filter(None, os.environ.get("BENCH_TOPICS", "").split(",")):

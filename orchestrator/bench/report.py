@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.bench import breakdown
+
 COLUMNS = (
     ("tasks/s", ("tasks_per_s",)),
     ("instances/s", ("instances_per_s",)),
@@ -53,6 +55,9 @@ def table(result: dict[str, Any]) -> str:
         line = _latency_cpu_line(row.get("latency_phase") or {})
         if line:
             out.append(line if row is result else f"{row['name']}, {line}")
+        stages = breakdown.line((row.get("latency_phase") or {}).get("breakdown") or {})
+        if stages:
+            out.append(stages if row is result else f"{row['name']}, {stages}")
     out.append(
         f"engine peak RSS: {result.get('engine_peak_rss_mb')} MB; at full load, instance "
         f"latency {result.get('instance_latency_ms_full_load')} and dispatch "

@@ -25,6 +25,7 @@ import orjson
 
 from orchestrator import aio
 from orchestrator.bench.against import OtherSide, this_checkout
+from orchestrator.bench.breakdown import Entry, TaskTimes, breakdown, worker_entries
 from orchestrator.bench.floor import measure_floors
 from orchestrator.bench.peers import PEERS
 from orchestrator.bench.peers.processes import stop_all
@@ -148,6 +149,9 @@ class Run:
     def dispatch_latencies(self, since_ms: float, until_ms: float) -> list[float]:
         return dispatch_samples(self.workdir.glob("latency-*.txt"), since_ms, until_ms)
 
+    def worker_entries(self) -> dict[str, list[Entry]]:
+        return worker_entries(self.workdir.glob("latency-*.txt"))
+
 
 async def _completed_so_far(pool: asyncpg.Pool) -> int:
     """Instances completed in this run's database, from the engines' own counters: a poll
@@ -202,6 +206,20 @@ async def _ended_at(pool: asyncpg.Pool, ids: list[str]) -> dict[str, float]:
         ids,
     )
     return {str(row["id"]): float(row["ended"]) for row in rows}
+
+
+async def _task_times(pool: asyncpg.Pool, ids: list[str]) -> list[TaskTimes]:
+    """When each task's creating and completing transactions began (see bench/breakdown.py)."""
+    rows = await pool.fetch(
+        "SELECT instance_id, id, extract(epoch FROM created_at) * 1000 AS created, "
+        "extract(epoch FROM closed_at) * 1000 AS closed FROM tasks "
+        "WHERE instance_id = ANY($1::uuid[]) AND closed_at IS NOT NULL",
+        ids,
+    )
+    return [
+        TaskTimes(str(r["instance_id"]), str(r["id"]), float(r["created"]), float(r["closed"]))
+        for r in rows
+    ]
 
 
 def _per_1000_tasks(cpu_s: dict[str, float], tasks: int) -> dict[str, float]:
@@ -261,6 +279,7 @@ async def _latency(run: Run, client: Client, pool: asyncpg.Pool, rate: float) ->
     latencies = _latencies_ms(sent, await _ended_at(pool, ids))
     elapsed = time.monotonic() - began
     cpu = meter.stop()
+    task_times = await _task_times(pool, ids)
     tasks = count * run.options.steps
     return {
         "rate": round(rate, 1),
@@ -272,6 +291,8 @@ async def _latency(run: Run, client: Client, pool: asyncpg.Pool, rate: float) ->
         # for a core once this nears 100.
         "machine_busy_pct": round(sum(cpu.values()) / (elapsed * (os.cpu_count() or 1)) * 100),
         "_window_ms": (window_start, time.time() * 1000),
+        "_sent_ms": {instance: at * 1000 for instance, at in sent.items()},
+        "_task_times": task_times,
     }
 
 
@@ -349,6 +370,10 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
         await _delete_topology(run.settings, run.topics)
     full_window = full.pop("_window_ms")
     half_window = half.pop("_window_ms")
+    # The workers wrote their files as they exited.
+    half["breakdown"] = breakdown(
+        half.pop("_sent_ms"), half.pop("_task_times"), run.worker_entries()
+    )
     return {
         "name": "orchestrator",
         "variant": f"{options.engines} engine(s), {options.worker_processes} worker processes, "

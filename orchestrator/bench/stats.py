@@ -23,11 +23,12 @@ def summary(values: Sequence[float], quantiles: Sequence[int] = (50, 95, 99)) ->
 
 def dispatch_samples(files: Iterable[Path], since_ms: float, until_ms: float) -> list[float]:
     """Dispatch latencies (ms) from the workers' files, one line `<published_ms>
-    <entered_ms>` per task, of the tasks published between `since_ms` and `until_ms`."""
+    <entered_ms> [<task id>]` per task, of the tasks published between `since_ms` and
+    `until_ms`."""
     values: list[float] = []
     for path in files:
         for line in path.read_text().splitlines():
-            sent, entered = (float(part) for part in line.split())
+            sent, entered = (float(part) for part in line.split()[:2])
             if since_ms <= sent <= until_ms:
                 values.append(entered - sent)
     return values

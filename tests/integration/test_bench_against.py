@@ -47,4 +47,14 @@ def test_both_sides_run_and_report(services: Services) -> None:
         assert side["instances"] == 60 and side["tasks_per_s"] > 0
         assert side["latency_phase"]["rate"] == 20.0
         assert side["instance_latency_ms"]["p50"] > 0
+        # The stages are cut where one transaction closes a task and creates the next: if
+        # those moments did not coincide, the parts would not add up to the whole.
+        stages = side["latency_phase"]["breakdown"]
+        assert stages["instances"] == 20 and stages["steps"] == 60
+        for stage in ("start", "engine", "to_worker", "back"):
+            assert stages[stage]["mean"] > 0, (stage, stages)
+        parts = stages["start"]["mean"] + 3 * sum(
+            stages[s]["mean"] for s in ("engine", "to_worker", "back")
+        )
+        assert abs(parts - stages["total_mean"]) < 0.06, stages
     assert theirs["name"] in done.stdout.decode()
