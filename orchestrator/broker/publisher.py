@@ -24,6 +24,10 @@ class Unroutable(Exception):
     """A mandatory message was returned: no queue is bound for its routing key."""
 
 
+class Unconfirmed(ConnectionError):
+    """The channel went away before the broker confirmed or rejected the message."""
+
+
 @dataclass(frozen=True)
 class Outgoing:
     exchange: str  # "" is the default exchange (direct to a queue by name)
@@ -49,23 +53,10 @@ class Publisher:
         return cls(channel)
 
     async def publish(self, message: Outgoing) -> None:
-        """Return once the broker confirmed the message; raise if it was returned or nacked.
-
-        Goes straight to the channel's AMQP layer (aiormq) instead of building an aio-pika
-        Message: on the engine's hot path that object costs more than the publish itself.
-        """
-        channel = await self._underlay()
-        # A confirm that never comes (connection lost mid-flight) must not stall the caller.
-        result = await channel.basic_publish(
-            message.body,
-            exchange=message.exchange,
-            routing_key=message.routing_key,
-            properties=_properties(message, message.message_id or uuid.uuid4().hex),
-            mandatory=message.mandatory,
-            timeout=CONFIRM_TIMEOUT_S,
-        )
-        if isinstance(result, aiormq.abc.DeliveredMessage):  # returned: no queue took it
-            raise Unroutable(f"no queue took {message.exchange}/{message.routing_key}")
+        """Return once the broker confirmed the message; raise if it was returned or nacked."""
+        error = (await self.publish_many([message]))[0]
+        if error is not None:
+            raise error
 
     async def publish_many(self, messages: list[Outgoing]) -> list[BaseException | None]:
         """Publish all with confirms in flight together; one result (None = confirmed) each.
@@ -77,9 +68,10 @@ class Publisher:
             return []
         try:
             channel = await self._underlay()
-            if len(messages) == 1 or not _can_write_together(channel):
+            if not _can_write_together(channel):
                 results = await asyncio.gather(
-                    *(self.publish(message) for message in messages), return_exceptions=True
+                    *(self._publish_one(channel, message) for message in messages),
+                    return_exceptions=True,
                 )
                 return [r if isinstance(r, BaseException) else None for r in results]
             confirmations = await _write_together(channel, messages)
@@ -87,6 +79,21 @@ class Publisher:
             return [exc] * len(messages)
         await asyncio.wait(confirmations, timeout=CONFIRM_TIMEOUT_S)
         return [_outcome(confirmation) for confirmation in confirmations]
+
+    @staticmethod
+    async def _publish_one(channel: aiormq.abc.AbstractChannel, message: Outgoing) -> None:
+        """aiormq's own publish, for a channel `_write_together` cannot drive."""
+        # A confirm that never comes (connection lost mid-flight) must not stall the caller.
+        result = await channel.basic_publish(
+            message.body,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            properties=_properties(message, message.message_id or uuid.uuid4().hex),
+            mandatory=message.mandatory,
+            timeout=CONFIRM_TIMEOUT_S,
+        )
+        if isinstance(result, aiormq.abc.DeliveredMessage):  # returned: no queue took it
+            raise Unroutable(f"no queue took {message.exchange}/{message.routing_key}")
 
     async def _underlay(self) -> aiormq.abc.AbstractChannel:
         if self._channel.is_closed:
@@ -173,7 +180,8 @@ def _outcome(confirmation: asyncio.Future[Any]) -> BaseException | None:
         confirmation.cancel()
         return TimeoutError(f"no confirm within {CONFIRM_TIMEOUT_S} s")
     if confirmation.cancelled():
-        return asyncio.CancelledError("confirmation cancelled (channel closed?)")
+        # Not a CancelledError: the caller was not cancelled, and a retry loop must see this.
+        return Unconfirmed("confirmation cancelled (channel closed?)")
     error = confirmation.exception()
     if error is not None:
         return error

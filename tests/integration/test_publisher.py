@@ -3,13 +3,15 @@ each is confirmed (or reported returned) on its own, in order, with its properti
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
+from aiormq.exceptions import PublishError
 
-from orchestrator.broker.publisher import Outgoing, Publisher
+from orchestrator.broker.publisher import Outgoing, Publisher, Unconfirmed, Unroutable, _outcome
 from orchestrator.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -95,3 +97,29 @@ async def test_a_closed_channel_fails_each_message_without_raising(
     finally:
         await connection.close()
     assert len(results) == 3 and all(isinstance(r, Exception) for r in results)
+
+
+async def test_one_message_raises_when_returned_or_when_its_channel_is_gone(
+    settings: Settings, queue_name: str
+) -> None:
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        publisher = await Publisher.open(connection)
+        with pytest.raises((Unroutable, PublishError), match=r"NO_ROUTE|no queue"):
+            await publisher.publish(Outgoing("", f"nowhere-{uuid.uuid4().hex}", b"{}"))
+        await publisher.publish(Outgoing("", queue_name, b"{}", message_id="after"))
+        await publisher.close()
+        # An ordinary error, which a retry loop catches; never a CancelledError, which would
+        # end the caller as if it had been cancelled.
+        with pytest.raises(Exception) as caught:
+            await publisher.publish(Outgoing("", queue_name, b"{}", message_id="too-late"))
+    finally:
+        await connection.close()
+    assert not isinstance(caught.value, asyncio.CancelledError)
+    assert [m.message_id for m in await _drain(settings, queue_name)] == ["after"]
+
+
+async def test_a_confirmation_cancelled_with_its_channel_is_an_error_not_a_cancellation() -> None:
+    confirmation: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    confirmation.cancel()
+    assert isinstance(_outcome(confirmation), Unconfirmed)
