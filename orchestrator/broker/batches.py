@@ -13,15 +13,29 @@ log = logging.getLogger(__name__)
 
 
 class BatchConsumer:
-    def __init__(self, queue: AbstractQueue, *, max_batch: int, window_ms: float) -> None:
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        *,
+        max_batch: int,
+        window_ms: float,
+        arrived: asyncio.Event | None = None,
+    ) -> None:
         self._queue = queue
         self._max_batch = max_batch
         self._window = window_ms / 1000.0
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._consumer_tag: str | None = None
+        #: Set whenever a message arrives: one event can wake a loop that serves several
+        #: consumers (see `take_ready`).
+        self.arrived = arrived if arrived is not None else asyncio.Event()
 
     async def start(self) -> None:
-        self._consumer_tag = await self._queue.consume(self._inbox.put, no_ack=False)
+        self._consumer_tag = await self._queue.consume(self._put, no_ack=False)
+
+    async def _put(self, message: AbstractIncomingMessage) -> None:
+        self._inbox.put_nowait(message)
+        self.arrived.set()
 
     async def stop(self) -> None:
         """Stop taking new messages; what is already delivered and unacked goes back on close."""
@@ -41,6 +55,12 @@ class BatchConsumer:
         if self._window > 0 and len(batch) < self._max_batch:
             await asyncio.sleep(self._window)
             self._drain(batch)
+        return batch
+
+    def take_ready(self) -> list[AbstractIncomingMessage]:
+        """Whatever has arrived (up to a batch), without waiting."""
+        batch: list[AbstractIncomingMessage] = []
+        self._drain(batch)
         return batch
 
     def _drain(self, batch: list[AbstractIncomingMessage]) -> None:

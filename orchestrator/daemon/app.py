@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -85,6 +84,8 @@ class Engine:
         self._publisher: Publisher | None = None
         self._relay: Relay | None = None
         #: Publishing of committed batches, overlapping the next batch (bounded).
+        self._reports: list[BatchConsumer] = []
+        self._commands: list[BatchConsumer] = []
         self._post_commit: set[asyncio.Task[None]] = set()
         self._post_commit_slots = asyncio.Semaphore(8)
 
@@ -96,12 +97,10 @@ class Engine:
             await supervise(
                 {
                     **{
-                        f"reports-{i}": self._consume_loop(consumer, self._handle_reports)
-                        for i, consumer in enumerate(self._reports)
-                    },
-                    **{
-                        f"commands-{i}": self._consume_loop(consumer, self._handle_commands)
-                        for i, consumer in enumerate(self._commands)
+                        f"batches-{i}": self._rounds(commands, reports)
+                        for i, (commands, reports) in enumerate(
+                            zip(self._commands, self._reports, strict=True)
+                        )
                     },
                     "reaper": self._reaper_loop(),
                     "relay-sweeper": self.relay.sweep_forever(0.5, self.stop),
@@ -132,20 +131,23 @@ class Engine:
             self.pool, self._publisher, setup, self.topology, claim_ms=settings.outbox_claim_ms
         )
         await self.relay.ensure_queues(topics)
-        # Several consumers per queue, each with its own channel and loop: while one batch
-        # waits on PostgreSQL the next is already being read and decided. A channel's acks
-        # (multiple=True) then only ever cover its own loop's committed batches.
-        self._reports = [
-            await self._consumer(self.topology.reports_queue, settings.report_messages_per_batch)
-            for _ in range(settings.consumers_per_queue)
-        ]
-        self._commands = [
-            await self._consumer(self.topology.commands_queue, 200)
-            for _ in range(settings.consumers_per_queue)
-        ]
+        # One loop serves a consumer of each queue (see `_rounds`). Several such loops, each
+        # with its own channels: while one round waits on PostgreSQL the next is already
+        # being read and decided. A channel's acks (multiple=True) then only ever cover its
+        # own loop's committed batches.
+        for _ in range(settings.consumers_per_queue):
+            arrived = asyncio.Event()
+            self._reports.append(
+                await self._consumer(
+                    self.topology.reports_queue, settings.report_messages_per_batch, arrived
+                )
+            )
+            self._commands.append(await self._consumer(self.topology.commands_queue, 200, arrived))
         log.info("engine %s started (namespace %s)", self.engine_id, settings.namespace)
 
-    async def _consumer(self, queue_name: str, batch_size: int) -> BatchConsumer:
+    async def _consumer(
+        self, queue_name: str, batch_size: int, arrived: asyncio.Event
+    ) -> BatchConsumer:
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=batch_size * 2)
         # Declared (not just looked up) so the robust channel restores the consumer after a
@@ -153,9 +155,7 @@ class Engine:
         queue = await channel.declare_queue(
             queue_name, durable=True, arguments=self.topology.queue_arguments()
         )
-        consumer = BatchConsumer(
-            queue, max_batch=batch_size, window_ms=self.settings.batch_window_ms
-        )
+        consumer = BatchConsumer(queue, max_batch=batch_size, window_ms=0, arrived=arrived)
         await consumer.start()
         return consumer
 
@@ -201,25 +201,41 @@ class Engine:
 
     # --- loops ---------------------------------------------------------------------------
 
-    async def _consume_loop(
-        self, consumer: BatchConsumer, handle: Callable[[list[Message]], Awaitable[None]]
-    ) -> None:
-        while not self.stop.is_set():
-            batch = await self._next_batch(consumer)
-            if batch is None:
-                break
-            await handle(batch)
-        await consumer.stop()
+    async def _rounds(self, commands: BatchConsumer, reports: BatchConsumer) -> None:
+        """One loop for a commands consumer and a reports consumer. Each round takes what
+        arrived on either while the last round was processed. When both have work, their
+        starts and completions are decided together and written in one statement (see
+        `_handle_both`): one round trip and one commit for both, where two loops took two.
+        At moderate rates, when batches hold a message or two, that halves the rounds."""
+        arrived = commands.arrived
+        while await self._until(arrived):
+            arrived.clear()
+            command_batch = commands.take_ready()
+            report_batch = reports.take_ready()
+            if commands.pending() or reports.pending():
+                arrived.set()  # more than a batch was waiting: go again at once
+            both = command_batch and report_batch
+            if both and await self._handle_both(command_batch, report_batch):
+                continue
+            if report_batch:
+                await self._handle_reports(report_batch)
+            if command_batch:
+                await self._handle_commands(command_batch)
+        await commands.stop()
+        await reports.stop()
 
-    async def _next_batch(self, consumer: BatchConsumer) -> list[Message] | None:
-        getter = asyncio.ensure_future(consumer.next_batch())
+    async def _until(self, arrived: asyncio.Event) -> bool:
+        """Wait for a message (True) or for the engine to stop (False)."""
+        if self.stop.is_set():
+            return False
+        if arrived.is_set():  # the common case under load: no futures to race
+            return True
+        getter = asyncio.ensure_future(arrived.wait())
         stopper = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if getter.done():
-            return getter.result()
         getter.cancel()
-        return None
+        stopper.cancel()
+        return not self.stop.is_set()
 
     async def _reaper_loop(self) -> None:
         interval = self.settings.reaper_interval_ms / 1000
@@ -284,6 +300,45 @@ class Engine:
                 (committed_at - parsed_at) * 1000,
                 (time.perf_counter() - committed_at) * 1000,
             )
+
+    async def _handle_both(self, command_batch: list[Message], report_batch: list[Message]) -> bool:
+        """Starts and completions of one round in one statement, when every message is a
+        well-formed start or report and both can go their one-statement ways (see
+        StartBatch.run_known and ReportBatch.run_recent). False, having written nothing,
+        when they cannot: the caller then handles each batch on its own, as it would have."""
+        starts = _well_formed_starts(command_batch, self.settings.max_report_bytes)
+        items = _well_formed_reports(report_batch, self.settings.max_report_bytes)
+        if starts is None or items is None or len(items) > self.settings.batch_size:
+            return False
+        view = self.recent.view(item.report for item in items)
+        if view is None:
+            return False
+        uow = UnitOfWork()
+        uow.count("rounds_in_one_statement")
+        try:
+            async with self.pool.acquire() as conn:
+                start_batch = StartBatch(conn, self.context, uow)
+                decided = start_batch.decide_known(starts)
+                reports = ReportBatch(conn, self.context, uow=uow)
+                reports.decide_recent(items, view)
+                published = await uow.write(
+                    conn, self.context.outbox_claim_ms, self.context.engine_id
+                )
+        except Exception as exc:  # nothing was written: each batch goes its own way
+            log.debug("round goes two ways: %r", exc)
+            if isinstance(exc, asyncpg.SerializationError | asyncpg.UniqueViolationError):
+                self.recent.forget(view.instances)
+            return False
+        outcome = reports.written(published)
+        self._remember(outcome)
+        crash_point("after_commit")
+        crash_point("after_start_commit")
+        await self._after_commit(outcome.publish, outcome.notices)
+        results = StartBatch.results(decided)
+        await self._reply(list(zip(command_batch, results, strict=True)))
+        await ack_all(report_batch)
+        await ack_all(command_batch)
+        return True
 
     async def _after_commit(self, rows: list[Any], notices: list[Notice]) -> None:
         if not rows and not notices:
@@ -536,6 +591,35 @@ class Engine:
             if message.reply_to
         ]
         await self._after_commit([], notices)
+
+
+def _well_formed_starts(batch: list[Message], max_bytes: int) -> list[StartCommand] | None:
+    """The batch's start commands, or None if any message is something else or malformed."""
+    starts = []
+    for message in batch:
+        try:
+            command = parse_command(message.body, max_bytes)
+        except Malformed:
+            return None
+        if not isinstance(command, StartCommand):
+            return None
+        starts.append(command)
+    return starts
+
+
+def _well_formed_reports(batch: list[Message], max_bytes: int) -> list[IncomingReport] | None:
+    """The batch's reports, or None if any message or report in one is malformed."""
+    items = []
+    for message in batch:
+        try:
+            parsed = parse_reports(message.body, max_bytes)
+        except Malformed:
+            return None
+        for one in parsed:
+            if one.report is None:
+                return None
+            items.append(IncomingReport(one.report, message.reply_to))
+    return items
 
 
 def rows_left(rows: list[Any]) -> bool:

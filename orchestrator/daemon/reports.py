@@ -86,12 +86,17 @@ class ReportBatch:
     """Applies one batch of reports inside the caller's transaction."""
 
     def __init__(
-        self, conn: asyncpg.Connection, context: EngineContext, *, stale_copies: bool = False
+        self,
+        conn: asyncpg.Connection,
+        context: EngineContext,
+        *,
+        stale_copies: bool = False,
+        uow: UnitOfWork | None = None,
     ):
         self._conn = conn
         self._context = context
         self._processes = context.processes
-        self._uow = UnitOfWork()
+        self._uow = uow if uow is not None else UnitOfWork()
         if stale_copies:  # this batch first failed to write from the engine's recent copies
             self._uow.count("recent_copies_stale")
         self._ledger = BatchLedger(self._uow)
@@ -114,6 +119,12 @@ class ReportBatch:
         every row is still at the version copied: otherwise the statement writes nothing and
         raises asyncpg.SerializationError (or NeedsLocks before writing).
         """
+        self.decide_recent(reports, view)
+        return await self._write()
+
+    def decide_recent(self, reports: list[IncomingReport], view: RecentView) -> None:
+        """`run_recent` up to its statement: the reports decided into the unit of work (which
+        the caller may write together with other work, then hand to `written`)."""
         self._tasks, self._instances, self._states = view.tasks, view.instances, view.states
         if any(not self._processes.has(row.definition_id) for row in view.instances.values()):
             raise NeedsLocks("definition not loaded")
@@ -123,7 +134,6 @@ class ReportBatch:
         # what every other writer of its tasks goes through.
         if self._outcome.dead or set(view.instances) - self._uow.changed_instances.keys():
             raise NeedsLocks("a report did not advance its instance")
-        return await self._write()
 
     def _decide(self, reports: list[IncomingReport]) -> None:
         for index, item in enumerate(reports):
@@ -135,9 +145,15 @@ class ReportBatch:
             self._apply(item, task)
 
     async def _write(self) -> BatchOutcome:
-        self._outcome.publish = await self._uow.write(
-            self._conn, self._context.outbox_claim_ms, self._context.engine_id
+        return self.written(
+            await self._uow.write(
+                self._conn, self._context.outbox_claim_ms, self._context.engine_id
+            )
         )
+
+    def written(self, published: list[PublishedRow]) -> BatchOutcome:
+        """The outcome, once the unit of work is committed and `published` are its rows."""
+        self._outcome.publish = published
         self._outcome.written.append((self._uow, self._instances))
         return self._outcome
 

@@ -65,10 +65,12 @@ def _payload_hash(command: StartCommand) -> bytes:
 
 
 class StartBatch:
-    def __init__(self, conn: asyncpg.Connection, context: EngineContext):
+    def __init__(
+        self, conn: asyncpg.Connection, context: EngineContext, uow: UnitOfWork | None = None
+    ):
         self._conn = conn
         self._context = context
-        self._uow = UnitOfWork()
+        self._uow = uow if uow is not None else UnitOfWork()
 
     async def run(
         self, starts: list[StartCommand]
@@ -90,6 +92,11 @@ class StartBatch:
         the instances only if every key is new and no newer definition was deployed since;
         otherwise it writes nothing and raises asyncpg.SerializationError (or NeedsLocks
         before writing), and the batch goes through `run`."""
+        return await self._write(self.decide_known(starts))
+
+    def decide_known(self, starts: list[StartCommand]) -> list[_Start]:
+        """`run_known` up to its statement: the starts decided into the unit of work (which
+        the caller may write together with other work). Raises NeedsLocks if it cannot."""
         processes = self._context.processes
         batch = [_Start(command) for command in starts]
         if len({s.key for s in batch}) < len(batch):
@@ -107,7 +114,11 @@ class StartBatch:
             if command.version is None:
                 self._uow.latest_definitions.append((command.process_key, start.definition.version))
             self._create(start)
-        return await self._write(batch)
+        return batch
+
+    @staticmethod
+    def results(batch: list[_Start]) -> list[StartResult]:
+        return [s.result or OrchestratorError("start was not decided") for s in batch]
 
     async def _write(
         self, batch: list[_Start]
@@ -115,8 +126,7 @@ class StartBatch:
         published = await self._uow.write(
             self._conn, self._context.outbox_claim_ms, self._context.engine_id
         )
-        results = [s.result or OrchestratorError("start was not decided") for s in batch]
-        return results, published, self._uow
+        return self.results(batch), published, self._uow
 
     async def _resolve_definitions(self, batch: list[_Start]) -> None:
         found: dict[tuple[str, int | None], DefinitionRef | None] = {}
