@@ -88,3 +88,13 @@ async def ack_all(messages: Sequence[AbstractIncomingMessage]) -> None:
             await message.ack(multiple=True)
         except Exception as exc:  # a closed channel: the broker redelivers, the ledger dedupes
             log.warning("could not ack a batch (channel closed?): %s", exc)
+
+
+async def ack_each(messages: Sequence[AbstractIncomingMessage]) -> None:
+    """Ack one by one, for a channel whose deliveries are settled out of order (a multiple
+    ack would also cover earlier deliveries still being worked on)."""
+    for message in messages:
+        try:
+            await message.ack()
+        except Exception as exc:  # a closed channel: the broker redelivers; starts are idempotent
+            log.warning("could not ack a message (channel closed?): %s", exc)

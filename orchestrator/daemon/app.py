@@ -16,7 +16,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from orchestrator import aio
-from orchestrator.broker.batches import BatchConsumer, ack_all
+from orchestrator.broker.batches import BatchConsumer, ack_all, ack_each
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_core
@@ -87,6 +87,7 @@ class Engine:
         self._reports: list[BatchConsumer] = []
         self._commands: list[BatchConsumer] = []
         self._post_commit: set[asyncio.Task[None]] = set()
+        self._aside: set[asyncio.Task[None]] = set()
         self._post_commit_slots = asyncio.Semaphore(8)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -160,6 +161,8 @@ class Engine:
         return consumer
 
     async def close(self) -> None:
+        if self._aside:
+            await asyncio.wait(self._aside, timeout=10)
         if self._post_commit:
             await asyncio.wait(self._post_commit, timeout=10)
         if self._relay is not None:  # what the last batches published, so no sweep resends it
@@ -337,7 +340,7 @@ class Engine:
         results = StartBatch.results(decided)
         await self._reply(list(zip(command_batch, results, strict=True)))
         await ack_all(report_batch)
-        await ack_all(command_batch)
+        await ack_each(command_batch)
         return True
 
     async def _after_commit(self, rows: list[Any], notices: list[Notice]) -> None:
@@ -474,20 +477,25 @@ class Engine:
     # --- commands ------------------------------------------------------------------------
 
     async def _handle_commands(self, batch: list[Message]) -> None:
+        """Starts in one go; anything else is answered beside the loop (see `_answer_aside`).
+        This channel's deliveries are therefore acked one by one, never with `multiple`."""
         starts: list[tuple[Message, StartCommand]] = []
         answers: list[tuple[Message, CommandResult]] = []
         dead: list[DeadLetter] = []
+        settled: list[Message] = []
         for message in batch:
             try:
                 command = parse_command(message.body, self.settings.max_report_bytes)
             except Malformed as exc:
                 answers.append((message, InvalidCommand(str(exc))))
                 dead.append(DeadLetter(message, str(exc), message.body))
+                settled.append(message)
                 continue
             if isinstance(command, StartCommand):
                 starts.append((message, command))
+                settled.append(message)
             else:
-                answers.append((message, await self._answer(command)))
+                self._answer_aside(message, command)
         if starts:
             results = await self._start_all([command for _, command in starts])
             answers += [
@@ -495,7 +503,23 @@ class Engine:
             ]
         await self._reply(answers)
         await self._dead_letter(dead, self.topology.commands_queue)
-        await ack_all(batch)
+        await ack_each(settled)
+
+    def _answer_aside(self, message: Message, command: Command) -> None:
+        """An operator's command (a deploy, a query over many rows) must not hold up the
+        rounds of starts and completions: it runs in a task of its own."""
+        task = asyncio.create_task(self._answer_and_ack(message, command))
+        self._aside.add(task)
+        task.add_done_callback(self._aside.discard)
+
+    async def _answer_and_ack(self, message: Message, command: Command) -> None:
+        try:
+            answer = await self._answer(command)
+        except Exception as exc:  # answered, not left unacked: the client would wait in vain
+            log.exception("command %s failed", command.type)
+            answer = OrchestratorError(f"engine error: {type(exc).__name__}: {exc}")
+        await self._reply([(message, answer)])
+        await ack_each([message])
 
     async def _start_all(self, commands: list[StartCommand]) -> list[StartResult]:
         known = await self._start_known(commands)

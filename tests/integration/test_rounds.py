@@ -77,3 +77,32 @@ async def test_starts_and_completions_share_rounds_and_lose_nothing(
         "SELECT variables FROM process_instances WHERE process_key = 'rounds'"
     )
     assert len(finished) == INSTANCES
+
+
+@pytest.mark.timeout(60)
+async def test_an_operator_command_that_waits_does_not_hold_up_starts(
+    settings: Settings, db: asyncpg.Pool, topics: set[str]
+) -> None:
+    topics.add("aside-work")
+    worker = Worker("aside", settings=settings)
+
+    @worker.task("aside-work")
+    async def work(task: TaskContext) -> dict[str, Any]:
+        return {}
+
+    async with running_engine(settings), running_worker(worker), Client(settings) as client:
+        await client.deploy(sequential_process("aside", ["aside-work"]))
+        async with db.acquire() as blocker, blocker.transaction():
+            # The incidents query now waits for this lock, as a query over many rows would
+            # take its time; the starts and completions behind it must not wait with it.
+            await blocker.execute("LOCK TABLE incidents IN ACCESS EXCLUSIVE MODE")
+            listing = asyncio.create_task(client.incidents())
+            await asyncio.sleep(0.2)
+            started = [await client.start("aside", timeout=5) for _ in range(10)]
+
+            async def all_done() -> bool:
+                return (await instance_states(db, "aside")).get("completed") == len(started)
+
+            await wait_until(all_done, timeout=5, what="the instances, while a query waits")
+            assert not listing.done()
+        assert await asyncio.wait_for(listing, 10) == []
