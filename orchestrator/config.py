@@ -19,12 +19,11 @@ class Settings:
     amqp_url: str = DEFAULT_AMQP_URL
     #: Prefix of every exchange and queue, so several deployments can share one vhost.
     namespace: str = "orch"
-    #: A report batch closes after this many messages or this many milliseconds.
+    #: Reports applied in one transaction at most.
     batch_size: int = 500
     #: Report messages taken per batch (a worker's message may carry up to 100 reports).
     report_messages_per_batch: int = 50
-    batch_window_ms: float = 0.0
-    #: Report and command batches processed at once per engine (each on its own channel).
+    #: Rounds of starts and reports processed at once per engine (each on its own channels).
     consumers_per_queue: int = 1
     #: How often the reaper looks for expired leases and due retries.
     reaper_interval_ms: int = 200

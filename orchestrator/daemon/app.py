@@ -83,11 +83,12 @@ class Engine:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self._relay: Relay | None = None
-        #: Publishing of committed batches, overlapping the next batch (bounded).
         self._reports: list[BatchConsumer] = []
         self._commands: list[BatchConsumer] = []
-        self._post_commit: set[asyncio.Task[None]] = set()
+        #: Operator commands being answered beside the rounds (see `_answer_aside`).
         self._aside: set[asyncio.Task[None]] = set()
+        #: Publishing of committed batches, overlapping the next batch (bounded).
+        self._post_commit: set[asyncio.Task[None]] = set()
         self._post_commit_slots = asyncio.Semaphore(8)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -98,7 +99,7 @@ class Engine:
             await supervise(
                 {
                     **{
-                        f"batches-{i}": self._rounds(commands, reports)
+                        f"rounds-{i}": self._rounds(commands, reports)
                         for i, (commands, reports) in enumerate(
                             zip(self._commands, self._reports, strict=True)
                         )
