@@ -266,8 +266,10 @@ class Engine:
 
     # --- reports -------------------------------------------------------------------------
 
-    async def _handle_reports(self, batch: list[Message]) -> None:
-        began = time.perf_counter()
+    def _parse_reports(
+        self, batch: list[Message]
+    ) -> tuple[list[tuple[Message, bytes, IncomingReport]], list[DeadLetter]]:
+        """Each report of the batch with its message and raw bytes; what is malformed, dead."""
         items: list[tuple[Message, bytes, IncomingReport]] = []
         dead: list[DeadLetter] = []
         for message in batch:
@@ -281,6 +283,11 @@ class Engine:
                     dead.append(DeadLetter(message, one.reason or "malformed", one.raw))
                 else:
                     items.append((message, one.raw, IncomingReport(one.report, message.reply_to)))
+        return items, dead
+
+    async def _handle_reports(self, batch: list[Message]) -> None:
+        began = time.perf_counter()
+        items, dead = self._parse_reports(batch)
         parsed_at = time.perf_counter()
         outcome = await self._apply_in_chunks([item for _, _, item in items])
         committed_at = time.perf_counter()
@@ -310,9 +317,11 @@ class Engine:
         well-formed start or report and both can go their one-statement ways (see
         StartBatch.run_known and ReportBatch.run_recent). False, having written nothing,
         when they cannot: the caller then handles each batch on its own, as it would have."""
-        starts = _well_formed_starts(command_batch, self.settings.max_report_bytes)
-        items = _well_formed_reports(report_batch, self.settings.max_report_bytes)
-        if starts is None or items is None or len(items) > self.settings.batch_size:
+        commands = [command for _, command in self._parse_commands(command_batch)]
+        starts = [command for command in commands if isinstance(command, StartCommand)]
+        parsed, dead = self._parse_reports(report_batch)
+        items = [item for _, _, item in parsed]
+        if len(starts) < len(commands) or dead or len(items) > self.settings.batch_size:
             return False
         view = self.recent.view(item.report for item in items)
         if view is None:
@@ -484,12 +493,10 @@ class Engine:
         answers: list[tuple[Message, CommandResult]] = []
         dead: list[DeadLetter] = []
         settled: list[Message] = []
-        for message in batch:
-            try:
-                command = parse_command(message.body, self.settings.max_report_bytes)
-            except Malformed as exc:
-                answers.append((message, InvalidCommand(str(exc))))
-                dead.append(DeadLetter(message, str(exc), message.body))
+        for message, command in self._parse_commands(batch):
+            if isinstance(command, Malformed):
+                answers.append((message, InvalidCommand(str(command))))
+                dead.append(DeadLetter(message, str(command), message.body))
                 settled.append(message)
                 continue
             if isinstance(command, StartCommand):
@@ -505,6 +512,17 @@ class Engine:
         await self._reply(answers)
         await self._dead_letter(dead, self.topology.commands_queue)
         await ack_each(settled)
+
+    def _parse_commands(self, batch: list[Message]) -> list[tuple[Message, Command | Malformed]]:
+        parsed: list[tuple[Message, Command | Malformed]] = []
+        for message in batch:
+            try:
+                parsed.append(
+                    (message, parse_command(message.body, self.settings.max_report_bytes))
+                )
+            except Malformed as exc:
+                parsed.append((message, exc))
+        return parsed
 
     def _answer_aside(self, message: Message, command: Command) -> None:
         """An operator's command (a deploy, a query over many rows) must not hold up the
@@ -616,35 +634,6 @@ class Engine:
             if message.reply_to
         ]
         await self._after_commit([], notices)
-
-
-def _well_formed_starts(batch: list[Message], max_bytes: int) -> list[StartCommand] | None:
-    """The batch's start commands, or None if any message is something else or malformed."""
-    starts = []
-    for message in batch:
-        try:
-            command = parse_command(message.body, max_bytes)
-        except Malformed:
-            return None
-        if not isinstance(command, StartCommand):
-            return None
-        starts.append(command)
-    return starts
-
-
-def _well_formed_reports(batch: list[Message], max_bytes: int) -> list[IncomingReport] | None:
-    """The batch's reports, or None if any message or report in one is malformed."""
-    items = []
-    for message in batch:
-        try:
-            parsed = parse_reports(message.body, max_bytes)
-        except Malformed:
-            return None
-        for one in parsed:
-            if one.report is None:
-                return None
-            items.append(IncomingReport(one.report, message.reply_to))
-    return items
 
 
 def rows_left(rows: list[Any]) -> bool:
