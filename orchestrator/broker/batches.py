@@ -18,12 +18,10 @@ class BatchConsumer:
         queue: AbstractQueue,
         *,
         max_batch: int,
-        window_ms: float,
         arrived: asyncio.Event | None = None,
     ) -> None:
         self._queue = queue
         self._max_batch = max_batch
-        self._window = window_ms / 1000.0
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._consumer_tag: str | None = None
         #: Set whenever a message arrives: one event can wake a loop that serves several
@@ -52,9 +50,6 @@ class BatchConsumer:
     async def next_batch(self) -> list[AbstractIncomingMessage]:
         batch = [await self._inbox.get()]
         self._drain(batch)
-        if self._window > 0 and len(batch) < self._max_batch:
-            await asyncio.sleep(self._window)
-            self._drain(batch)
         return batch
 
     def take_ready(self) -> list[AbstractIncomingMessage]:

@@ -157,7 +157,7 @@ class Engine:
         queue = await channel.declare_queue(
             queue_name, durable=True, arguments=self.topology.queue_arguments()
         )
-        consumer = BatchConsumer(queue, max_batch=batch_size, window_ms=0, arrived=arrived)
+        consumer = BatchConsumer(queue, max_batch=batch_size, arrived=arrived)
         await consumer.start()
         return consumer
 

@@ -108,7 +108,7 @@ async def _batches(connection: AbstractRobustConnection, queue_name: str) -> Bat
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=MAX_BATCH * 2)
     queue = await channel.declare_queue(queue_name, durable=True)
-    consumer = BatchConsumer(queue, max_batch=MAX_BATCH, window_ms=0)
+    consumer = BatchConsumer(queue, max_batch=MAX_BATCH)
     await consumer.start()
     return consumer
 
