@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import ChannelInvalidStateError
 
+from orchestrator.broker.batches import send_acks
+
 log = logging.getLogger(__name__)
 
 
@@ -26,8 +28,8 @@ class _Channel:
     owner: object
     #: Every delivery up to this tag is settled (acked, or nacked / rejected by us).
     settled_upto: int = 0
-    #: Settled deliveries waiting for their ack, by tag.
-    ready: dict[int, AbstractIncomingMessage] = field(default_factory=dict)
+    #: Tags of settled deliveries waiting for their ack.
+    ready: set[int] = field(default_factory=set)
     #: Tags above settled_upto already settled on their own.
     done: set[int] = field(default_factory=set)
 
@@ -42,7 +44,7 @@ class AckBatcher:
         channel = self._channel_of(delivery)
         if channel is None or delivery.delivery_tag is None:
             return  # its channel is closed: the broker has requeued it already
-        channel.ready[delivery.delivery_tag] = delivery
+        channel.ready.add(delivery.delivery_tag)
         if self._flush is None:
             self._flush = asyncio.ensure_future(self._flush_soon())
 
@@ -72,25 +74,29 @@ class AckBatcher:
             self._flush = None
 
     async def _flush_channel(self, channel: _Channel) -> None:
-        last: AbstractIncomingMessage | None = None
+        last: int | None = None
         while True:
             tag = channel.settled_upto + 1
             if tag in channel.ready:
-                last = channel.ready.pop(tag)
+                channel.ready.discard(tag)
+                last = tag
             elif tag in channel.done:
                 channel.done.discard(tag)
             else:
                 break
             channel.settled_upto = tag
-        # Ready deliveries above a gap (a task still running) go one by one, now: holding
-        # them would hold their prefetch slots for as long as the slow task runs.
-        alone = sorted(channel.ready.items())
+        # Ready deliveries above a gap (a task still running) are acked each on its own,
+        # now: holding them would hold their prefetch slots for as long as the slow task runs.
+        alone = sorted(channel.ready)
         channel.ready.clear()
+        channel.done.update(alone)
+        sent = True
         if last is not None:
-            await last.ack(multiple=True)
-        for tag, delivery in alone:
-            channel.done.add(tag)
-            await delivery.ack()
+            sent = await send_acks(channel.owner, [last], multiple=True)
+        if alone and sent:
+            sent = await send_acks(channel.owner, alone, multiple=False)
+        if not sent:
+            raise ChannelInvalidStateError("channel closed")
 
     def _channel_of(self, delivery: AbstractIncomingMessage) -> _Channel | None:
         try:

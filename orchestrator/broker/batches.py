@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aiormq.abc import ChannelFrame
 from aiormq.exceptions import ChannelInvalidStateError
 
 log = logging.getLogger(__name__)
@@ -69,27 +72,59 @@ async def ack_all(messages: Sequence[AbstractIncomingMessage]) -> None:
     After a reconnect a batch can hold deliveries of a dead channel; their tags mean nothing
     on the new one, and the broker has already requeued them, so their ack is skipped.
     """
-    last_by_channel: dict[int, AbstractIncomingMessage] = {}
+    last_by_channel: dict[int, tuple[Any, int]] = {}
     for message in messages:
         try:
-            key = id(message.channel)
+            channel = message.channel
         except ChannelInvalidStateError:  # its channel is closed: the broker requeued it
             continue
-        current = last_by_channel.get(key)
-        if current is None or (message.delivery_tag or 0) > (current.delivery_tag or 0):
-            last_by_channel[key] = message
-    for message in last_by_channel.values():
-        try:
-            await message.ack(multiple=True)
-        except Exception as exc:  # a closed channel: the broker redelivers, the ledger dedupes
-            log.warning("could not ack a batch (channel closed?): %s", exc)
+        tag = message.delivery_tag or 0
+        current = last_by_channel.get(id(channel))
+        if current is None or tag > current[1]:
+            last_by_channel[id(channel)] = (channel, tag)
+    for channel, tag in last_by_channel.values():
+        await send_acks(channel, [tag], multiple=True)
 
 
 async def ack_each(messages: Sequence[AbstractIncomingMessage]) -> None:
     """Ack one by one, for a channel whose deliveries are settled out of order (a multiple
     ack would also cover earlier deliveries still being worked on)."""
+    by_channel: dict[int, tuple[Any, list[int]]] = {}
     for message in messages:
         try:
-            await message.ack()
-        except Exception as exc:  # a closed channel: the broker redelivers; starts are idempotent
-            log.warning("could not ack a message (channel closed?): %s", exc)
+            channel = message.channel
+        except ChannelInvalidStateError:  # its channel is closed: the broker requeued it
+            continue
+        if message.delivery_tag is not None:
+            by_channel.setdefault(id(channel), (channel, []))[1].append(message.delivery_tag)
+    for channel, tags in by_channel.values():
+        await send_acks(channel, tags, multiple=False)
+
+
+async def send_acks(channel: Any, tags: list[int], *, multiple: bool) -> bool:
+    """Queue the acks for the connection's writer, all in one write, and go on; False if
+    the channel is gone (the broker has requeued its deliveries: nothing to ack).
+
+    Their way to the socket is not waited for: an ack has no answer, and waiting cost the
+    engine's loop a turn of the event loop per ack while the next round's messages waited.
+    What matters, that an ack goes after the commit, holds: it is queued after it. (The
+    queue is bounded: when it is full, this waits for room, as aiormq's own calls do.)"""
+    try:
+        if channel.is_closed:
+            raise ChannelInvalidStateError("channel closed")
+        if _can_write_directly(channel):
+            acks = [aiormq.spec.Basic.Ack(delivery_tag=tag, multiple=multiple) for tag in tags]
+            await channel.write_queue.put(
+                ChannelFrame.marshall(channel_number=channel.number, frames=acks)
+            )
+            return True
+        for tag in tags:  # an aiormq whose internals differ: its own call, one write each
+            await channel.basic_ack(tag, multiple=multiple, wait=False)
+    except Exception as exc:  # a closed channel: the broker redelivers, the ledger dedupes
+        log.warning("could not ack %d deliveries (channel closed?): %s", len(tags), exc)
+        return False
+    return True
+
+
+def _can_write_directly(channel: Any) -> bool:
+    return hasattr(channel, "write_queue") and hasattr(channel, "number")

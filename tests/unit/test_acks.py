@@ -8,23 +8,29 @@ from typing import Any
 from workers._acks import AckBatcher
 
 
-class _Delivery:
-    """Just what AckBatcher reads of a delivery, and the acks it was sent."""
+class _Channel:
+    """Just what acking uses of a channel (aiormq's public call), and the acks sent on it."""
 
-    def __init__(self, channel: object, tag: int, sent: list[tuple[int, bool]]) -> None:
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.sent: list[tuple[int, bool]] = []
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        await asyncio.sleep(0)  # writing the frame lets other tasks run
+        self.sent.append((delivery_tag, multiple))
+
+
+class _Delivery:
+    """Just what AckBatcher reads of a delivery."""
+
+    def __init__(self, channel: _Channel, tag: int) -> None:
         self.channel = channel
         self.delivery_tag = tag
-        self._sent = sent
-
-    async def ack(self, multiple: bool = False) -> None:
-        await asyncio.sleep(0)  # writing the frame lets other tasks run
-        self._sent.append((self.delivery_tag, multiple))
 
 
-def _deliveries(count: int, channel: object | None = None) -> tuple[list[Any], list[Any]]:
-    sent: list[tuple[int, bool]] = []
-    owner = channel if channel is not None else object()
-    return [_Delivery(owner, tag, sent) for tag in range(1, count + 1)], sent
+def _deliveries(count: int, channel: _Channel | None = None) -> tuple[list[Any], list[Any]]:
+    owner = channel if channel is not None else _Channel()
+    return [_Delivery(owner, tag) for tag in range(1, count + 1)], owner.sent
 
 
 async def _settle(acks: AckBatcher, *deliveries: Any) -> None:
