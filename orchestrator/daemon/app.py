@@ -88,7 +88,7 @@ class Engine:
         #: Operator commands being answered beside the rounds (see `_answer_aside`).
         self._aside: set[asyncio.Task[None]] = set()
         #: Publishing of committed batches, overlapping the next batch (bounded).
-        self._post_commit: set[asyncio.Task[None]] = set()
+        self._post_commit: set[asyncio.Task[int]] = set()
         self._post_commit_slots = asyncio.Semaphore(8)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -346,26 +346,30 @@ class Engine:
         self._remember(outcome)
         crash_point("after_commit")
         crash_point("after_start_commit")
-        await self._after_commit(outcome.publish, outcome.notices)
         results = StartBatch.results(decided)
-        await self._reply(list(zip(command_batch, results, strict=True)))
+        replies = self._replies(list(zip(command_batch, results, strict=True)))
+        await self._after_commit(outcome.publish, outcome.notices + replies)
         await ack_all(report_batch)
         await ack_each(command_batch)
         return True
 
     async def _after_commit(self, rows: list[Any], notices: list[Notice]) -> None:
+        """Hand a committed round's task messages and answers (replies, notices) to the
+        socket now, in one write, before the next round starts (the next step waits for
+        them); wait for their confirms beside the loop."""
         if not rows and not notices:
             return
         await self._post_commit_slots.acquire()
-        task = asyncio.create_task(self._publish_committed(rows, notices))
+        try:
+            in_flight = await self.relay.send(rows, also=[_answer_message(n) for n in notices])
+        except BaseException:
+            self._post_commit_slots.release()
+            raise
+        task = asyncio.create_task(in_flight.settle())
         self._post_commit.add(task)
         task.add_done_callback(self._post_commit_done)
 
-    async def _publish_committed(self, rows: list[Any], notices: list[Notice]) -> None:
-        await self.relay.publish(rows)
-        await self._send_notices(notices)
-
-    def _post_commit_done(self, task: asyncio.Task[None]) -> None:
+    def _post_commit_done(self, task: asyncio.Task[int]) -> None:
         self._post_commit.discard(task)
         self._post_commit_slots.release()
         if not task.cancelled() and task.exception() is not None:
@@ -432,24 +436,6 @@ class Engine:
             outcome.merge(await self._apply_reports(items[start : start + size]), offset=start)
         return outcome
 
-    async def _send_notices(self, notices: list[Notice]) -> None:
-        if not notices:
-            return
-        outgoing = [
-            Outgoing(
-                "",
-                n.reply_to,
-                n.body,
-                correlation_id=n.correlation_id,
-                persistent=False,
-                mandatory=False,
-            )
-            for n in notices
-        ]
-        errors = [e for e in await self.publisher.publish_many(outgoing) if e is not None]
-        if errors:  # best effort: workers ask again, clients resend
-            log.warning("could not send %d answers: %s", len(errors), errors[0])
-
     async def _dead_letter(self, dead: list[DeadLetter], source: str) -> None:
         """Publish each to the dead exchange with its reason, and count them (outside the
         batch's transaction, which may be the very thing that failed)."""
@@ -504,12 +490,13 @@ class Engine:
                 settled.append(message)
             else:
                 self._answer_aside(message, command)
+        rows: list[Any] = []
         if starts:
-            results = await self._start_all([command for _, command in starts])
+            results, rows = await self._start_all([command for _, command in starts])
             answers += [
                 (message, result) for (message, _), result in zip(starts, results, strict=True)
             ]
-        await self._reply(answers)
+        await self._after_commit(rows, self._replies(answers))
         await self._dead_letter(dead, self.topology.commands_queue)
         await ack_each(settled)
 
@@ -537,16 +524,20 @@ class Engine:
         except Exception as exc:  # answered, not left unacked: the client would wait in vain
             log.exception("command %s failed", command.type)
             answer = OrchestratorError(f"engine error: {type(exc).__name__}: {exc}")
-        await self._reply([(message, answer)])
+        await self._after_commit([], self._replies([(message, answer)]))
         await ack_each([message])
 
-    async def _start_all(self, commands: list[StartCommand]) -> list[StartResult]:
+    async def _start_all(self, commands: list[StartCommand]) -> tuple[list[StartResult], list[Any]]:
+        """The results, and the committed outbox rows the caller is to publish (with the
+        replies, in one go); the locked way publishes each part's rows itself."""
         known = await self._start_known(commands)
         if known is not None:
             return known
-        return await self._start_locked(commands)
+        return await self._start_locked(commands), []
 
-    async def _start_known(self, commands: list[StartCommand]) -> list[StartResult] | None:
+    async def _start_known(
+        self, commands: list[StartCommand]
+    ) -> tuple[list[StartResult], list[Any]] | None:
         """The one-statement start (see StartBatch.run_known); None: go the locked way."""
         try:
             async with self.pool.acquire() as conn:
@@ -556,8 +547,8 @@ class Engine:
         except Exception as exc:  # the locked way retries, waits or reports as needed
             log.debug("starts go the locked way: %r", exc)
             return None
-        await self._started(rows, uow)
-        return results
+        self._started(uow)
+        return results, rows
 
     async def _start_locked(self, commands: list[StartCommand]) -> list[StartResult]:
         async def work(
@@ -577,14 +568,14 @@ class Engine:
             return await self._start_locked(commands[:middle]) + await self._start_locked(
                 commands[middle:]
             )
-        await self._started(rows, uow)
+        self._started(uow)
+        await self._after_commit(rows, [])
         return results
 
-    async def _started(self, rows: list[Any], uow: UnitOfWork) -> None:
-        """After a start batch committed, either way: keep its rows, publish its tasks."""
+    def _started(self, uow: UnitOfWork) -> None:
+        """After a start batch committed, either way: keep its rows for the next round."""
         crash_point("after_start_commit")
         self.recent.remember(uow, {})
-        await self._after_commit(rows, [])
 
     async def _answer(self, command: Command) -> dict[str, Any] | OrchestratorError:
         try:
@@ -620,11 +611,11 @@ class Engine:
         await self._after_commit(done.publish, done.notices)
         return done.result
 
-    async def _reply(self, answers: list[tuple[Message, CommandResult]]) -> None:
-        """Send the replies of a batch of commands after it, without holding up the next
-        batch for their confirms: a lost reply is resent by the client (starts are
-        idempotent), so the command loop need not wait to know it arrived."""
-        notices = [
+    def _replies(self, answers: list[tuple[Message, CommandResult]]) -> list[Notice]:
+        """The replies to commands, sent after the round without holding up the next one
+        for their confirms: a lost reply is resent by the client (starts are idempotent),
+        so the loop need not wait to know it arrived."""
+        return [
             Notice(
                 message.reply_to,
                 orjson.dumps(_reply_of(result).model_dump(mode="json")),
@@ -633,7 +624,19 @@ class Engine:
             for message, result in answers
             if message.reply_to
         ]
-        await self._after_commit([], notices)
+
+
+def _answer_message(notice: Notice) -> Outgoing:
+    """Replies and notices are best effort (workers ask again, clients resend): neither
+    persistent nor mandatory."""
+    return Outgoing(
+        "",
+        notice.reply_to,
+        notice.body,
+        correlation_id=notice.correlation_id,
+        persistent=False,
+        mandatory=False,
+    )
 
 
 def rows_left(rows: list[Any]) -> bool:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
-from orchestrator.broker.publisher import Outgoing, Publisher
+from orchestrator.broker.publisher import Outgoing, Publisher, Sent
 from orchestrator.broker.topology import PUBLISHED_AT_HEADER, Topology, declare_task_queue
 from orchestrator.daemon.db import RETRYABLE
 from orchestrator.store.queries import Q
@@ -52,21 +53,35 @@ class Relay:
             headers={PUBLISHED_AT_HEADER: published_at_ms},
         )
 
-    async def publish(self, rows: list[PublishedRow]) -> int:
-        """Publish rows this engine committed; rows that fail stay for the sweeper."""
-        if not rows:
-            return 0
-        try:
-            await self.ensure_queues({row.message.routing_key for row in rows})
-        except Exception as exc:  # broker away: the rows wait in the outbox for the sweeper
-            log.warning(
-                "cannot declare task queues (%s); %d rows stay in the outbox", exc, len(rows)
-            )
-            return 0
+    async def publish(self, rows: list[PublishedRow], also: Sequence[Outgoing] = ()) -> int:
+        """Publish rows this engine committed and wait for the confirms; rows that fail stay
+        for the sweeper. How many rows were confirmed."""
+        return await (await self.send(rows, also)).settle()
+
+    async def send(self, rows: list[PublishedRow], also: Sequence[Outgoing] = ()) -> InFlight:
+        """Hand the rows' task messages to the socket now; `InFlight.settle` waits for their
+        confirms. `also` (best-effort answers) go in the same write."""
+        if rows:
+            try:
+                await self.ensure_queues({row.message.routing_key for row in rows})
+            except Exception as exc:  # broker away: the rows wait in the outbox for the sweeper
+                log.warning(
+                    "cannot declare task queues (%s); %d rows stay in the outbox", exc, len(rows)
+                )
+                rows = []
         now_ms = f"{time.time() * 1000:.3f}"
-        results = await self._publisher.publish_many(
-            [self._outgoing(r.message, now_ms) for r in rows]
+        sent = await self._publisher.send_many(
+            [self._outgoing(r.message, now_ms) for r in rows] + list(also)
         )
+        return InFlight(self, rows, sent)
+
+    def record_outcomes(self, rows: list[PublishedRow], results: list[BaseException | None]) -> int:
+        """Confirmed rows are deleted soon; the rest stay for the sweeper. How many were
+        confirmed."""
+        results, answered = results[: len(rows)], results[len(rows) :]
+        unanswered = [error for error in answered if error is not None]
+        if unanswered:  # best effort: workers ask again, clients resend
+            log.warning("could not send %d answers: %s", len(unanswered), unanswered[0])
         confirmed = [row.id for row, error in zip(rows, results, strict=True) if error is None]
         failed = len(rows) - len(confirmed)
         if failed:
@@ -130,6 +145,20 @@ class Relay:
             except RETRYABLE as exc:
                 log.warning("relay sweep: database unavailable: %s", exc)
             await _wait(stop, interval)
+
+
+class InFlight:
+    """Outbox rows (and answers) handed to the socket, their confirms still to come."""
+
+    def __init__(self, relay: Relay, rows: list[PublishedRow], sent: Sent) -> None:
+        self._relay = relay
+        self._rows = rows
+        self._sent = sent
+
+    async def settle(self) -> int:
+        """Wait for the confirms; confirmed rows are deleted soon, the rest stay for the
+        sweeper. How many rows were confirmed."""
+        return self._relay.record_outcomes(self._rows, await self._sent.outcomes())
 
 
 async def _wait(
