@@ -255,7 +255,9 @@ class UnitOfWork:
         if self.history:
             parts["new_history"] = _columns([_with_json(row, 4) for row in self.history], 5)
         if self.counters:
-            parts["counted"] = [engine_id, *_columns(list(self.counters.items()), 2)]
+            # In name order: two statements of one engine at once meet on these rows, and
+            # locking them in one order makes the later wait instead of deadlocking.
+            parts["counted"] = [engine_id, *_columns(sorted(self.counters.items()), 2)]
         if self.resolved_incidents:
             parts["resolved_incidents"] = _columns(self.resolved_incidents, 3)
         if self.outbox:
