@@ -281,3 +281,17 @@ async def table_exists(database_url: str, name: str) -> bool:
         return await conn.fetchval("SELECT to_regclass($1)", name) is not None
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def durable_queue(settings: Settings, suffix: str) -> AsyncIterator[str]:
+    """A durable queue of the test's namespace, deleted afterwards; yields its name."""
+    name = f"{settings.namespace}.{suffix}"
+    connection = await aio_pika.connect(settings.amqp_url)
+    channel = await connection.channel()
+    await channel.declare_queue(name, durable=True)
+    try:
+        yield name
+    finally:
+        await channel.queue_delete(name)
+        await connection.close()

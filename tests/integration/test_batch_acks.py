@@ -12,21 +12,15 @@ import pytest
 
 from orchestrator.broker.batches import BatchConsumer, ack_all, ack_each
 from orchestrator.config import Settings
+from tests.harness import durable_queue
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def queue_name(settings: Settings) -> AsyncIterator[str]:
-    name = f"{settings.namespace}.acks-test-{uuid.uuid4().hex[:6]}"
-    connection = await aio_pika.connect(settings.amqp_url)
-    channel = await connection.channel()
-    await channel.declare_queue(name, durable=True)
-    try:
+    async with durable_queue(settings, f"acks-test-{uuid.uuid4().hex[:6]}") as name:
         yield name
-    finally:
-        await channel.queue_delete(name)
-        await connection.close()
 
 
 async def _fill(settings: Settings, name: str, count: int) -> None:

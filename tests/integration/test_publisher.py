@@ -13,21 +13,15 @@ from aiormq.exceptions import PublishError
 
 from orchestrator.broker.publisher import Outgoing, Publisher, Unconfirmed, Unroutable, _outcome
 from orchestrator.config import Settings
+from tests.harness import durable_queue
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def queue_name(settings: Settings) -> AsyncIterator[str]:
-    name = f"{settings.namespace}.publisher-test"
-    connection = await aio_pika.connect(settings.amqp_url)
-    channel = await connection.channel()
-    await channel.declare_queue(name, durable=True)
-    try:
+    async with durable_queue(settings, "publisher-test") as name:
         yield name
-    finally:
-        await channel.queue_delete(name)
-        await connection.close()
 
 
 async def _drain(settings: Settings, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
