@@ -53,10 +53,10 @@ class Relay:
             headers={PUBLISHED_AT_HEADER: published_at_ms},
         )
 
-    async def publish(self, rows: list[PublishedRow], also: Sequence[Outgoing] = ()) -> int:
+    async def publish(self, rows: list[PublishedRow]) -> int:
         """Publish rows this engine committed and wait for the confirms; rows that fail stay
         for the sweeper. How many rows were confirmed."""
-        return await (await self.send(rows, also)).settle()
+        return await (await self.send(rows)).settle()
 
     async def send(self, rows: list[PublishedRow], also: Sequence[Outgoing] = ()) -> InFlight:
         """Hand the rows' task messages to the socket now; `InFlight.settle` waits for their
