@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+
+from orchestrator.store.session import SessionLimits
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orchestrator"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -37,6 +40,30 @@ class Settings:
     #: Active instances whose last written rows the engine keeps, to decide their next
     #: completion without reading them back (0: always lock and read).
     recent_instances: int = 10_000
+    #: How long an engine statement waits for a row lock held by another session. The rounds
+    #: skip locked instances instead of waiting; this bounds everything else, so one stalled
+    #: replica cannot hold up the others.
+    db_lock_timeout_ms: int = 100
+    #: Server-side limit of one engine statement (operator reads get a longer one).
+    db_statement_timeout_ms: int = 10_000
+    #: PostgreSQL ends an engine transaction that sits idle this long (a frozen or vanished
+    #: engine), and its locks go with it.
+    db_idle_in_transaction_timeout_ms: int = 5_000
+    #: TCP keepalives of the engine's database sessions, on the server's side of each one:
+    #: idle seconds before the first probe, seconds between probes, probes before giving up.
+    db_keepalive_idle_s: int = 5
+    db_keepalive_interval_s: int = 2
+    db_keepalive_count: int = 3
+
+    def session_limits(self) -> SessionLimits:
+        return SessionLimits(
+            lock_timeout_ms=self.db_lock_timeout_ms,
+            statement_timeout_ms=self.db_statement_timeout_ms,
+            idle_in_transaction_timeout_ms=self.db_idle_in_transaction_timeout_ms,
+            keepalive_idle_s=self.db_keepalive_idle_s,
+            keepalive_interval_s=self.db_keepalive_interval_s,
+            keepalive_count=self.db_keepalive_count,
+        )
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_PATTERN.match(self.namespace):
@@ -51,5 +78,28 @@ class Settings:
             namespace=env.get("ORCH_NAMESPACE", "orch"),
             consumers_per_queue=int(env.get("ORCH_CONSUMERS_PER_QUEUE", "1")),
             recent_instances=int(env.get("ORCH_RECENT_INSTANCES", "10000")),
+            **_int_settings(env),
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+#: Integer settings read from the environment as they are: field name -> variable.
+_INT_VARIABLES = {
+    "db_lock_timeout_ms": "ORCH_DB_LOCK_TIMEOUT_MS",
+    "db_statement_timeout_ms": "ORCH_DB_STATEMENT_TIMEOUT_MS",
+    "db_idle_in_transaction_timeout_ms": "ORCH_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+    "db_keepalive_idle_s": "ORCH_DB_KEEPALIVE_IDLE_S",
+    "db_keepalive_interval_s": "ORCH_DB_KEEPALIVE_INTERVAL_S",
+    "db_keepalive_count": "ORCH_DB_KEEPALIVE_COUNT",
+}
+
+
+def _int_settings(env: Mapping[str, str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for field_name, variable in _INT_VARIABLES.items():
+        if variable in env:
+            try:
+                found[field_name] = int(env[variable])
+            except ValueError:
+                raise ValueError(f"{variable} must be an integer, not {env[variable]!r}") from None
+    return found

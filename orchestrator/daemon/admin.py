@@ -18,6 +18,7 @@ async def deploy(conn: asyncpg.Connection, source: str) -> tuple[dict[str, Any],
     definition = process.definition
     digest = content_hash(definition)
     async with conn.transaction():
+        await conn.execute(Q.local_limits, "10000", "30000")  # a concurrent deploy of the key
         await conn.execute(Q.definition_lock, definition.key)
         row = await conn.fetchrow(Q.definition_by_hash, definition.key, digest)
         created = row is None

@@ -23,7 +23,8 @@ from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_c
 from orchestrator.config import Settings
 from orchestrator.daemon import admin, operations
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import RETRYABLE, NeedsLocks, in_transaction
+from orchestrator.daemon.db import RETRYABLE, LockBusy, NeedsLocks, in_transaction
+from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
@@ -53,9 +54,15 @@ from orchestrator.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 Message = AbstractIncomingMessage
+#: A report with the message that carried it and its own bytes (for a dead letter).
+ReportItem = tuple[Message, bytes, IncomingReport]
+HeldReport = tuple[bytes, IncomingReport]
 
 
 CommandResult = dict[str, Any] | OrchestratorError
+#: How long an operator action waits for an instance's lock (a round holds it for
+#: milliseconds; a stalled engine for up to its idle-in-transaction timeout).
+OPERATOR_LOCK_TIMEOUT_MS = 2_000
 
 
 def _reply_of(result: CommandResult) -> CommandReply:
@@ -90,6 +97,9 @@ class Engine:
         #: Publishing of committed batches, overlapping the next batch (bounded).
         self._post_commit: set[asyncio.Task[int]] = set()
         self._post_commit_slots = asyncio.Semaphore(8)
+        #: Reports and starts waiting for rows another session has locked (see held.py).
+        self._held_reports: HeldMessages[HeldReport] = HeldMessages()
+        self._held_starts: HeldMessages[StartCommand] = HeldMessages()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -116,7 +126,12 @@ class Engine:
     async def open(self) -> None:
         settings = self.settings
         await ensure_database(settings.database_url)
-        self._pool = await create_pool(settings.database_url, size=settings.pool_size)
+        self._pool = await create_pool(
+            settings.database_url,
+            size=settings.pool_size,
+            application_name=f"orchestrator {self.engine_id}",
+            limits=settings.session_limits(),
+        )
         async with self.pool.acquire() as conn:
             await apply_migrations(conn)
             topics = await admin.deployed_topics(conn)
@@ -219,24 +234,27 @@ class Engine:
             if commands.pending() or reports.pending():
                 arrived.set()  # more than a batch was waiting: go again at once
             both = command_batch and report_batch
-            if both and await self._handle_both(command_batch, report_batch):
-                continue
-            if report_batch:
-                await self._handle_reports(report_batch)
-            if command_batch:
-                await self._handle_commands(command_batch)
+            if not (both and await self._handle_both(command_batch, report_batch)):
+                if report_batch:
+                    await self._handle_reports(report_batch)
+                if command_batch:
+                    await self._handle_commands(command_batch)
+            await self._retry_held()
         await commands.stop()
         await reports.stop()
 
     async def _until(self, arrived: asyncio.Event) -> bool:
-        """Wait for a message (True) or for the engine to stop (False)."""
+        """Wait for a message or a held one's next try (True), or for the engine to stop
+        (False)."""
         if self.stop.is_set():
             return False
         if arrived.is_set():  # the common case under load: no futures to race
             return True
         getter = asyncio.ensure_future(arrived.wait())
         stopper = asyncio.ensure_future(self.stop.wait())
-        await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [getter, stopper], timeout=self._until_held(), return_when=asyncio.FIRST_COMPLETED
+        )
         getter.cancel()
         stopper.cancel()
         return not self.stop.is_set()
@@ -266,11 +284,9 @@ class Engine:
 
     # --- reports -------------------------------------------------------------------------
 
-    def _parse_reports(
-        self, batch: list[Message]
-    ) -> tuple[list[tuple[Message, bytes, IncomingReport]], list[DeadLetter]]:
+    def _parse_reports(self, batch: list[Message]) -> tuple[list[ReportItem], list[DeadLetter]]:
         """Each report of the batch with its message and raw bytes; what is malformed, dead."""
-        items: list[tuple[Message, bytes, IncomingReport]] = []
+        items: list[ReportItem] = []
         dead: list[DeadLetter] = []
         for message in batch:
             try:
@@ -289,8 +305,27 @@ class Engine:
         began = time.perf_counter()
         items, dead = self._parse_reports(batch)
         parsed_at = time.perf_counter()
+        await self._apply_and_settle(batch, items, dead, {})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "report batch: %d messages, %d reports; parse %.2f ms, the rest %.2f ms",
+                len(batch),
+                len(items),
+                (parsed_at - began) * 1000,
+                (time.perf_counter() - parsed_at) * 1000,
+            )
+
+    async def _apply_and_settle(
+        self,
+        messages: list[Message],
+        items: list[ReportItem],
+        dead: list[DeadLetter],
+        held: dict[int, Held[HeldReport]],
+    ) -> None:
+        """Apply the reports; dead-letter, answer and ack what is done; hold the messages
+        whose reports wait for an instance another engine has locked (`held`: those already
+        held before, by message)."""
         outcome = await self._apply_in_chunks([item for _, _, item in items])
-        committed_at = time.perf_counter()
         for index, reason in outcome.dead.items():
             message, raw, _ = items[index]
             dead.append(DeadLetter(message, reason, raw))
@@ -300,17 +335,59 @@ class Engine:
         # publishing starts first (the next step waits for it) and overlaps the next batch
         # instead of holding it up for the confirms.
         await self._after_commit(outcome.publish, outcome.notices)
-        await ack_all(batch)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "report batch: %d messages, %d reports; parse %.2f ms, transaction %.2f ms, "
-                "after %.2f ms",
-                len(batch),
-                len(items),
-                (parsed_at - began) * 1000,
-                (committed_at - parsed_at) * 1000,
-                (time.perf_counter() - committed_at) * 1000,
-            )
+        still_held = self._hold_reports(items, outcome.deferred, held)
+        await self._ack_reports([m for m in messages if id(m) not in still_held])
+
+    def _hold_reports(
+        self, items: list[ReportItem], deferred: set[int], held: dict[int, Held[HeldReport]]
+    ) -> set[int]:
+        """Set aside each message with its deferred reports; the ids of the messages held."""
+        again: dict[int, Held[HeldReport]] = {}
+        for index in sorted(deferred):
+            message, raw, item = items[index]
+            entry = again.get(id(message))
+            if entry is None:
+                entry = held.get(id(message)) or Held(message, [])
+                entry.items = []
+                again[id(message)] = entry
+            entry.items.append((raw, item))
+        now = asyncio.get_running_loop().time()
+        for entry in again.values():
+            self._held_reports.hold(entry, now)
+        if again:
+            log.debug("%d reports wait for instances another session has locked", len(deferred))
+        return set(again)
+
+    async def _ack_reports(self, messages: list[Message]) -> None:
+        """One multiple-ack per channel, unless messages are held: a multiple-ack would
+        settle them too."""
+        if self._held_reports:
+            await ack_each(messages)
+        else:
+            await ack_all(messages)
+
+    def _until_held(self) -> float | None:
+        """Seconds until a held message is due for its next try; None if none is held."""
+        dues = [
+            due
+            for due in (self._held_reports.next_due(), self._held_starts.next_due())
+            if due is not None
+        ]
+        if not dues:
+            return None
+        return max(0.0, min(dues) - asyncio.get_running_loop().time())
+
+    async def _retry_held(self) -> None:
+        """Try the held reports and starts whose pause is over."""
+        now = asyncio.get_running_loop().time()
+        reports = self._held_reports.take_due(now)
+        if reports:
+            items = [(h.message, raw, item) for h in reports for raw, item in h.items]
+            held = {id(h.message): h for h in reports}
+            await self._apply_and_settle([h.message for h in reports], items, [], held)
+        starts = self._held_starts.take_due(now)
+        if starts:
+            await self._run_starts([(h.message, h.items[0]) for h in starts], [], held=starts)
 
     async def _handle_both(self, command_batch: list[Message], report_batch: list[Message]) -> bool:
         """Starts and completions of one round in one statement, when every message is a
@@ -349,7 +426,7 @@ class Engine:
         results = StartBatch.results(decided)
         replies = self._replies(list(zip(command_batch, results, strict=True)))
         await self._after_commit(outcome.publish, outcome.notices + replies)
-        await ack_all(report_batch)
+        await self._ack_reports(report_batch)
         await ack_each(command_batch)
         return True
 
@@ -490,15 +567,37 @@ class Engine:
                 settled.append(message)
             else:
                 self._answer_aside(message, command)
+        await self._dead_letter(dead, self.topology.commands_queue)
+        await self._run_starts(starts, answers, settled=settled)
+
+    async def _run_starts(
+        self,
+        starts: list[tuple[Message, StartCommand]],
+        answers: list[tuple[Message, CommandResult]],
+        *,
+        settled: list[Message] | None = None,
+        held: list[Held[StartCommand]] | None = None,
+    ) -> None:
+        """Run the starts; answer and ack them with `answers` and `settled`, except those that
+        need a key another session has locked: those are held and tried again shortly."""
+        settled = list(settled or [])
+        earlier = {id(h.message): h for h in held or []}
         rows: list[Any] = []
+        held_now: set[int] = set()
         if starts:
             results, rows = await self._start_all([command for _, command in starts])
-            answers += [
-                (message, result) for (message, _), result in zip(starts, results, strict=True)
-            ]
+            now = asyncio.get_running_loop().time()
+            for (message, command), result in zip(starts, results, strict=True):
+                if result is None:
+                    entry = earlier.get(id(message)) or Held(message, [command])
+                    self._held_starts.hold(entry, now)
+                    held_now.add(id(message))
+                    continue
+                answers.append((message, result))
+                if id(message) in earlier:
+                    settled.append(message)
         await self._after_commit(rows, self._replies(answers))
-        await self._dead_letter(dead, self.topology.commands_queue)
-        await ack_each(settled)
+        await ack_each([m for m in settled if id(m) not in held_now])
 
     def _parse_commands(self, batch: list[Message]) -> list[tuple[Message, Command | Malformed]]:
         parsed: list[tuple[Message, Command | Malformed]] = []
@@ -527,12 +626,16 @@ class Engine:
         await self._after_commit([], self._replies([(message, answer)]))
         await ack_each([message])
 
-    async def _start_all(self, commands: list[StartCommand]) -> tuple[list[StartResult], list[Any]]:
-        """The results, and the committed outbox rows the caller is to publish (with the
-        replies, in one go); the locked way publishes each part's rows itself."""
+    async def _start_all(
+        self, commands: list[StartCommand]
+    ) -> tuple[list[StartResult | None], list[Any]]:
+        """The results (None: held, see `_start_locked`), and the committed outbox rows the
+        caller is to publish (with the replies, in one go); the locked way publishes each
+        part's rows itself."""
         known = await self._start_known(commands)
         if known is not None:
-            return known
+            results, rows = known
+            return list(results), rows
         return await self._start_locked(commands), []
 
     async def _start_known(
@@ -550,7 +653,10 @@ class Engine:
         self._started(uow)
         return results, rows
 
-    async def _start_locked(self, commands: list[StartCommand]) -> list[StartResult]:
+    async def _start_locked(self, commands: list[StartCommand]) -> list[StartResult | None]:
+        """Starts the locked way, split until what fails is isolated. None for a start that
+        needs a key (idempotency or business key) another session holds uncommitted."""
+
         async def work(
             conn: asyncpg.Connection,
         ) -> tuple[list[StartResult], list[Any], UnitOfWork]:
@@ -562,6 +668,8 @@ class Engine:
             raise
         except Exception as exc:
             if len(commands) == 1:
+                if isinstance(exc, LockBusy):
+                    return [None]
                 log.exception("start failed")
                 return [OrchestratorError(f"start failed: {type(exc).__name__}: {exc}")]
             middle = len(commands) // 2
@@ -570,7 +678,7 @@ class Engine:
             )
         self._started(uow)
         await self._after_commit(rows, [])
-        return results
+        return [*results]
 
     def _started(self, uow: UnitOfWork) -> None:
         """After a start batch committed, either way: keep its rows for the next round."""
@@ -586,7 +694,10 @@ class Engine:
                 return result
             if isinstance(command, RetryCommand | CancelCommand):
                 return await self._operate(command)
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+                # A read over many rows may take longer than a round's statement. It takes no
+                # row locks; only DDL (a migration) makes it wait, and not for long.
+                await conn.execute(Q.local_limits, "30000", "60000")
                 if isinstance(command, GetInstanceCommand):
                     return await admin.describe_instance(conn, command.instance_id)
                 if isinstance(command, StatsCommand):
@@ -599,11 +710,19 @@ class Engine:
             return InvalidCommand(str(exc))
         except RETRYABLE as exc:  # the client resends; the engine keeps running
             return ServiceUnavailable(f"database unavailable: {exc}")
+        except LockBusy:
+            return ServiceUnavailable(
+                "the instance is locked by another engine's session (a stalled engine?); "
+                f"PostgreSQL ends a stalled session within "
+                f"{self.settings.db_idle_in_transaction_timeout_ms / 1000:g} s: try again"
+            )
         return InvalidCommand(f"unsupported command {command.type}")
 
     async def _operate(self, command: RetryCommand | CancelCommand) -> dict[str, Any]:
         """An operator action: one transaction, then its task messages and notices."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # Waits for a round of a healthy engine, not for a stalled one (LockBusy).
+            await conn.execute(Q.local_limits, str(OPERATOR_LOCK_TIMEOUT_MS), "30000")
             if isinstance(command, RetryCommand):
                 done = await operations.retry(conn, self.context, command)
             else:

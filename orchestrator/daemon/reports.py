@@ -70,6 +70,8 @@ class BatchOutcome:
     notices: list[Notice] = field(default_factory=list)
     #: Index into the batch -> reason, for reports that name no known task.
     dead: dict[int, str] = field(default_factory=dict)
+    #: Indexes of reports whose instance another session has locked: to be tried again.
+    deferred: set[int] = field(default_factory=set)
     #: What each transaction wrote, with the instances it read (for RecentRows).
     written: list[tuple[UnitOfWork, dict[str, InstanceRow]]] = field(default_factory=list)
 
@@ -78,6 +80,7 @@ class BatchOutcome:
         self.publish += other.publish
         self.notices += other.notices
         self.dead.update({index + offset: reason for index, reason in other.dead.items()})
+        self.deferred.update(index + offset for index in other.deferred)
         self.written += other.written
         return self
 
@@ -141,6 +144,10 @@ class ReportBatch:
             if task is None:
                 self._outcome.dead[index] = f"unknown task: {item.report.task_id}"
                 continue
+            if task.instance_id not in self._instances:  # locked elsewhere: skipped, not waited
+                self._outcome.deferred.add(index)
+                self._uow.count("reports_deferred")
+                continue
             self._uow.count(f"reports_{item.report.type}")
             self._apply(item, task)
 
@@ -159,7 +166,8 @@ class ReportBatch:
 
     async def _lock(self, task_ids: list[str]) -> None:
         """Lock the instances (in id order); their lock guards their tasks too: every writer
-        of a task row (report batches, the reaper) holds its instance's lock."""
+        of a task row (report batches, the reaper) holds its instance's lock. Instances
+        another session holds are skipped: their tasks are read but left alone."""
         unique = sorted(set(task_ids))
         for record in await self._conn.fetch(Q.lock_instances_of_tasks, unique):
             self._instances[str(record["id"])] = InstanceRow.from_record(record)
@@ -179,6 +187,8 @@ class ReportBatch:
             report = item.report
             task = self._tasks.get(report.task_id)
             if task is None or not isinstance(report, Completed | Failed | BpmnErrorReport):
+                continue
+            if task.instance_id not in self._instances:  # deferred: decided in a later round
                 continue
             if task.status not in ("queued", "claimed") or task.attempt != report.attempt:
                 needed.add(task.id)

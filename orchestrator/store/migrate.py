@@ -31,6 +31,8 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
     """Bring the schema up to date; safe when several engines start at once."""
     applied_now: list[int] = []
     async with conn.transaction():
+        # Another engine may be migrating right now: wait for it, and let a long migration run.
+        await conn.execute(Q.local_limits, "120000", "0")
         await conn.execute(Q.migration_lock)
         await conn.execute(Q.create_migrations_table)
         done = {row["version"] for row in await conn.fetch(Q.applied_migrations)}

@@ -7,6 +7,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from orchestrator.store.session import SessionLimits
+
 
 def _encode_jsonb(value: Any) -> bytes:
     return b"\x01" + orjson.dumps(value)
@@ -28,17 +30,27 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     end of every transaction. asyncpg still rolls back a transaction left open."""
 
 
-async def create_pool(url: str, *, size: int = 8, timeout: float = 5.0) -> asyncpg.Pool:
+async def create_pool(
+    url: str,
+    *,
+    size: int = 8,
+    timeout: float = 5.0,
+    application_name: str = "orchestrator",
+    limits: SessionLimits | None = None,
+) -> asyncpg.Pool:
+    """A pool of sessions; with `limits`, an engine's (see SessionLimits)."""
     pool = await asyncpg.create_pool(
         url,
         min_size=1,
         max_size=size,
         timeout=timeout,
-        command_timeout=60,
+        command_timeout=limits.client_timeout_s() if limits is not None else 60,
         init=_init_connection,
         reset=_keep_session,
         server_settings={
-            "application_name": "orchestrator",
+            **(limits.server_settings() if limits is not None else {}),
+            # Names the engine in pg_stat_activity, so an operator sees whose session it is.
+            "application_name": application_name[:63],
             # One plan per statement and connection, made at its first use: planning the
             # batch statement each time cost more than running it.
             "plan_cache_mode": "force_generic_plan",

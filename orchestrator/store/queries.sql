@@ -4,6 +4,12 @@
 -- name: migration_lock
 SELECT pg_advisory_xact_lock(7170001);
 
+-- name: local_limits
+-- For the rest of this transaction only: how long to wait for a lock, and for a statement
+-- (milliseconds as text; '0' waits without limit). Used where the engine's short session
+-- defaults do not fit: migrations, deploys, operator actions and reads.
+SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true);
+
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS orch_schema_migrations (
     version    integer PRIMARY KEY,
@@ -78,12 +84,13 @@ FROM active_business_keys k
 JOIN unnest($1::text[], $2::text[]) AS u (p, b) ON k.process_key = u.p AND k.business_key = u.b;
 
 -- name: lock_instances_of_tasks
--- Instance rows are locked in id order, so concurrent engines never deadlock.
+-- Instance rows are locked in id order, so concurrent engines never deadlock. An instance
+-- another session holds is skipped, not waited for: its reports wait for a later round.
 SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq,
        version
 FROM process_instances
 WHERE id IN (SELECT instance_id FROM tasks WHERE id = ANY($1::uuid[]))
-ORDER BY id FOR UPDATE;
+ORDER BY id FOR UPDATE SKIP LOCKED;
 
 -- name: tasks_by_id
 -- Read after lock_instances_of_tasks: the instance locks guard these rows.
