@@ -23,7 +23,7 @@ from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_c
 from orchestrator.config import Settings
 from orchestrator.daemon import admin, operations
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import RETRYABLE, LockBusy, NeedsLocks, in_transaction
+from orchestrator.daemon.db import RETRYABLE, LockBusy, NeedsLocks, connection, in_transaction
 from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
@@ -406,7 +406,7 @@ class Engine:
         uow = UnitOfWork()
         uow.count("rounds_in_one_statement")
         try:
-            async with self.pool.acquire() as conn:
+            async with connection(self.pool) as conn:
                 start_batch = StartBatch(conn, self.context, uow)
                 decided = start_batch.decide_known(starts)
                 reports = ReportBatch(conn, self.context, uow=uow)
@@ -490,7 +490,7 @@ class Engine:
         """The one-round-trip path (see RecentRows). If the batch must go the locked way after
         all, whether that is because a row changed since this engine wrote it."""
         try:
-            async with self.pool.acquire() as conn:
+            async with connection(self.pool) as conn:
                 outcome = await ReportBatch(conn, self.context).run_recent(items, view)
         except Exception as exc:  # the locked path retries, waits or dead-letters as needed
             log.debug("batch goes the locked way: %r", exc)
@@ -643,7 +643,7 @@ class Engine:
     ) -> tuple[list[StartResult], list[Any]] | None:
         """The one-statement start (see StartBatch.run_known); None: go the locked way."""
         try:
-            async with self.pool.acquire() as conn:
+            async with connection(self.pool) as conn:
                 results, rows, uow = await StartBatch(conn, self.context).run_known(commands)
         except NeedsLocks:
             return None

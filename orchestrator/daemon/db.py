@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -67,29 +68,39 @@ async def in_transaction(
             delay = min(delay * 2, 2.0)
 
 
-async def _once(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """One try. A connection whose answer did not come in time is closed at once: it may have
-    gone silent (a partition), and a rollback on it would wait just as long again."""
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection that is closed, not put back, when a call on it did not answer in
+    time: it may have gone silent (a partition), and handing it back would wait on it again."""
     async with pool.acquire() as conn:
+        try:
+            yield conn
+        except BaseException as exc:
+            if _gone_silent(conn, exc):
+                conn.terminate()
+            raise
+
+
+async def _once(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """One try, in a transaction; a rollback is only tried on a connection that answers."""
+    async with connection(pool) as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
             result = await work(conn)
         except BaseException as exc:
-            await _abandon(conn, transaction, exc)
+            if not _gone_silent(conn, exc):
+                await _roll_back(conn, transaction)
             raise
-        try:
-            await transaction.commit()
-        except BaseException as exc:
-            await _abandon(conn, transaction, exc)
-            raise
+        await transaction.commit()
         return result
 
 
-async def _abandon(conn: asyncpg.Connection, transaction: Any, exc: BaseException) -> None:
-    if isinstance(exc, TimeoutError | OSError | asyncpg.InterfaceError) or conn.is_closed():
-        conn.terminate()
-        return
+def _gone_silent(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError | OSError | asyncpg.InterfaceError) or conn.is_closed()
+
+
+async def _roll_back(conn: asyncpg.Connection, transaction: Any) -> None:
     try:
         await transaction.rollback()
     except Exception:  # the connection broke as well: the pool replaces it
