@@ -28,7 +28,7 @@ from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
-from orchestrator.daemon.recent import RecentRows, RecentView
+from orchestrator.daemon.recent import RecentRows, RecentView, StaleCopy
 from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, Notice, ReportBatch
 from orchestrator.daemon.starts import StartBatch, StartResult
@@ -416,7 +416,9 @@ class Engine:
                 )
         except Exception as exc:  # nothing was written: each batch goes its own way
             log.debug("round goes two ways: %r", exc)
-            if isinstance(exc, asyncpg.SerializationError | asyncpg.UniqueViolationError):
+            if isinstance(
+                exc, asyncpg.SerializationError | asyncpg.UniqueViolationError | StaleCopy
+            ):
                 self.recent.forget(view.instances)
             return False
         outcome = reports.written(published)
@@ -495,8 +497,11 @@ class Engine:
         except Exception as exc:  # the locked path retries, waits or dead-letters as needed
             log.debug("batch goes the locked way: %r", exc)
             self.recent.forget(view.instances)
-            # A stale copy fails on a version, or on a task id the newer state already used.
-            return isinstance(exc, asyncpg.SerializationError | asyncpg.UniqueViolationError)
+            # A stale copy fails on a version, or on a task id the newer state already used,
+            # or (StaleCopy) before writing, on a task its state does not wait on.
+            return isinstance(
+                exc, asyncpg.SerializationError | asyncpg.UniqueViolationError | StaleCopy
+            )
         self._remember(outcome)
         return outcome
 

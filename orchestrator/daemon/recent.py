@@ -13,9 +13,15 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from orchestrator.daemon.db import NeedsLocks
 from orchestrator.engine.state import InstanceState
 from orchestrator.model.wire import Completed
 from orchestrator.store.unit_of_work import InstanceRow, TaskRow, UnitOfWork
+
+
+class StaleCopy(NeedsLocks):
+    """A recent copy turned out older than its rows: the batch is decided again from locked
+    rows (counted as `recent_copies_stale`), as when its write fails on a version."""
 
 
 @dataclass
@@ -105,6 +111,13 @@ class RecentRows:
 
     def _put_task(self, task: TaskRow, version: int) -> None:
         entry = self._instances.get(task.instance_id)
+        if entry is not None and task.is_open and entry.state.token_for_task(task.id) is None:
+            # The task is newer than this copy of its instance: another engine advanced the
+            # instance since this one wrote it, and this batch changed only the task (a
+            # claim). Kept, it would decide the task's completion from a state that does not
+            # wait on it. The next batch of this instance reads it under locks instead.
+            self.forget([task.instance_id])
+            entry = None
         if entry is None or not task.is_open:
             self._tasks.pop(task.id, None)
             if entry is not None:

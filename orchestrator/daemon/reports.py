@@ -18,7 +18,7 @@ from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.db import NeedsLocks
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
-from orchestrator.daemon.recent import RecentView
+from orchestrator.daemon.recent import RecentView, StaleCopy
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.retry import GiveUp, after_failure
 from orchestrator.engine.state import InstanceState, Transition
@@ -103,6 +103,8 @@ class ReportBatch:
         if stale_copies:  # this batch first failed to write from the engine's recent copies
             self._uow.count("recent_copies_stale")
         self._ledger = BatchLedger(self._uow)
+        #: Deciding from the engine's recent copies (see decide_recent), not locked rows.
+        self._from_copies = False
         self._tasks: dict[str, TaskRow] = {}
         self._instances: dict[str, InstanceRow] = {}
         self._states: dict[str, InstanceState] = {}
@@ -132,6 +134,7 @@ class ReportBatch:
         if any(not self._processes.has(row.definition_id) for row in view.instances.values()):
             raise NeedsLocks("definition not loaded")
         self._uow.count("batches_from_recent")
+        self._from_copies = True
         self._decide(reports)
         # Each write must also change its instance's row: that row's lock and version are
         # what every other writer of its tasks goes through.
@@ -368,6 +371,8 @@ class ReportBatch:
         apply_transition(self._uow, self._info(task.instance_id), transition)
 
     def _engine_incident(self, task: TaskRow, exc: EngineStepError) -> None:
+        if self._from_copies:  # the copy is older than the rows: no incident, decide again
+            raise StaleCopy(f"recent copy of instance {task.instance_id}: {exc}") from exc
         log.error("cannot advance instance %s: %s", task.instance_id, exc)
         self._uow.task_incident(task, "engine", str(exc))
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
-from orchestrator.daemon.recent import RecentRows
+import orjson
+import pytest
+
+from orchestrator.daemon.context import EngineContext
+from orchestrator.daemon.processes import ProcessCache
+from orchestrator.daemon.recent import RecentRows, RecentView, StaleCopy
+from orchestrator.daemon.reports import IncomingReport, ReportBatch
 from orchestrator.engine.state import InstanceState, Token
 from orchestrator.model.wire import Claimed, Completed, Failed
 from orchestrator.store.unit_of_work import InstanceRow, TaskRow, UnitOfWork
+from tests.harness import sequential_process
 
 ROW = InstanceRow(definition_id=1, process_key="p", business_key=None, status="active")
+#: An instance id the engine core derives task ids from (a UUID).
+I1 = "00000000-0000-4000-8000-000000000001"
 
 
 def _state(instance_id: str, task_id: str, version: int = 0) -> InstanceState:
@@ -118,3 +128,38 @@ def test_forget_drops_instances_and_their_tasks() -> None:
     _started(recent, "i1", "a")
     recent.forget(["i1"])
     assert recent.view([_done("a")]) is None
+
+
+def test_a_task_newer_than_its_instance_copy_drops_the_copy() -> None:
+    # This engine wrote instance i1 waiting on task a. Another engine then completed a and
+    # created b (the copy here never saw it); this engine's locked batch claimed b, changing
+    # only the task. Keeping b under the old copy would decide b's completion from a state
+    # that does not wait on b.
+    recent = RecentRows(10)
+    _started(recent, "i1", "a")
+    claimed = UnitOfWork()
+    claimed.changed_tasks["b"] = _task("b", "i1", status="claimed", worker_id="w", version=0)
+    recent.remember(claimed, {"i1": ROW})
+    assert recent.view([_done("b")]) is None
+    assert recent.view([_done("a")]) is None  # the whole copy is gone
+    assert len(recent) == 0
+
+
+def test_a_copy_that_does_not_wait_on_the_task_is_stale_not_an_incident(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Whatever made a copy inconsistent, deciding from it is a stale copy: decided again
+    # from locked rows, never an error or an incident of the instance.
+    processes = ProcessCache()
+    graph = orjson.loads(sequential_process("p", ["one", "two"]))
+    processes.remember({"id": 1, "graph": graph, "version": 1})  # type: ignore[arg-type]
+    context = EngineContext(processes, 1000, "test")
+    view = RecentView(
+        tasks={"b": _task("b", I1, node_id="step2", status="claimed", worker_id="w")},
+        instances={I1: ROW},
+        states={I1: _state(I1, "a")},
+    )
+    batch = ReportBatch(None, context)  # type: ignore[arg-type]  # decides without a connection
+    with caplog.at_level(logging.DEBUG), pytest.raises(StaleCopy):
+        batch.decide_recent([IncomingReport(_done("b"), None)], view)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
