@@ -62,11 +62,18 @@ def parse_reports(body: bytes, max_bytes: int) -> list[ParsedReport]:
     return parsed
 
 
+def _versioned(data: object) -> None:
+    """The models fill in a missing `v`; the wire contract requires it."""
+    if isinstance(data, dict) and "v" not in data:
+        raise Malformed('wrong schema: v: Field required (every message carries "v": 1)')
+
+
 def _report(data: object) -> Report:
     try:
         report = REPORT_ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise _schema_error(exc) from None
+    _versioned(data)
     try:
         uuid.UUID(report.task_id)
     except ValueError:
@@ -77,6 +84,8 @@ def _report(data: object) -> Report:
 def parse_command(body: bytes, max_bytes: int) -> Command:
     data = _load(body, max_bytes)
     try:
-        return COMMAND_ADAPTER.validate_python(data)
+        command = COMMAND_ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise _schema_error(exc) from None
+    _versioned(data)
+    return command

@@ -42,6 +42,11 @@ def completed_body(task_id: str, **variables: Any) -> bytes:
     return orjson.dumps(report.model_dump(mode="json"))
 
 
+def unversioned(body: bytes) -> bytes:
+    """The same message without its `v`: the models would fill it in, the contract does not."""
+    return orjson.dumps({key: value for key, value in orjson.loads(body).items() if key != "v"})
+
+
 def bad_reports(settings: Settings) -> dict[str, tuple[bytes, str]]:
     """message_id -> (body, what the dead-letter reason must contain)."""
     unknown = str(uuid.uuid4())
@@ -56,6 +61,7 @@ def bad_reports(settings: Settings) -> dict[str, tuple[bytes, str]]:
             "wrong schema",
         ),
         "empty-array": (b"[]", "wrong schema"),
+        "no-version": (unversioned(completed_body(unknown, x=1)), "v: Field required"),
         "unknown-task": (completed_body(unknown, x=1), f"unknown task: {unknown}"),
         "not-a-task-id": (completed_body("order-17", x=1), "unknown task"),
         "oversized": (oversized, "oversized"),
@@ -214,6 +220,10 @@ async def test_malformed_command_is_answered_invalid_command(
         "cmd-not-json": (b"deploy please", "not JSON"),
         "cmd-unknown-type": (orjson.dumps({"type": "launch", "process_key": "x"}), "wrong schema"),
         "cmd-missing-fields": (orjson.dumps({"type": "start"}), "wrong schema"),
+        "cmd-no-version": (
+            orjson.dumps({"type": "stats", "process_key": "x"}),
+            "wrong schema: v: Field required",
+        ),
     }
     async with running_engine(settings), Client(settings) as client:
         connection = await aio_pika.connect(settings.amqp_url)
