@@ -70,6 +70,12 @@ class CommandTimeout(OrchestratorError):
     code = "timeout"
 
 
+class NoEngine(CommandTimeout):
+    """No engine consumes the commands queue."""
+
+    code = "no_engine"
+
+
 ERRORS_BY_CODE: dict[str, type[OrchestratorError] | type[DefinitionError]] = {
     cls.code: cls
     for cls in (
@@ -79,5 +85,7 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError] | type[DefinitionError]] = {
         InvalidState,
         InvalidCommand,
         DefinitionError,
+        ServiceUnavailable,
+        CommandTimeout,
     )
 }
