@@ -39,6 +39,8 @@ class Outgoing:
     headers: dict[str, str] = field(default_factory=dict)
     persistent: bool = True
     mandatory: bool = True
+    #: AMQP per-message TTL in ms, as text ("" or None: none).
+    expiration: str | None = None
 
 
 class Publisher:
@@ -136,6 +138,7 @@ def _properties(message: Outgoing, message_id: str) -> aiormq.spec.Basic.Propert
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
         headers=dict(message.headers) or None,
+        expiration=message.expiration or None,
     )
 
 
