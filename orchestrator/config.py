@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -54,6 +55,9 @@ class Settings:
     db_keepalive_idle_s: int = 5
     db_keepalive_interval_s: int = 2
     db_keepalive_count: int = 3
+    #: How long a client call (start, deploy, a query, retry, cancel) may take in all, its
+    #: resends included, unless the call names its own `timeout`.
+    client_timeout_s: float = 30.0
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(
@@ -68,6 +72,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not _NAMESPACE_PATTERN.match(self.namespace):
             raise ValueError(f"invalid namespace {self.namespace!r}: use [a-z][a-z0-9_-]*")
+        if not (math.isfinite(self.client_timeout_s) and self.client_timeout_s > 0):
+            raise ValueError(f"client timeout must be positive, not {self.client_timeout_s}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -79,6 +85,7 @@ class Settings:
             consumers_per_queue=int(env.get("ORCH_CONSUMERS_PER_QUEUE", "1")),
             recent_instances=int(env.get("ORCH_RECENT_INSTANCES", "10000")),
             **_int_settings(env),
+            client_timeout_s=_float_setting(env, "ORCH_CLIENT_TIMEOUT", 30.0),
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -103,3 +110,12 @@ def _int_settings(env: Mapping[str, str]) -> dict[str, int]:
             except ValueError:
                 raise ValueError(f"{variable} must be an integer, not {env[variable]!r}") from None
     return found
+
+
+def _float_setting(env: Mapping[str, str], variable: str, default: float) -> float:
+    if variable not in env:
+        return default
+    try:
+        return float(env[variable])
+    except ValueError:
+        raise ValueError(f"{variable} must be a number, not {env[variable]!r}") from None
