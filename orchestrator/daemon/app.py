@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from orchestrator import aio
 from orchestrator.broker.batches import BatchConsumer, ack_all, ack_each
 from orchestrator.broker.connection import connect
+from orchestrator.broker.deadline import split_lapsed
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_core
 from orchestrator.config import Settings
@@ -33,7 +34,12 @@ from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, Notice, ReportBatch
 from orchestrator.daemon.starts import StartBatch, StartResult
 from orchestrator.daemon.supervisor import supervise
-from orchestrator.errors import InvalidCommand, OrchestratorError, ServiceUnavailable
+from orchestrator.errors import (
+    CommandTimeout,
+    InvalidCommand,
+    OrchestratorError,
+    ServiceUnavailable,
+)
 from orchestrator.faults import crash_point
 from orchestrator.model.wire import (
     CancelCommand,
@@ -229,7 +235,9 @@ class Engine:
         arrived = commands.arrived
         while await self._until(arrived):
             arrived.clear()
-            command_batch = commands.take_ready()
+            command_batch, lapsed = split_lapsed(commands.take_ready(), time.time() * 1000)
+            if lapsed:
+                await self._drop_lapsed(lapsed)
             report_batch = reports.take_ready()
             if commands.pending() or reports.pending():
                 arrived.set()  # more than a batch was waiting: go again at once
@@ -553,6 +561,22 @@ class Engine:
                     await message.reject(requeue=False)
 
     # --- commands ------------------------------------------------------------------------
+
+    async def _drop_lapsed(self, lapsed: list[tuple[Message, str]]) -> None:
+        """Commands whose sender's deadline passed before they arrived (the sender gave up on
+        them: see orchestrator/broker/deadline.py) take no effect. Each is answered, in case
+        its sender still listens (a clock behind the engine's), counted and acked."""
+        log.warning("dropped %d commands past their deadline: %s", len(lapsed), lapsed[0][1])
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(Q.bump_counter, self.engine_id, "commands_expired", len(lapsed))
+        except RETRYABLE as exc:
+            log.warning("could not count %d expired commands: %s", len(lapsed), exc)
+        answers: list[tuple[Message, CommandResult]] = [
+            (message, CommandTimeout(reason)) for message, reason in lapsed
+        ]
+        await self._after_commit([], self._replies(answers))
+        await ack_each([message for message, _ in lapsed])
 
     async def _handle_commands(self, batch: list[Message]) -> None:
         """Starts in one go; anything else is answered beside the loop (see `_answer_aside`).
