@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -19,14 +20,30 @@ from orchestrator.config import Settings
 from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.incident_table import incident_table
 
+#: With no engine consuming the commands queue for this long, a command fails at once
+#: instead of waiting for its deadline (an engine that is restarting is back within it).
+NO_ENGINE_AFTER_S = 2.0
+
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        help="seconds a client command may take in all (default ORCH_CLIENT_TIMEOUT or 30)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("engine", help="run the engine daemon (applies migrations first)")
     commands.add_parser("migrate", help="create the database if needed and apply migrations")
@@ -106,13 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _client(settings: Settings) -> Client:
+    return Client(settings, name="orchestrator-cli", no_engine_after=NO_ENGINE_AFTER_S)
+
+
 async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[Any]]) -> None:
-    async with Client(settings, name="orchestrator-cli") as client:
+    async with _client(settings) as client:
         _print_json(await action(client))
 
 
 async def _with_client_raw(settings: Settings, action: Callable[[Client], Awaitable[None]]) -> None:
-    async with Client(settings, name="orchestrator-cli") as client:
+    async with _client(settings) as client:
         await action(client)
 
 
@@ -172,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = Settings.from_env()
+    if args.timeout is not None:
+        settings = replace(settings, client_timeout_s=args.timeout)
     try:
         _dispatch(args, settings)
     except OrchestratorError as exc:
