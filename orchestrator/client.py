@@ -253,14 +253,15 @@ class Client:
             await asyncio.sleep(min(ENGINE_POLL_S, give_up - now))
 
     async def _consumer_count(self, wait_s: float) -> int | None:
-        """Consumers of the commands queue (None: unknown, or no answer within `wait_s`).
-        Calls at the same moment share one look (a passive declare)."""
+        """Consumers of the commands queue (None: unknown, the broker is away). Calls at the
+        same moment share one look (a passive declare). A look not answered within `wait_s`
+        found none."""
         if self._counting is None or self._counting.done():
             self._counting = asyncio.ensure_future(self._count_consumers())
         try:
             return await asyncio.wait_for(asyncio.shield(self._counting), max(wait_s, 0.001))
         except TimeoutError:
-            return None
+            return 0
 
     async def _count_consumers(self) -> int | None:
         if self._connection is None:
