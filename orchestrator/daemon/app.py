@@ -394,6 +394,10 @@ class Engine:
             held = {id(h.message): h for h in reports}
             await self._apply_and_settle([h.message for h in reports], items, [], held)
         starts = self._held_starts.take_due(now)
+        fresh, lapsed = split_lapsed([h.message for h in starts], time.time() * 1000)
+        if lapsed:  # held past their sender's deadline: they take no effect after all
+            await self._drop_lapsed(lapsed)
+            starts = [h for h in starts if any(h.message is m for m in fresh)]
         if starts:
             await self._run_starts([(h.message, h.items[0]) for h in starts], [], held=starts)
 
