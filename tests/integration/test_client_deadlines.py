@@ -294,3 +294,36 @@ async def test_the_engine_drops_a_command_past_its_deadline_on_arrival(
     keys = await db.fetch("SELECT idempotency_key FROM start_ledger ORDER BY 1")
     assert [row["idempotency_key"] for row in keys] == ["in-time", "no-deadline"]
     assert expired == 2
+
+
+@pytest.mark.timeout(60)
+async def test_a_start_held_past_its_deadline_never_takes_effect(
+    settings: Settings, db: asyncpg.Pool, topics: set[str]
+) -> None:
+    """The engine took the start in time, but another session holds its idempotency key, so
+    the engine holds the start and tries it again and again. Once the caller's deadline has
+    passed, the next try drops it instead, and the key's release changes nothing."""
+    topics.add(TOPIC)
+    async with running_engine(settings), Client(settings) as client:
+        await client.deploy(sequential_process("held", [TOPIC]))
+        async with db.acquire() as holder:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(
+                "INSERT INTO start_ledger (idempotency_key, payload_hash, instance_id, created)"
+                " VALUES ('contended', '\\x00', gen_random_uuid(), true)"
+            )
+            with pytest.raises(CommandTimeout):
+                await client.start("held", idempotency_key="contended", timeout=2.0)
+
+            async def dropped() -> bool:
+                return await counter(db, "commands_expired") == 1
+
+            await wait_until(dropped, timeout=10, what="the held start to be dropped")
+            await transaction.rollback()  # the key is free: a held start would go through now
+        fresh = await client.start("held", idempotency_key="after", timeout=15)
+        assert fresh.created
+    keys = await db.fetch("SELECT idempotency_key FROM start_ledger")
+    assert [row["idempotency_key"] for row in keys] == ["after"]
+    assert await db.fetchval("SELECT count(*) FROM process_instances") == 1
+    assert await counter(db, "commands_expired") == 1
