@@ -159,9 +159,9 @@ class Client:
         client's default); resend it while no reply comes.
 
         Resending is safe for every command: starts carry their idempotency key, deploys are
-        content-addressed, a second retry of one incident or cancel of one instance answers
-        as the first did, queries only read. One correlation id serves all the sends, so a
-        late reply to an earlier send answers the call too.
+        content-addressed, a second retry or cancel changes nothing (docs/wire-protocol.md,
+        "Command deadlines", has what each answers), queries only read. One correlation id
+        serves all the sends, so a late reply to an earlier send answers the call too.
         """
         if self._publisher is None or self._replies is None:
             raise RuntimeError("client is not connected")
