@@ -269,7 +269,7 @@ async def test_the_engine_drops_a_command_past_its_deadline_on_arrival(
         await replies.consume(on_reply, no_ack=True)
         exchange = await channel.get_exchange(Topology(settings.namespace).commands_exchange)
         for key, header in headers.items():
-            body = {"type": "start", "process_key": "arrival", "idempotency_key": key}
+            body = {"v": 1, "type": "start", "process_key": "arrival", "idempotency_key": key}
             await exchange.publish(
                 aio_pika.Message(
                     orjson.dumps(body),
