@@ -116,7 +116,11 @@ class Engine:
     async def open(self) -> None:
         settings = self.settings
         await ensure_database(settings.database_url)
-        self._pool = await create_pool(settings.database_url, size=settings.pool_size)
+        self._pool = await create_pool(
+            settings.database_url,
+            size=settings.pool_size,
+            application_name=f"orchestrator {self.engine_id}",
+        )
         async with self.pool.acquire() as conn:
             await apply_migrations(conn)
             topics = await admin.deployed_topics(conn)

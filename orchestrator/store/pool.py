@@ -28,7 +28,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     end of every transaction. asyncpg still rolls back a transaction left open."""
 
 
-async def create_pool(url: str, *, size: int = 8, timeout: float = 5.0) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, size: int = 8, timeout: float = 5.0, application_name: str = "orchestrator"
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         url,
         min_size=1,
@@ -38,7 +40,7 @@ async def create_pool(url: str, *, size: int = 8, timeout: float = 5.0) -> async
         init=_init_connection,
         reset=_keep_session,
         server_settings={
-            "application_name": "orchestrator",
+            "application_name": application_name,
             # One plan per statement and connection, made at its first use: planning the
             # batch statement each time cost more than running it.
             "plan_cache_mode": "force_generic_plan",
