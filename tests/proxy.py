@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 #: Chunks waiting for their delay in one direction before reading stops (backpressure).
 QUEUE_CHUNKS = 256
+#: How long `close()` lets aborted connections end by themselves.
+CLOSE_WAIT_S = 2.0
 
 
 @dataclass
@@ -92,6 +94,7 @@ class TcpProxy:
         self._blocked = False
         self._hold = False
         self._blackholed = False
+        self._closing = False
         self._unblocked = asyncio.Event()
         self._unblocked.set()
         self._unblock_timer: asyncio.TimerHandle | None = None
@@ -214,6 +217,8 @@ class TcpProxy:
                 return
             self.counters.held += 1
             await self._unblocked.wait()
+            if self._closing:
+                return
         if self._blackholed:
             await self._swallow(reader, _Link(writer, None))
             return
@@ -289,11 +294,16 @@ class TcpProxy:
                 await reading
 
     async def close(self) -> None:
+        self._closing = True
         self.unblock()
         if self._server is not None:
             self._server.close()
         for link in list(self._links):
             link.abort()
+        # Aborted, the connections end by themselves. Only a connection task that does not
+        # is cancelled: asyncio (3.11) logs an error for a cancelled connection callback.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_WAIT_S)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
