@@ -1,16 +1,27 @@
 """An engine that stalls inside a transaction must not stall the others.
 
-Two engines share the work. One of them stops answering while its transaction holds instance
-row locks: it is frozen (SIGSTOP), or its PostgreSQL connection goes silent (a blackhole in
-the TCP proxy: no reset, no FIN, as when a host vanishes). For 30 s the other engine must keep
-completing instances and answering commands; afterwards every instance completes, each step
-once, and the stalled engine carries on.
+Two engines share the work. One of them stops answering while one of its transactions holds
+instance row locks (it has locked or written rows: it has an xid), for 30 s:
+
+- frozen: SIGSTOP, caught when pg_stat_activity shows its session idle in a transaction;
+- cut off from PostgreSQL: its database connections go through a TCP proxy that turns into a
+  blackhole (no reset, no FIN: nothing reaches either side) while it is inside a transaction;
+- its host gone: the same, with its RabbitMQ connection silenced too.
+
+Meanwhile the other engine must keep completing instances and answering commands; afterwards
+every instance completes, each step once, and the stalled engine carries on.
 
 How progress is judged: the completed instances are counted at 2 s boundaries from 6 s into
 the stall (PostgreSQL may take about 5 s to end the stalled session; the healthy engine should
 not wait on it at all), and every window must have some. `orchestrator stats` is asked every
 few seconds from then on and must answer within 5 s. Each window also notes the healthy
-engine's sessions waiting on a lock, and who holds it, so a failure says why.
+engine's sessions waiting on a lock, and who holds it, so a failure says why. The engines'
+sessions are found by their application_name, which carries the engine id (host and pid).
+
+While an engine is frozen, RabbitMQ keeps its deliveries until it drops the connection (two
+missed heartbeats, about 10 s), and then hands them to the other engine: among them the
+reports of the frozen transaction, for the very instances it holds locked. A host gone is the
+same. An engine cut off from PostgreSQL alone keeps its broker connection and its deliveries.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import pytest
 
 from orchestrator.broker.topology import Topology
 from orchestrator.client import Client
+from orchestrator.errors import CommandTimeout
 from tests.faults.workload import Workload
 from tests.harness import wait_until
 from tests.proxy import Proxies, TcpProxy
@@ -182,10 +194,13 @@ class Window:
 @dataclass
 class StatsAsk:
     at_s: float
+    #: When the first answer of the burst came; None if none came within STATS_WITHIN_S.
     answered_s: float | None
+    #: How many of the burst were answered within STATS_WITHIN_S.
+    answers: int
     #: Consumers of the commands queue when asked (the stalled engine's may still be one).
     consumers: int
-    error: str = ""
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -217,14 +232,21 @@ class Stall:
             waits = end.lock_waits
             blocked = f"; healthy engine waiting on locks: {waits}" if waits else ""
             lines.append(f"  {window.begins_s:4.0f}-{end.begins_s:.0f} s: {made:+d}{blocked}")
-        lines.append("stats asked during the stall (at s: answered after s):")
+        lines.append(
+            f"stats asked during the stall, {STATS_BURST} at once (at s: first answer after s, "
+            f"answers within {STATS_WITHIN_S:g} s):"
+        )
         lines += [
             f"  {ask.at_s:4.1f}: "
-            + (f"{ask.answered_s:.2f}" if ask.answered_s is not None else f"NO ANSWER {ask.error}")
-            + f" ({ask.consumers} consumers of the commands queue)"
+            + (f"{ask.answered_s:.2f}" if ask.answered_s is not None else "NO ANSWER")
+            + f", {ask.answers}/{STATS_BURST} answered"
+            + f" ({ask.consumers} consumers of the commands queue) {' '.join(ask.errors)}"
             for ask in self.asks
         ]
         return "\n".join(lines)
+
+    def commands_consumers(self) -> list[int]:
+        return [ask.consumers for ask in self.asks]
 
 
 async def completed(workload: Workload) -> int:
@@ -277,23 +299,24 @@ async def watch(workload: Workload, healthy: subprocess.Popen[bytes], client: Cl
 
 
 async def ask_stats(client: Client, process_key: str, at_s: float, consumers: int) -> StatsAsk:
-    """A burst of stats commands; answered when the first answer came within the limit."""
+    """A burst of stats commands, given STATS_WITHIN_S to answer."""
     began = time.monotonic()
-    asks = [asyncio.create_task(client.stats(process_key)) for _ in range(STATS_BURST)]
+
+    async def one() -> float:
+        await client.stats(process_key)
+        return time.monotonic() - began
+
+    asks = [asyncio.create_task(one()) for _ in range(STATS_BURST)]
     try:
-        done, _ = await asyncio.wait(
-            asks, timeout=STATS_WITHIN_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        if not done:
-            return StatsAsk(at_s, None, consumers, f"(none within {STATS_WITHIN_S:g} s)")
-        first = done.pop()
-        if first.exception() is not None:
-            return StatsAsk(at_s, None, consumers, repr(first.exception()))
-        return StatsAsk(at_s, time.monotonic() - began, consumers)
+        done, _ = await asyncio.wait(asks, timeout=STATS_WITHIN_S)
     finally:
         for task in asks:
             task.cancel()
         await asyncio.gather(*asks, return_exceptions=True)
+    errors = [repr(task.exception()) for task in done if task.exception() is not None]
+    answered = sorted(task.result() for task in done if task.exception() is None)
+    first = answered[0] if answered else None
+    return StatsAsk(at_s, first, len(answered), consumers, errors)
 
 
 async def commands_consumers(workload: Workload) -> int:
@@ -342,13 +365,20 @@ def assert_no_stall(stall: Stall, report: str) -> None:
     )
 
 
-async def finished(workload: Workload) -> Exception | None:
-    """workload.finish(), its failure kept for after the stall's own assertions (starts that
-    got no answer during the stall fail it too)."""
+async def finished(workload: Workload, stall: Stall) -> Exception | None:
+    """workload.finish(), its failure kept for after the stall's own assertions (which say
+    more)."""
     try:
         # An engine lost its connections mid-batch: some reports are read twice.
         await workload.finish(exact_reports=False, timeout=FINISH_S)
-    except Exception as exc:  # reported after the stall's assertions, which say more
+    except CommandTimeout as exc:
+        # A start the client sent three times (10 s apart) without an answer: it gave up,
+        # and the instance was never started.
+        return AssertionError(
+            f"a start got no answer: {exc}; consumers of the commands queue during the "
+            f"stall: {stall.commands_consumers()}"
+        )
+    except AssertionError as exc:
         return exc
     return None
 
@@ -378,7 +408,7 @@ async def test_engine_frozen_inside_a_transaction(workload: Workload) -> None:
         finally:
             os.kill(frozen.pid, signal.SIGCONT)
 
-    failure = await finished(workload)
+    failure = await finished(workload, stall)
     report = engine_report(workload, stall, {"frozen": frozen, "healthy": healthy})
     report += (
         f"\nfrozen session: backend {session.backend}, xid {session.xid}, last statement "
@@ -393,14 +423,29 @@ async def test_engine_frozen_inside_a_transaction(workload: Workload) -> None:
         raise failure
 
 
+#: What is cut off: the engine's PostgreSQL connections only, or (a host gone) its RabbitMQ
+#: connection too.
+CUTS = {
+    "postgresql": ("pg",),
+    "host": ("pg", "amqp"),
+}
+CUT_NAMES = {
+    "postgresql": "blackhole engine <-> PostgreSQL in a transaction 30 s",
+    "host": "blackhole engine <-> PostgreSQL, RabbitMQ in a transaction 30 s",
+}
+
+
 @pytest.mark.timeout(150)
-async def test_engine_database_connection_cut_silently(
-    workload: Workload, proxies: Proxies
-) -> None:
-    workload.configure("PostgreSQL blackhole 30 s, one engine", count=COUNT, max_delay_ms=120)
+@pytest.mark.parametrize("cut", sorted(CUTS))
+async def test_engine_cut_off_silently(workload: Workload, proxies: Proxies, cut: str) -> None:
+    workload.configure(CUT_NAMES[cut], count=COUNT, max_delay_ms=120)
     settings = workload.settings
-    pg = await proxies.to(settings.database_url, "pg")
-    cut_off = workload.engine(ORCH_DATABASE_URL=pg.url(settings.database_url))
+    urls = {"pg": settings.database_url, "amqp": settings.amqp_url}
+    variables = {"pg": "ORCH_DATABASE_URL", "amqp": "ORCH_AMQP_URL"}
+    cut_proxies = {service: await proxies.to(urls[service], service) for service in CUTS[cut]}
+    cut_off = workload.engine(
+        **{variables[service]: proxy.url(urls[service]) for service, proxy in cut_proxies.items()}
+    )
     healthy = workload.engine()
     await workload.deploy()
     workload.worker()
@@ -410,36 +455,41 @@ async def test_engine_database_connection_cut_silently(
     await workload.progressed(by=60)
 
     async with Client(workload.settings, name="stall-stats") as client:
-        session = await blackhole_in_transaction(workload, cut_off, pg)
-        workload.fault(f"pg blackhole in a transaction {STALL_S:g} s")
+        session = await blackhole_in_transaction(workload, cut_off, list(cut_proxies.values()))
+        workload.fault(f"{'+'.join(cut_proxies)} blackhole {STALL_S:g} s")
         try:
             stall = await watch(workload, healthy, client)
         finally:
-            pg.heal()
+            for proxy in cut_proxies.values():
+                proxy.heal()
 
-    failure = await finished(workload)
+    failure = await finished(workload, stall)
     report = engine_report(workload, stall, {"cut off": cut_off, "healthy": healthy})
     report += (
         f"\ncut-off session: backend {session.backend}, xid {session.xid}, last statement "
-        f"{session.query!r}; proxy {pg.counters}, {pg.silent} silenced connections still open"
+        f"{session.query!r}"
     )
+    for proxy in cut_proxies.values():
+        report += f"\n{proxy.name} proxy: {proxy.counters}, {proxy.silent} silenced still open"
     print(report)
     assert_no_stall(stall, report)
+    # Healed, the cut-off engine carries on: it reconnects rather than dying.
     assert cut_off.poll() is None, f"the cut-off engine exited\n{report}"
     if failure is not None:
         raise failure
 
 
 async def blackhole_in_transaction(
-    workload: Workload, engine: subprocess.Popen[bytes], proxy: TcpProxy
+    workload: Workload, engine: subprocess.Popen[bytes], proxies: list[TcpProxy]
 ) -> Session:
-    """Silence every connection of `engine` (all through `proxy`) while one of its sessions
-    is inside a transaction holding rows. To land exactly there, the engine is stopped for the
-    moment it takes to check and to switch the proxy, and then let go: from then on all it
+    """Silence every connection of `engine` through `proxies` while one of its sessions is
+    inside a transaction holding rows. To land exactly there, the engine is stopped for the
+    moment it takes to check and to switch the proxies, and then let go: from then on all it
     sends is dropped, as in a partition."""
     session = await freeze_in_transaction(workload, engine)
     try:
-        assert proxy.blackhole() >= 1, "the engine has no connection through the proxy"
+        for proxy in proxies:
+            assert proxy.blackhole() >= 1, f"the engine has no connection through {proxy.name}"
         assert await still_in(workload, session), "the transaction ended at the blackhole"
     finally:
         os.kill(engine.pid, signal.SIGCONT)
