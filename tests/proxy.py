@@ -10,6 +10,7 @@ the current delay.
     proxy.cut()            # abort every current connection (both sides see a reset)
     proxy.block(2.0)       # refuse new connections for 2 s (hold=True: keep them waiting)
     proxy.delay(100)       # 100 ms more latency on every forwarded chunk, both directions
+    proxy.pause()          # hold every byte in flight until proxy.resume()
     proxy.blackhole()      # a silent partition: nothing forwarded, nothing closed
     proxy.heal()           # new connections work again; the silenced ones stay silent
     await proxy.close()
@@ -98,6 +99,8 @@ class TcpProxy:
         self._unblocked = asyncio.Event()
         self._unblocked.set()
         self._unblock_timer: asyncio.TimerHandle | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @classmethod
     async def for_url(cls, url: str, *, name: str | None = None) -> TcpProxy:
@@ -185,6 +188,15 @@ class TcpProxy:
         self.counters.silenced += len(links)
         log.info("%s: blackhole, %d connections silenced", self.name, len(links))
         return len(links)
+
+    def pause(self) -> None:
+        """Hold every byte read from now on, in both directions and on every connection:
+        nothing forwarded, nothing dropped, until `resume()` forwards it all in order (or a
+        `blackhole()` drops it). A test uses it to look at one side while nothing moves."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def heal(self) -> None:
         """New connections are forwarded again; the silenced ones stay silent."""
@@ -279,6 +291,7 @@ class TcpProxy:
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                await self._flowing.wait()
                 if link.silenced:
                     self.counters.dropped_bytes += len(data)
                     continue
@@ -296,6 +309,7 @@ class TcpProxy:
     async def close(self) -> None:
         self._closing = True
         self.unblock()
+        self.resume()
         if self._server is not None:
             self._server.close()
         for link in list(self._links):

@@ -5,7 +5,8 @@ instance row locks (it has locked or written rows: it has an xid), for 30 s:
 
 - frozen: SIGSTOP, caught when pg_stat_activity shows its session idle in a transaction;
 - cut off from PostgreSQL: its database connections go through a TCP proxy that turns into a
-  blackhole (no reset, no FIN: nothing reaches either side) while it is inside a transaction;
+  blackhole (no reset, no FIN: nothing reaches either side) while it is inside a transaction
+  (the proxy holds every byte while the test looks, so the cut lands exactly there);
 - its host gone: the same, with its RabbitMQ connection silenced too.
 
 Meanwhile the other engine must keep completing instances and answering commands; afterwards
@@ -483,14 +484,23 @@ async def blackhole_in_transaction(
     workload: Workload, engine: subprocess.Popen[bytes], proxies: list[TcpProxy]
 ) -> Session:
     """Silence every connection of `engine` through `proxies` while one of its sessions is
-    inside a transaction holding rows. To land exactly there, the engine is stopped for the
-    moment it takes to check and to switch the proxies, and then let go: from then on all it
-    sends is dropped, as in a partition."""
-    session = await freeze_in_transaction(workload, engine)
-    try:
+    inside a transaction holding rows. To land exactly there, the proxies hold every byte
+    (pause) while the session is looked at: if its transaction is still open, the blackhole
+    drops what they held; if it ended just before, what they held goes on and it is tried
+    again."""
+    for _ in range(CATCH_TRIES):
+        session = await catch_in_transaction(workload, engine.pid)
         for proxy in proxies:
-            assert proxy.blackhole() >= 1, f"the engine has no connection through {proxy.name}"
-        assert await still_in(workload, session), "the transaction ended at the blackhole"
-    finally:
-        os.kill(engine.pid, signal.SIGCONT)
-    return session
+            proxy.pause()
+        try:
+            if await still_in(workload, session):
+                for proxy in proxies:
+                    silenced = proxy.blackhole()
+                    assert silenced >= 1, f"the engine has no connection through {proxy.name}"
+                return session
+        finally:
+            for proxy in proxies:
+                proxy.resume()
+    raise AssertionError(
+        f"could not cut engine {engine.pid} off inside a transaction in {CATCH_TRIES} tries"
+    )

@@ -179,6 +179,41 @@ async def test_url_points_at_the_proxy_and_keeps_the_rest(proxy: TcpProxy) -> No
     )
 
 
+async def test_pause_holds_bytes_both_ways_until_resume(proxy: TcpProxy, target: Target) -> None:
+    reader, writer = await _connect(proxy)
+    assert await _roundtrip(reader, writer, b"x") == b"x"
+    received = target.received
+    proxy.pause()
+    for index in range(3):
+        writer.write(b"%d" % index)
+        await writer.drain()
+    target.writers[0].write(b"pushed")
+    await target.writers[0].drain()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(1), 0.3)
+    assert target.received == received
+    proxy.resume()
+    # Everything arrives, in order: the target's push, then the echo of what was held.
+    assert await asyncio.wait_for(reader.readexactly(9), TIMEOUT) == b"pushed012"
+    assert proxy.counters.dropped_bytes == 0
+    await _close(writer)
+
+
+async def test_a_blackhole_drops_what_a_pause_held(proxy: TcpProxy, target: Target) -> None:
+    reader, writer = await _connect(proxy)
+    assert await _roundtrip(reader, writer, b"x") == b"x"
+    received = target.received
+    proxy.pause()
+    writer.write(b"held")
+    await writer.drain()
+    proxy.blackhole()
+    proxy.resume()
+    await _dropped(proxy, 4)
+    assert target.received == received
+    await _stays_silent(reader)
+    await _close(writer)
+
+
 #: How long a silenced connection is watched for a byte or an end that must not come.
 QUIET_S = 0.3
 
