@@ -12,17 +12,21 @@ instance row locks (it has locked or written rows: it has an xid), for 30 s:
 Meanwhile the other engine must keep completing instances and answering commands; afterwards
 every instance completes, each step once, and the stalled engine carries on.
 
-How progress is judged: the completed instances are counted at 2 s boundaries from 6 s into
-the stall (PostgreSQL may take about 5 s to end the stalled session; the healthy engine should
-not wait on it at all), and every window must have some. `orchestrator stats` is asked every
-few seconds from then on and must answer within 5 s. Each window also notes the healthy
-engine's sessions waiting on a lock, and who holds it, so a failure says why. The engines'
-sessions are found by their application_name, which carries the engine id (host and pid).
+How progress is judged: completed steps (and instances) are counted at 2 s boundaries from
+6 s into the stall (PostgreSQL may take about 5 s to end the stalled session; the healthy
+engine should not wait on it at all), and every window must have completed steps: during the
+stall only the healthy engine can complete any. `orchestrator stats` is asked every few
+seconds from then on and must answer within 5 s. Each window also notes the healthy engine's
+sessions waiting on a lock, and who holds it, so a failure says why. The engines' sessions
+are found by their application_name, which carries the engine id (host and pid).
 
-While an engine is frozen, RabbitMQ keeps its deliveries until it drops the connection (two
-missed heartbeats, about 10 s), and then hands them to the other engine: among them the
-reports of the frozen transaction, for the very instances it holds locked. A host gone is the
-same. An engine cut off from PostgreSQL alone keeps its broker connection and its deliveries.
+Why steps and not instances: while an engine is frozen, RabbitMQ goes on handing it starts
+and reports until it drops the connection (two missed heartbeats, about 10 s); the instances
+those belong to wait for that, however well the healthy engine does, and early in the stall a
+window can pass without a completed instance (seen once in six runs in which the healthy
+engine never waited). Then RabbitMQ hands them to the other engine: among them the reports of
+the frozen transaction, for the very instances it holds locked. A host gone is the same. An
+engine cut off from PostgreSQL alone keeps its broker connection, and what it was handed.
 """
 
 from __future__ import annotations
@@ -187,7 +191,9 @@ async def freeze_in_transaction(workload: Workload, engine: subprocess.Popen[byt
 @dataclass
 class Window:
     begins_s: float
-    completed: int
+    #: Steps (tasks) and instances completed so far.
+    steps: int
+    instances: int
     #: The healthy engine's sessions waiting on a lock: (backend, wait_event, blockers).
     lock_waits: list[tuple[int, str, list[int]]]
 
@@ -212,8 +218,13 @@ class Stall:
     asks: list[StatsAsk] = field(default_factory=list)
 
     def progress(self) -> list[int]:
+        """Steps completed in each window."""
+        counts = [window.steps for window in self.windows]
+        return [later - earlier for earlier, later in itertools.pairwise(counts)]
+
+    def instances_progress(self) -> list[int]:
         """Instances completed in each window."""
-        counts = [window.completed for window in self.windows]
+        counts = [window.instances for window in self.windows]
         return [later - earlier for earlier, later in itertools.pairwise(counts)]
 
     def stalled_windows(self) -> list[str]:
@@ -227,12 +238,16 @@ class Stall:
         return [ask for ask in self.asks if ask.answered_s is None]
 
     def describe(self) -> str:
-        lines = ["completed instances by window (from the start of the stall):"]
-        for i, made in enumerate(self.progress()):
+        lines = ["steps and instances completed by window (from the start of the stall):"]
+        steps, instances = self.progress(), self.instances_progress()
+        for i, (made, finished) in enumerate(zip(steps, instances, strict=True)):
             window, end = self.windows[i], self.windows[i + 1]
             waits = end.lock_waits
             blocked = f"; healthy engine waiting on locks: {waits}" if waits else ""
-            lines.append(f"  {window.begins_s:4.0f}-{end.begins_s:.0f} s: {made:+d}{blocked}")
+            lines.append(
+                f"  {window.begins_s:4.0f}-{end.begins_s:.0f} s: {made:+4d} steps, "
+                f"{finished:+4d} instances{blocked}"
+            )
         lines.append(
             f"stats asked during the stall, {STATS_BURST} at once (at s: first answer after s, "
             f"answers within {STATS_WITHIN_S:g} s):"
@@ -250,12 +265,17 @@ class Stall:
         return [ask.consumers for ask in self.asks]
 
 
-async def completed(workload: Workload) -> int:
-    value = await workload.db.fetchval(
-        "SELECT count(*) FROM process_instances WHERE process_key = $1 AND status = 'completed'",
+async def completed(workload: Workload) -> tuple[int, int]:
+    """Steps (tasks) and instances of the workload completed so far."""
+    row = await workload.db.fetchrow(
+        "SELECT (SELECT count(*) FROM tasks t JOIN process_instances i ON i.id = t.instance_id "
+        "        WHERE i.process_key = $1 AND t.status = 'completed') AS steps, "
+        "       (SELECT count(*) FROM process_instances WHERE process_key = $1 "
+        "        AND status = 'completed') AS instances",
         workload.key,
     )
-    return int(value)
+    assert row is not None
+    return int(row["steps"]), int(row["instances"])
 
 
 async def lock_waits(workload: Workload, pid: int) -> list[tuple[int, str, list[int]]]:
@@ -268,8 +288,8 @@ async def lock_waits(workload: Workload, pid: int) -> list[tuple[int, str, list[
 
 
 async def watch(workload: Workload, healthy: subprocess.Popen[bytes], client: Client) -> Stall:
-    """For STALL_S from now: count completed instances at each window boundary after
-    GRACE_S, and ask for stats every STATS_EVERY_S after GRACE_S."""
+    """For STALL_S from now: count completed steps and instances at each window boundary
+    after GRACE_S, and ask for stats every STATS_EVERY_S after GRACE_S."""
     stall = Stall()
     began = time.monotonic()
 
@@ -280,9 +300,9 @@ async def watch(workload: Workload, healthy: subprocess.Popen[bytes], client: Cl
         offset = GRACE_S
         while offset <= STALL_S + 1e-9:
             await at(offset)
-            stall.windows.append(
-                Window(offset, await completed(workload), await lock_waits(workload, healthy.pid))
-            )
+            steps, instances = await completed(workload)
+            waits = await lock_waits(workload, healthy.pid)
+            stall.windows.append(Window(offset, steps, instances, waits))
             offset += WINDOW_S
 
     async def ask() -> None:
@@ -359,7 +379,7 @@ def engine_report(
 def assert_no_stall(stall: Stall, report: str) -> None:
     assert len(stall.windows) == int((STALL_S - GRACE_S) / WINDOW_S) + 1, report
     assert not stall.stalled_windows(), (
-        f"no instance completed in the windows {stall.stalled_windows()}\n{report}"
+        f"no step completed in the windows {stall.stalled_windows()}\n{report}"
     )
     assert stall.asks and not stall.unanswered(), (
         f"stats went unanswered {len(stall.unanswered())} of {len(stall.asks)} times\n{report}"
