@@ -55,6 +55,9 @@ class Settings:
     db_keepalive_idle_s: int = 5
     db_keepalive_interval_s: int = 2
     db_keepalive_count: int = 3
+    #: A round that cannot reach PostgreSQL for this long gives its messages back to the
+    #: broker (for engines that can) and stops consuming until PostgreSQL answers again.
+    db_give_back_after_ms: int = 5_000
     #: How long a client call (start, deploy, a query, retry, cancel) may take in all, its
     #: resends included, unless the call names its own `timeout`.
     client_timeout_s: float = 30.0
@@ -98,6 +101,7 @@ _INT_VARIABLES = {
     "db_keepalive_idle_s": "ORCH_DB_KEEPALIVE_IDLE_S",
     "db_keepalive_interval_s": "ORCH_DB_KEEPALIVE_INTERVAL_S",
     "db_keepalive_count": "ORCH_DB_KEEPALIVE_COUNT",
+    "db_give_back_after_ms": "ORCH_DB_GIVE_BACK_AFTER_MS",
 }
 
 

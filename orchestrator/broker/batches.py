@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.abc import ChannelFrame
 from aiormq.exceptions import ChannelInvalidStateError
 
@@ -22,8 +22,11 @@ class BatchConsumer:
         *,
         max_batch: int,
         arrived: asyncio.Event | None = None,
+        channel: AbstractChannel | None = None,
     ) -> None:
         self._queue = queue
+        #: The consumer's own channel, if it has one: closing it gives back what it holds.
+        self._channel = channel
         self._max_batch = max_batch
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._consumer_tag: str | None = None
@@ -46,6 +49,17 @@ class BatchConsumer:
                 await self._queue.cancel(tag)
             except Exception:  # the channel may already be gone; nothing to cancel then
                 log.debug("cancel of consumer %s failed", tag, exc_info=True)
+
+    async def close(self) -> None:
+        """Stop, and give every delivery not yet acked back to the broker (it requeues them
+        for other consumers) by closing the consumer's own channel."""
+        await self.stop()
+        self._inbox = asyncio.Queue()
+        if self._channel is not None:
+            try:
+                await self._channel.close()
+            except Exception:  # already closed with its connection: the broker requeued them
+                log.debug("closing a consumer's channel failed", exc_info=True)
 
     def pending(self) -> int:
         return self._inbox.qsize()

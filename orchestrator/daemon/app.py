@@ -24,7 +24,15 @@ from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_c
 from orchestrator.config import Settings
 from orchestrator.daemon import admin, operations
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import RETRYABLE, LockBusy, NeedsLocks, connection, in_transaction
+from orchestrator.daemon.db import (
+    RETRYABLE,
+    DatabaseAway,
+    LockBusy,
+    NeedsLocks,
+    connection,
+    database_answers,
+    in_transaction,
+)
 from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
@@ -103,6 +111,8 @@ class Engine:
         #: Publishing of committed batches, overlapping the next batch (bounded).
         self._post_commit: set[asyncio.Task[int]] = set()
         self._post_commit_slots = asyncio.Semaphore(8)
+        #: How long a round retries an unreachable database before it gives its messages back.
+        self._give_back_s = settings.db_give_back_after_ms / 1000
         #: Reports and starts waiting for rows another session has locked (see held.py).
         self._held_reports: HeldMessages[HeldReport] = HeldMessages()
         self._held_starts: HeldMessages[StartCommand] = HeldMessages()
@@ -114,12 +124,7 @@ class Engine:
         try:
             await supervise(
                 {
-                    **{
-                        f"rounds-{i}": self._rounds(commands, reports)
-                        for i, (commands, reports) in enumerate(
-                            zip(self._commands, self._reports, strict=True)
-                        )
-                    },
+                    **{f"rounds-{i}": self._rounds(i) for i in range(len(self._commands))},
                     "reaper": self._reaper_loop(),
                     "relay-sweeper": self.relay.sweep_forever(0.5, self.stop),
                     "relay-deleter": self.relay.delete_forever(0.02, self.stop),
@@ -159,14 +164,20 @@ class Engine:
         # being read and decided. A channel's acks (multiple=True) then only ever cover its
         # own loop's committed batches.
         for _ in range(settings.consumers_per_queue):
-            arrived = asyncio.Event()
-            self._reports.append(
-                await self._consumer(
-                    self.topology.reports_queue, settings.report_messages_per_batch, arrived
-                )
-            )
-            self._commands.append(await self._consumer(self.topology.commands_queue, 200, arrived))
+            commands, reports = await self._consumer_pair()
+            self._commands.append(commands)
+            self._reports.append(reports)
         log.info("engine %s started (namespace %s)", self.engine_id, settings.namespace)
+
+    async def _consumer_pair(self) -> tuple[BatchConsumer, BatchConsumer]:
+        """A consumer of the commands queue and one of the reports queue, served by one loop
+        (they share the event that wakes it)."""
+        arrived = asyncio.Event()
+        reports = await self._consumer(
+            self.topology.reports_queue, self.settings.report_messages_per_batch, arrived
+        )
+        commands = await self._consumer(self.topology.commands_queue, 200, arrived)
+        return commands, reports
 
     async def _consumer(
         self, queue_name: str, batch_size: int, arrived: asyncio.Event
@@ -178,7 +189,7 @@ class Engine:
         queue = await channel.declare_queue(
             queue_name, durable=True, arguments=self.topology.queue_arguments()
         )
-        consumer = BatchConsumer(queue, max_batch=batch_size, arrived=arrived)
+        consumer = BatchConsumer(queue, max_batch=batch_size, arrived=arrived, channel=channel)
         await consumer.start()
         return consumer
 
@@ -226,7 +237,35 @@ class Engine:
 
     # --- loops ---------------------------------------------------------------------------
 
-    async def _rounds(self, commands: BatchConsumer, reports: BatchConsumer) -> None:
+    async def _rounds(self, index: int) -> None:
+        """Serve the `index`th pair of consumers. While PostgreSQL cannot be reached, their
+        messages are given back to the broker (for engines that can reach it) and consuming
+        pauses until it answers again (DESIGN: stop consuming rather than hold or nack-loop)."""
+        while not self.stop.is_set():
+            try:
+                await self._serve_rounds(self._commands[index], self._reports[index])
+                return
+            except DatabaseAway as exc:
+                await self._step_back(index, exc)
+
+    async def _step_back(self, index: int, exc: DatabaseAway) -> None:
+        log.warning("%s: giving back the messages in hand until it answers again", exc)
+        await self._commands[index].close()
+        await self._reports[index].close()
+        delay = 0.2
+        while not self.stop.is_set() and not await database_answers(self.pool):
+            await _sleep_or_stop(self.stop, delay)
+            delay = min(delay * 2, 2.0)
+        while not self.stop.is_set():
+            try:
+                self._commands[index], self._reports[index] = await self._consumer_pair()
+                log.info("the database answers again: consuming")
+                return
+            except Exception as error:  # the broker may be away too: its turn to come back
+                log.warning("could not consume again yet: %r", error)
+                await _sleep_or_stop(self.stop, 1.0)
+
+    async def _serve_rounds(self, commands: BatchConsumer, reports: BatchConsumer) -> None:
         """One loop for a commands consumer and a reports consumer. Each round takes what
         arrived on either while the last round was processed. When both have work, their
         starts and completions are decided together and written in one statement (see
@@ -485,7 +524,9 @@ class Engine:
             return await batch.run(items)
 
         try:
-            outcome = await in_transaction(self.pool, work, stop=self.stop)
+            outcome = await in_transaction(
+                self.pool, work, stop=self.stop, give_up_after_s=self._give_back_s
+            )
             self._remember(outcome)
             return outcome
         except RETRYABLE:
@@ -696,7 +737,9 @@ class Engine:
             return await StartBatch(conn, self.context).run(commands)
 
         try:
-            results, rows, uow = await in_transaction(self.pool, work, stop=self.stop)
+            results, rows, uow = await in_transaction(
+                self.pool, work, stop=self.stop, give_up_after_s=self._give_back_s
+            )
         except RETRYABLE:
             raise
         except Exception as exc:

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from orchestrator.store.queries import Q
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -38,6 +40,24 @@ RETRYABLE = (
     asyncpg.IdleInTransactionSessionTimeoutError,
 )
 
+#: Errors that say the database cannot be reached, as against a conflict with another session.
+UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InternalClientError,
+    asyncpg.IdleInTransactionSessionTimeoutError,
+)
+
+
+class DatabaseAway(ConnectionError):
+    """PostgreSQL has not answered for a while (see `in_transaction`). A ConnectionError, so
+    every handler of RETRYABLE lets it pass instead of treating the work as faulty."""
+
+
 #: Another session holds a row this work needs, past the session's lock timeout: the work is
 #: set aside and tried again shortly, never waited on in line (see SessionLimits).
 LockBusy = asyncpg.LockNotAvailableError
@@ -48,12 +68,17 @@ async def in_transaction(
     work: Callable[[asyncpg.Connection], Awaitable[T]],
     *,
     stop: asyncio.Event | None = None,
+    give_up_after_s: float | None = None,
 ) -> T:
     """Run `work` in a transaction; on a lost connection or a deadlock, wait and run it again.
 
     While the database is away the caller holds its messages unacked, so nothing is lost and
-    nothing spins: the broker stops delivering once the prefetch window is full.
+    nothing spins: the broker stops delivering once the prefetch window is full. With
+    `give_up_after_s`, a database unreachable for that long since the first try raises
+    DatabaseAway instead: the caller then gives its messages back to the broker, for the
+    engines that can reach the database, and stops taking new ones until it answers again.
     """
+    began = asyncio.get_running_loop().time()
     delay = 0.05
     while True:
         try:
@@ -61,6 +86,12 @@ async def in_transaction(
         except RETRYABLE as exc:
             if stop is not None and stop.is_set():
                 raise
+            waited = asyncio.get_running_loop().time() - began
+            gone = give_up_after_s is not None and isinstance(exc, UNREACHABLE)
+            if gone and waited >= (give_up_after_s or 0):
+                raise DatabaseAway(
+                    f"database unreachable for {waited:.1f} s ({type(exc).__name__}: {exc})"
+                ) from exc
             log.warning(
                 "database unavailable (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay
             )
@@ -69,10 +100,12 @@ async def in_transaction(
 
 
 @asynccontextmanager
-async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+async def connection(
+    pool: asyncpg.Pool, *, timeout: float | None = None
+) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection that is closed, not put back, when a call on it did not answer in
     time: it may have gone silent (a partition), and handing it back would wait on it again."""
-    async with pool.acquire() as conn:
+    async with pool.acquire(timeout=timeout) as conn:
         try:
             yield conn
         except BaseException as exc:
@@ -105,3 +138,13 @@ async def _roll_back(conn: asyncpg.Connection, transaction: Any) -> None:
         await transaction.rollback()
     except Exception:  # the connection broke as well: the pool replaces it
         conn.terminate()
+
+
+async def database_answers(pool: asyncpg.Pool, *, timeout: float = 3.0) -> bool:
+    """One quick question to PostgreSQL, on a connection of the pool, bounded in time."""
+    try:
+        async with connection(pool, timeout=timeout) as conn:
+            await conn.fetchval(Q.ping, timeout=timeout)
+    except RETRYABLE:
+        return False
+    return True

@@ -10,6 +10,9 @@ SELECT pg_advisory_xact_lock(7170001);
 -- defaults do not fit: migrations, deploys, operator actions and reads.
 SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true);
 
+-- name: ping
+SELECT 1;
+
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS orch_schema_migrations (
     version    integer PRIMARY KEY,
