@@ -37,10 +37,20 @@ class Settings:
     #: Active instances whose last written rows the engine keeps, to decide their next
     #: completion without reading them back (0: always lock and read).
     recent_instances: int = 10_000
+    #: A queued task that no worker claimed this long after its message was dispatched is
+    #: published again (a service task's `dispatch_timeout` overrides it).
+    dispatch_timeout_ms: int = 30_000
+    #: Re-sends of one attempt without a claim before the task raises a `dispatch_lost`
+    #: incident (a service task's `max_redispatches` overrides it).
+    max_redispatches: int = 5
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_PATTERN.match(self.namespace):
             raise ValueError(f"invalid namespace {self.namespace!r}: use [a-z][a-z0-9_-]*")
+        if self.dispatch_timeout_ms < 1:
+            raise ValueError("dispatch_timeout_ms must be at least 1")
+        if self.max_redispatches < 0:
+            raise ValueError("max_redispatches must not be negative")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -51,5 +61,7 @@ class Settings:
             namespace=env.get("ORCH_NAMESPACE", "orch"),
             consumers_per_queue=int(env.get("ORCH_CONSUMERS_PER_QUEUE", "1")),
             recent_instances=int(env.get("ORCH_RECENT_INSTANCES", "10000")),
+            dispatch_timeout_ms=int(env.get("ORCH_DISPATCH_TIMEOUT_MS", "30000")),
+            max_redispatches=int(env.get("ORCH_MAX_REDISPATCHES", "5")),
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
