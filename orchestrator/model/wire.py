@@ -54,6 +54,15 @@ class TaskMessage(_Wire):
     #: Pass this to the services the handler calls: it is the same for every attempt.
     idempotency_key: str
     created_at_ms: int = Field(description="When the engine committed this attempt (Unix ms)")
+    redispatch: int = Field(
+        0,
+        ge=0,
+        description=(
+            "0 for the first message of this attempt; k for its k-th re-send, after no worker "
+            "claimed it within its dispatch deadline. Claim a re-sent message (with a "
+            "request_id) before running it: another copy may have been taken meanwhile"
+        ),
+    )
 
 
 # --- worker -> engine: reports, on exchange <ns>.reports, routing key "report" -------------
