@@ -24,6 +24,7 @@ from orchestrator.config import Settings
 from orchestrator.daemon import admin, operations
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.db import RETRYABLE, NeedsLocks, in_transaction
+from orchestrator.daemon.dispatch import DispatchWatch
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
@@ -105,6 +106,9 @@ class Engine:
                         )
                     },
                     "reaper": self._reaper_loop(),
+                    "dispatch-watch": DispatchWatch(
+                        self.pool, self.connection, self.relay, self.context, self.settings
+                    ).run(self.stop),
                     "relay-sweeper": self.relay.sweep_forever(0.5, self.stop),
                     "relay-deleter": self.relay.delete_forever(0.02, self.stop),
                 },
