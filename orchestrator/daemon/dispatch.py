@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 #: Tasks taken per topic and pass. The re-sends then wait in the queue, so the next pass
 #: holds back (the queue has ready messages) until workers have taken them.
 PASS_LIMIT = 500
+#: The same while the queue has a backlog: what is due then waited ten deadlines behind
+#: other messages. Few of those are lost; most are still in line, and each copy sent costs
+#: the workers a delivery and a refused claim at a time when they are already behind.
+BACKLOG_PASS_LIMIT = 50
 #: Definitions read per query while learning their topics' deadlines.
 DEFINITIONS_PER_QUERY = 100
 
@@ -69,6 +73,8 @@ class DispatchWatch:
         #: Topic -> the shortest dispatch deadline of any service task on it.
         self._shortest: dict[str, int] = {}
         self._definitions_seen = 0
+        #: Topic -> when (loop time) a pass last found its queue with no consumer.
+        self._unread_at: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """A pass every reaper interval until `stop`. Neither a database nor a broker that
@@ -101,20 +107,36 @@ class DispatchWatch:
             log.warning("dispatch watch: cannot read the task queues: %r", exc)
             return []
         published: list[PublishedRow] = []
+        now = asyncio.get_running_loop().time()
         for topic, (ready, consumers) in counts.items():
             queue = QueueState(ready, consumers)
-            floor_ms = due_after_ms(self._floor(topic), 0, queue)
-            if queue.consumers == 0 or overdue[topic] < floor_ms:
+            if queue.consumers == 0:
+                self._unread_at[topic] = now
                 continue
-            resend = partial(self._resend, topic=topic, floor_ms=floor_ms, queue=queue)
+            unread_at = self._unread_at.get(topic)
+            read_for_ms = None if unread_at is None else int((now - unread_at) * 1000)
+            floor_ms = due_after_ms(self._floor(topic), 0, queue)
+            waited_ms = overdue[topic] if read_for_ms is None else min(overdue[topic], read_for_ms)
+            if waited_ms < floor_ms:
+                continue
+            resend = partial(
+                self._resend, topic=topic, floor_ms=floor_ms, queue=queue, read_for_ms=read_for_ms
+            )
             published += await in_transaction(self._pool, resend, stop=stop)
         return published
 
     async def _resend(
-        self, conn: asyncpg.Connection, *, topic: str, floor_ms: int, queue: QueueState
+        self,
+        conn: asyncpg.Connection,
+        *,
+        topic: str,
+        floor_ms: int,
+        queue: QueueState,
+        read_for_ms: int | None,
     ) -> list[PublishedRow]:
         uow = UnitOfWork()
-        records = await conn.fetch(Q.lock_undispatched_tasks, topic, floor_ms, PASS_LIMIT)
+        limit = BACKLOG_PASS_LIMIT if queue.backlog else PASS_LIMIT
+        records = await conn.fetch(Q.lock_undispatched_tasks, topic, floor_ms, limit)
         for record in records:
             task = TaskRow.from_record(record)
             node = (await self._context.processes.get(conn, record["definition_id"])).nodes[
@@ -127,6 +149,7 @@ class DispatchWatch:
                 redispatches=record["redispatches"],
                 max_redispatches=most,
                 queue=queue,
+                read_for_ms=read_for_ms,
             )
             if isinstance(decision, Redispatch):
                 info = InstanceInfo(task.instance_id, record["process_key"], record["business_key"])

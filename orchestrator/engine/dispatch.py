@@ -7,8 +7,8 @@ task that no worker claimed within its dispatch deadline is published again, as 
 attempt, so whichever copy is claimed second is refused. The k-th re-send waits deadline x
 2^k after the previous dispatch. While the queue still holds ready messages the task is
 probably waiting behind them, so it waits ten times longer; with no consumer at all nobody
-could take a copy, so it waits until one comes. After `max_redispatches` re-sends the task
-raises an incident instead of sending more.
+could take a copy, so it waits until one comes, and its clock counts only from then. After
+`max_redispatches` re-sends the task raises an incident instead of sending more.
 """
 
 from __future__ import annotations
@@ -66,12 +66,18 @@ def after_waiting(
     redispatches: int,
     max_redispatches: int,
     queue: QueueState,
+    read_for_ms: int | None = None,
 ) -> Wait | Redispatch | DispatchLost:
-    """What to do with a queued task whose message went out `waited_ms` ago."""
+    """What to do with a queued task whose message went out `waited_ms` ago, when its queue
+    has had a consumer for the last `read_for_ms` (None: as far as anyone knows, always)."""
     if queue.consumers == 0:
         # Nobody could take a copy: re-sending only piles messages into an unread queue, and
         # a task waiting for its workers to be deployed has lost nothing.
         return Wait()
+    # Time with nobody reading the queue does not count: when the workers come back, the
+    # messages that waited for them are all still there, in the order they came.
+    if read_for_ms is not None:
+        waited_ms = min(waited_ms, read_for_ms)
     if waited_ms < due_after_ms(deadline_ms, redispatches, queue):
         return Wait()
     if redispatches >= max_redispatches:

@@ -66,6 +66,25 @@ def test_nothing_is_sent_to_a_queue_nobody_reads() -> None:
     assert decide(10**9, redispatches=5, queue=UNREAD) == Wait()
 
 
+def test_only_time_with_a_consumer_counts() -> None:
+    def read_for(read_ms: int | None, queue: QueueState = EMPTY) -> Any:
+        return after_waiting(
+            60_000,
+            deadline_ms=1000,
+            redispatches=0,
+            max_redispatches=5,
+            queue=queue,
+            read_for_ms=read_ms,
+        )
+
+    assert read_for(None) == Redispatch(1)
+    assert read_for(999) == Wait()
+    assert read_for(1000) == Redispatch(1)
+    # Workers back after a long absence, the queue full of what waited for them.
+    assert read_for(9_999, BACKLOG) == Wait()
+    assert read_for(10_000, BACKLOG) == Redispatch(1)
+
+
 def test_after_the_last_resend_the_task_is_lost_not_sent_again() -> None:
     assert decide(16_000, redispatches=4) == Redispatch(5)
     assert decide(31_999, redispatches=5) == Wait()
