@@ -22,22 +22,22 @@ async def queue_counts(
     does not exist (it was deleted) is declared again, as the relay would before publishing
     to it; it then has neither messages nor consumers."""
     counts: dict[str, tuple[int, int]] = {}
-    channel = await connection.channel()
+    channel = await asyncio.wait_for(connection.channel(), PROBE_TIMEOUT_S)
     try:
         for topic in topics:
             try:
                 counts[topic] = await _passive(channel, topology, topic)
             except ChannelNotFoundEntity:
                 with contextlib.suppress(Exception):
-                    await channel.close()
-                channel = await connection.channel()
+                    await asyncio.wait_for(channel.close(), PROBE_TIMEOUT_S)
+                channel = await asyncio.wait_for(connection.channel(), PROBE_TIMEOUT_S)
                 await asyncio.wait_for(
                     declare_task_queue(channel, topology, topic), PROBE_TIMEOUT_S
                 )
                 counts[topic] = (0, 0)
     finally:
         with contextlib.suppress(Exception):
-            await channel.close()
+            await asyncio.wait_for(channel.close(), PROBE_TIMEOUT_S)
     return counts
 
 

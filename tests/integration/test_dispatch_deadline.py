@@ -375,3 +375,38 @@ async def test_two_copies_of_an_attempt_take_effect_once(
     assert len(ledger) == 2 and all(r["duplicates"] + r["conflicts"] == 0 for r in ledger)
     assert await db.fetchval("SELECT count(*) FROM history WHERE kind = 'task_completed'") == 2
     assert await counter(db, "claims_refused") >= 1
+
+
+async def test_tasks_of_a_deleted_queue_are_sent_again_once_workers_read_it(
+    settings: Settings, db: asyncpg.Pool, topics: set[str]
+) -> None:
+    """A task queue deleted with its messages: the engine's look at the queue finds it
+    missing and declares it again, and the tasks reach the workers that come for them."""
+    topic = "deleted-queue"
+    topics.add(topic)
+    settings = quick(settings, deadline_ms=500)
+    runs: list[tuple[str, str, int]] = []
+    async with running_engine(settings), Client(settings) as client:
+        await client.deploy(sequential_process("deleted", [topic]))
+        for _ in range(2):
+            await client.start("deleted")
+        await ready_in(settings, topic, 2, db)
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(Topology(settings.namespace).task_queue(topic))
+
+        async def declared_again() -> bool:
+            with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
+                return await queue_counts(settings, topic) == (0, 0)
+            return False
+
+        await wait_until(declared_again, timeout=TIMEOUT, what="the queue declared again")
+        async with running_worker(recording_worker(settings, runs, topics=[topic])):
+
+            async def done() -> bool:
+                return await instance_states(db, "deleted") == {"completed": 2}
+
+            await wait_until(done, timeout=TIMEOUT, what="both instances to complete")
+        assert sorted(attempt for _, _, attempt in runs) == [1, 1], runs
+        assert await counter(db, "tasks_redispatched") >= 2
