@@ -71,12 +71,22 @@ class Settings:
             keepalive_interval_s=self.db_keepalive_interval_s,
             keepalive_count=self.db_keepalive_count,
         )
+    #: A queued task that no worker claimed this long after its message was dispatched is
+    #: published again (a service task's `dispatch_timeout` overrides it).
+    dispatch_timeout_ms: int = 30_000
+    #: Re-sends of one attempt without a claim before the task raises a `dispatch_lost`
+    #: incident (a service task's `max_redispatches` overrides it).
+    max_redispatches: int = 5
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_PATTERN.match(self.namespace):
             raise ValueError(f"invalid namespace {self.namespace!r}: use [a-z][a-z0-9_-]*")
         if not (math.isfinite(self.client_timeout_s) and self.client_timeout_s > 0):
             raise ValueError(f"client timeout must be positive, not {self.client_timeout_s}")
+        if self.dispatch_timeout_ms < 1:
+            raise ValueError("dispatch_timeout_ms must be at least 1")
+        if self.max_redispatches < 0:
+            raise ValueError("max_redispatches must not be negative")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -89,6 +99,8 @@ class Settings:
             recent_instances=int(env.get("ORCH_RECENT_INSTANCES", "10000")),
             **_int_settings(env),
             client_timeout_s=_float_setting(env, "ORCH_CLIENT_TIMEOUT", 30.0),
+            dispatch_timeout_ms=int(env.get("ORCH_DISPATCH_TIMEOUT_MS", "30000")),
+            max_redispatches=int(env.get("ORCH_MAX_REDISPATCHES", "5")),
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
 

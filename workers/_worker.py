@@ -93,6 +93,12 @@ def _published_at_ms(delivery: AbstractIncomingMessage) -> float | None:
         return None
 
 
+def _maybe_stale(item: _Running) -> bool:
+    """A delivery another copy of which may already have been claimed: run it only once the
+    engine says it is ours."""
+    return item.delivery.redelivered or item.task.redispatch > 0
+
+
 def _channel_open(delivery: AbstractIncomingMessage) -> bool:
     try:
         return not delivery.channel.is_closed
@@ -300,7 +306,7 @@ class Worker:
             raise RuntimeError("worker is not started")
         try:
             async with topic.slots:
-                if item.delivery.redelivered and not await self._still_ours(item):
+                if _maybe_stale(item) and not await self._still_ours(item):
                     item.revoked = True
                     raise asyncio.CancelledError
                 # A task that finishes within claim_after_ms sends its outcome only; a longer
@@ -358,7 +364,9 @@ class Worker:
 
     async def _still_ours(self, item: _Running) -> bool:
         """A redelivery may be stale (its lease expired and a newer attempt went out while the
-        first holder was away): claim it and wait for the engine's word before running it."""
+        first holder was away), and so may a re-sent message (the engine published the
+        attempt again when nobody claimed it in time, and the first copy turned up after
+        all): claim it and wait for the engine's word before running it."""
         request_id = uuid.uuid4().hex
         try:
             answer = await self._ask(item, Claimed(**self._ids(item), request_id=request_id))

@@ -34,6 +34,7 @@ from orchestrator.daemon.db import (
     in_transaction,
 )
 from orchestrator.daemon.held import Held, HeldMessages
+from orchestrator.daemon.dispatch import DispatchWatch
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
@@ -126,6 +127,9 @@ class Engine:
                 {
                     **{f"rounds-{i}": self._rounds(i) for i in range(len(self._commands))},
                     "reaper": self._reaper_loop(),
+                    "dispatch-watch": DispatchWatch(
+                        self.pool, self.connection, self.relay, self.context, self.settings
+                    ).run(self.stop),
                     "relay-sweeper": self.relay.sweep_forever(0.5, self.stop),
                     "relay-deleter": self.relay.delete_forever(0.02, self.stop),
                 },

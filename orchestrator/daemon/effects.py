@@ -28,10 +28,13 @@ class InstanceInfo:
     business_key: str | None
 
 
-def task_message(task: TaskRow, info: InstanceInfo, variables: dict[str, Any]) -> OutboxMessage:
-    """The task message of `task`'s current attempt. Built as a plain dict: this runs once per
-    task on the engine's hot path, and the TaskMessage model (whose schema a test holds this
-    to) would validate what the engine itself just decided."""
+def task_message(
+    task: TaskRow, info: InstanceInfo, variables: dict[str, Any], *, redispatch: int = 0
+) -> OutboxMessage:
+    """The task message of `task`'s current attempt (its `redispatch`-th re-send, if not 0).
+    Built as a plain dict: this runs once per task on the engine's hot path, and the
+    TaskMessage model (whose schema a test holds this to) would validate what the engine
+    itself just decided."""
     body = orjson.dumps(
         {
             "v": WIRE_VERSION,
@@ -53,6 +56,7 @@ def task_message(task: TaskRow, info: InstanceInfo, variables: dict[str, Any]) -
             ),
             "idempotency_key": task.id,
             "created_at_ms": int(time.time() * 1000),
+            "redispatch": redispatch,
         }
     )
     return OutboxMessage(task.topic, f"{task.id}:{task.attempt}", body)

@@ -7,9 +7,16 @@ element to one node.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1}
@@ -69,11 +76,37 @@ class ServiceTask(_Strict):
     retry: RetryPolicy = RetryPolicy()
     #: After this many expired leases the task raises an incident instead of looping.
     max_lease_expiries: int = Field(5, ge=1, le=1000)
+    #: A queued task that no worker claimed this long after its message went out is
+    #: published again (None: the engine's setting, ORCH_DISPATCH_TIMEOUT_MS).
+    dispatch_timeout_ms: int | None = Field(None, alias="dispatch_timeout", ge=100, le=86_400_000)
+    #: Re-sends without a claim before the task raises a `dispatch_lost` incident (None: the
+    #: engine's setting, ORCH_MAX_REDISPATCHES).
+    max_redispatches: int | None = Field(None, ge=0, le=1000)
 
     @field_validator("lock_ms", mode="before")
     @classmethod
     def _duration(cls, value: object) -> int:
         return parse_duration_ms(value)
+
+    @field_validator("dispatch_timeout_ms", mode="before")
+    @classmethod
+    def _optional_duration(cls, value: object) -> int | None:
+        return None if value is None else parse_duration_ms(value)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_options(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Options left to the engine's settings are not written out: a definition deployed
+        before they existed keeps its content hash (and its version on a redeploy)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in _ENGINE_DEFAULTED:
+                if name in data and data[name] is None:
+                    del data[name]
+        return data
+
+
+#: ServiceTask options whose None means "the engine's setting", under either spelling.
+_ENGINE_DEFAULTED = ("dispatch_timeout", "dispatch_timeout_ms", "max_redispatches")
 
 
 class ExclusiveGateway(_Strict):

@@ -105,6 +105,15 @@ class TaskMessage(_Wire):
         "transaction that creates it writes, so before its commit. The header "
         "x-orch-published-at-ms says when it was published, after the commit."
     )
+    redispatch: int = Field(
+        0,
+        ge=0,
+        description=(
+            "0 for the first message of this attempt; k for its k-th re-send, after no worker "
+            "claimed it within its dispatch deadline. Claim a re-sent message (with a "
+            "request_id) before running it: another copy may have been taken meanwhile"
+        ),
+    )
 
 
 # --- worker -> engine: reports, on exchange <ns>.reports, routing key "report" -------------

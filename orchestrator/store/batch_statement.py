@@ -23,6 +23,7 @@ _PARAM = re.compile(r"\$(\d+)")
 GUARDED = {
     "changed_instances": "+ (SELECT count(*) FROM changed_instances)",
     "changed_tasks": "+ (SELECT count(*) FROM changed_tasks)",
+    "redispatched": "+ (SELECT count(*) FROM redispatched)",
     "start_keys": "+ (SELECT count(*) FROM start_keys)",
     "newer_definitions": "- (SELECT count(*) FROM newer_definitions)",
 }

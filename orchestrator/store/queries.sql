@@ -132,6 +132,50 @@ WHERE (t.status = 'claimed' AND t.lease_expires_at < now())
 ORDER BY t.id LIMIT $1
 FOR UPDATE OF t, i SKIP LOCKED;
 
+-- name: queued_topics
+-- Each topic with queued tasks, and how long ago (ms) its longest-waiting one was
+-- dispatched: a walk over the tasks_queued index, a probe or two per topic, however many
+-- tasks a backlog holds.
+WITH RECURSIVE topics (topic) AS (
+    (SELECT topic FROM tasks WHERE status = 'queued' ORDER BY topic LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.topic FROM tasks t WHERE t.status = 'queued' AND t.topic > topics.topic
+            ORDER BY t.topic LIMIT 1)
+    FROM topics WHERE topics.topic IS NOT NULL
+)
+SELECT topic,
+       (extract(epoch FROM now() - (SELECT t.dispatched_at FROM tasks t
+                                    WHERE t.status = 'queued' AND t.topic = topics.topic
+                                    ORDER BY t.dispatched_at LIMIT 1)) * 1000)::bigint
+           AS oldest_ms
+FROM topics WHERE topic IS NOT NULL;
+
+-- name: lock_undispatched_tasks
+-- Queued tasks of topic $1 whose message went out at least $2 ms x 2^redispatches ago,
+-- longest-waiting first, each locked with its instance. SKIP LOCKED, as lock_due_tasks:
+-- engines never take the same task in one pass, and an instance a report batch holds is
+-- left for the next pass.
+SELECT t.id, t.instance_id, t.node_id, t.topic, t.status, t.attempt, t.retries_left,
+       t.lock_ms, t.worker_id, t.lease_expires_at, t.lease_expiries, t.last_error,
+       t.last_error_details, t.version, t.redispatches,
+       (extract(epoch FROM now() - t.dispatched_at) * 1000)::bigint AS waited_ms,
+       i.process_key, i.business_key, i.variables, i.definition_id
+FROM tasks t JOIN process_instances i ON i.id = t.instance_id
+WHERE t.status = 'queued' AND t.topic = $1
+  AND t.dispatched_at <= now() - make_interval(secs => $2::bigint / 1000.0)
+  AND t.dispatched_at
+      <= now() - make_interval(secs => $2::bigint * power(2, least(t.redispatches, 20)) / 1000.0)
+ORDER BY t.dispatched_at LIMIT $3
+FOR UPDATE OF t, i SKIP LOCKED;
+
+-- name: outbox_lapsed
+-- Task messages the relay could not publish yet (the broker was away, or their engine
+-- died): while there are any, a queued task's message may be one of them.
+SELECT EXISTS (SELECT 1 FROM outbox WHERE claimed_until < now());
+
+-- name: definitions_after
+SELECT id, graph FROM process_definitions WHERE id > $1 ORDER BY id LIMIT $2;
+
 -- name: instance_row
 SELECT i.id, i.process_key, d.version, i.business_key, i.status, i.variables, i.tokens,
        i.started_at, i.ended_at
@@ -140,7 +184,7 @@ WHERE i.id = $1;
 
 -- name: instance_tasks
 SELECT id, node_id, topic, status, attempt, retries_left, worker_id, lease_expires_at,
-       due_at, lease_expiries, last_error, created_at, closed_at
+       due_at, lease_expiries, dispatched_at, redispatches, last_error, created_at, closed_at
 FROM tasks WHERE instance_id = $1 ORDER BY created_at, id;
 
 -- name: instance_history

@@ -122,6 +122,9 @@ class UnitOfWork:
     changed_instances: dict[str, InstanceState] = field(default_factory=dict)
     new_tasks: list[TaskRow] = field(default_factory=list)
     changed_tasks: dict[str, TaskRow] = field(default_factory=dict)
+    #: (task id, attempt) of queued tasks whose message is published again, unchanged
+    #: otherwise (a task here is never also in changed_tasks).
+    redispatched: list[tuple[str, int]] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     incidents: list[tuple[Any, ...]] = field(default_factory=list)
@@ -211,7 +214,12 @@ class UnitOfWork:
         parts = self._parts(outbox_claim_ms, engine_id)
         if not parts:
             return []
-        expected = len(self.changed_instances) + len(self.changed_tasks) + len(self.start_keys)
+        expected = (
+            len(self.changed_instances)
+            + len(self.changed_tasks)
+            + len(self.redispatched)
+            + len(self.start_keys)
+        )
         statement, args = batch_statement(parts, expected)
         row = await conn.fetchrow(statement, *args)
         ids = row["outbox_ids"] if row is not None else []
@@ -240,6 +248,8 @@ class UnitOfWork:
         if self.changed_tasks:
             tasks = [(*_task_args(t), t.version) for t in self.changed_tasks.values()]
             parts["changed_tasks"] = _columns(tasks, 11)
+        if self.redispatched:
+            parts["redispatched"] = _columns(self.redispatched, 2)
         return parts
 
     def _record_parts(self, outbox_claim_ms: int, engine_id: str) -> dict[str, list[Any]]:

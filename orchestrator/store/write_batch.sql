@@ -35,7 +35,8 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::integer[], $6::i
     AS u (id, instance_id, node_id, topic, retries_left, lock_ms)
 
 -- part: changed_tasks
--- Like changed_instances: only a row still at the version read.
+-- Like changed_instances: only a row still at the version read. A new attempt is a new
+-- dispatch: its dispatch clock starts now, with no re-sends yet.
 UPDATE tasks t SET status = u.status, attempt = u.attempt, retries_left = u.retries_left,
     worker_id = u.worker_id,
     lease_expires_at = CASE
@@ -47,12 +48,24 @@ UPDATE tasks t SET status = u.status, attempt = u.attempt, retries_left = u.retr
     lease_expiries = u.lease_expiries,
     last_error = u.error, last_error_details = u.error_details,
     closed_at = CASE WHEN u.status IN ('completed', 'cancelled') THEN now() ELSE NULL END,
+    dispatched_at = CASE WHEN u.attempt <> t.attempt THEN now() ELSE t.dispatched_at END,
+    redispatches = CASE WHEN u.attempt <> t.attempt THEN 0 ELSE t.redispatches END,
     version = t.version + 1
 FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::text[], $6::integer[],
             $7::integer[], $8::integer[], $9::text[], $10::text[], $11::integer[])
     AS u (id, status, attempt, retries_left, worker_id, lease_ms, due_ms, lease_expiries,
           error, error_details, version)
 WHERE t.id = u.id AND t.version = u.version
+RETURNING 1
+
+-- part: redispatched
+-- The same attempt's message published again (no worker claimed it within its dispatch
+-- deadline): its dispatch clock restarts. Written under the instance's lock, and only to
+-- columns no other write sets from a copy, so the version stays: a completion decided from
+-- a recent copy meanwhile is still current.
+UPDATE tasks t SET redispatches = t.redispatches + 1, dispatched_at = now()
+FROM unnest($1::uuid[], $2::integer[]) AS u (id, attempt)
+WHERE t.id = u.id AND t.attempt = u.attempt AND t.status = 'queued'
 RETURNING 1
 
 -- part: ledger
