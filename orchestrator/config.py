@@ -71,6 +71,7 @@ class Settings:
             keepalive_interval_s=self.db_keepalive_interval_s,
             keepalive_count=self.db_keepalive_count,
         )
+
     #: A queued task that no worker claimed this long after its message was dispatched is
     #: published again (a service task's `dispatch_timeout` overrides it).
     dispatch_timeout_ms: int = 30_000

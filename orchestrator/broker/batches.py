@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import aiormq
@@ -45,21 +45,19 @@ class BatchConsumer:
         """Stop taking new messages; what is already delivered and unacked goes back on close."""
         if self._consumer_tag is not None:
             tag, self._consumer_tag = self._consumer_tag, None
-            try:
-                await self._queue.cancel(tag)
-            except Exception:  # the channel may already be gone; nothing to cancel then
-                log.debug("cancel of consumer %s failed", tag, exc_info=True)
+            # The channel may already be gone (nothing to cancel then), or its connection
+            # silent: a broker that does not answer in time has dropped the consumer anyway.
+            await _settle_quietly(self._queue.cancel(tag), f"cancel of consumer {tag}")
 
     async def close(self) -> None:
         """Stop, and give every delivery not yet acked back to the broker (it requeues them
         for other consumers) by closing the consumer's own channel."""
-        await self.stop()
+        self._consumer_tag = None  # closing the channel cancels its consumer
         self._inbox = asyncio.Queue()
         if self._channel is not None:
-            try:
-                await self._channel.close()
-            except Exception:  # already closed with its connection: the broker requeued them
-                log.debug("closing a consumer's channel failed", exc_info=True)
+            # Already closed with its connection, or the connection is silent: either way the
+            # broker requeues the deliveries once it drops the channel.
+            await _settle_quietly(self._channel.close(), "closing a consumer's channel")
 
     def pending(self) -> int:
         return self._inbox.qsize()
@@ -78,6 +76,21 @@ class BatchConsumer:
     def _drain(self, batch: list[AbstractIncomingMessage]) -> None:
         while len(batch) < self._max_batch and not self._inbox.empty():
             batch.append(self._inbox.get_nowait())
+
+
+async def _settle_quietly(step: Awaitable[Any], what: str, timeout: float = 5.0) -> None:
+    """Await a best-effort broker call, bounded in time. Its failure is logged, not raised:
+    aiormq even cancels an RPC whose connection died, which must not end the caller's loop
+    (unless the caller itself is being cancelled)."""
+    try:
+        await asyncio.wait_for(step, timeout)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        log.debug("%s was cancelled with its connection", what)
+    except Exception:
+        log.debug("%s failed", what, exc_info=True)
 
 
 async def ack_all(messages: Sequence[AbstractIncomingMessage]) -> None:

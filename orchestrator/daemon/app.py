@@ -33,8 +33,8 @@ from orchestrator.daemon.db import (
     database_answers,
     in_transaction,
 )
-from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.dispatch import DispatchWatch
+from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
 from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
@@ -265,7 +265,11 @@ class Engine:
                 self._commands[index], self._reports[index] = await self._consumer_pair()
                 log.info("the database answers again: consuming")
                 return
-            except Exception as error:  # the broker may be away too: its turn to come back
+            except (Exception, asyncio.CancelledError) as error:
+                # The broker may be away too (aiormq cancels the calls of a dead connection).
+                current = asyncio.current_task()
+                if isinstance(error, asyncio.CancelledError) and current and current.cancelling():
+                    raise
                 log.warning("could not consume again yet: %r", error)
                 await _sleep_or_stop(self.stop, 1.0)
 
