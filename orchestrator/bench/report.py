@@ -72,7 +72,7 @@ def table(result: dict[str, Any]) -> str:
             f"backlog of {backlog['instances']} instances: engine RSS "
             f"{backlog['engine_rss_mb_while_waiting']} MB while they wait; drained at "
             f"{backlog['drain_tasks_per_s']} tasks/s ({backlog['ratio_to_empty_queue']}x the "
-            "empty-queue rate)"
+            f"empty-queue rate); tasks sent again meanwhile: {backlog.get('tasks_redispatched')}"
         )
     return "\n".join(out)
 

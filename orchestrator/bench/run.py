@@ -420,8 +420,13 @@ async def _backlog(
     )
     elapsed = float(last_end) - began
     tasks_per_s = count * run.options.steps / elapsed
+    # A backlog is not a lost message: its tasks must not be sent again (dispatch deadline).
+    redispatched = await pool.fetchval(
+        "SELECT coalesce(sum(value), 0) FROM engine_counters WHERE name = 'tasks_redispatched'"
+    )
     return {
         "instances": count,
+        "tasks_redispatched": int(redispatched),
         "engine_rss_mb_while_waiting": rss_waiting,
         "drain_tasks_per_s": round(tasks_per_s, 1),
         "ratio_to_empty_queue": round(tasks_per_s / full["tasks_per_s"], 2),
