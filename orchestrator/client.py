@@ -2,10 +2,10 @@
 application needs no database credentials.
 
 Every call has one deadline: `timeout=` seconds, or the client's default
-(`Settings.client_timeout_s`, `ORCH_CLIENT_TIMEOUT`, 30 s). Within it the command is resent
-while no reply comes, and it is stamped so that it never takes effect after it (see
-`orchestrator.broker.deadline`): when a call raises `CommandTimeout`, its command may have
-taken effect before the deadline, never after.
+(`Settings.client_timeout_s`: `ORCH_CLIENT_TIMEOUT_S`, or its older name `ORCH_CLIENT_TIMEOUT`;
+30 s). Within it the command is resent while no reply comes, and it is stamped so that it
+never takes effect after it (see `orchestrator.broker.deadline`): when a call raises
+`CommandTimeout`, its command may have taken effect before the deadline, never after.
 """
 
 from __future__ import annotations
