@@ -107,7 +107,8 @@ def _channel_open(delivery: AbstractIncomingMessage) -> bool:
 
 
 class Worker:
-    """Register handlers with `@worker.task("topic")`, then `worker.run()`."""
+    """Register handlers with `@worker.task("topic")`, then `worker.run()` (a process of its
+    own, until SIGTERM) or `async with worker:` (beside other work in a running loop)."""
 
     def __init__(
         self,
@@ -194,6 +195,20 @@ class Worker:
             await stop.wait()
         finally:
             await self.shutdown()
+
+    async def __aenter__(self) -> Worker:
+        """Start: connect and consume (the broker pushes tasks to the worker's callbacks, so
+        no loop of ours is needed); a start that fails half-way is thrown away whole."""
+        try:
+            await self.start()
+        except BaseException:
+            await self._abandon_start()
+            raise
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        """Shut down gracefully, as on SIGTERM (see `shutdown`)."""
+        await self.shutdown()
 
     async def _abandon_start(self) -> None:
         connection, self._connection = self._connection, None
