@@ -1,6 +1,6 @@
 """The worker: takes tasks from topic queues, runs handlers, reports back with confirms.
 
-The lease protocol (see docs/wire-protocol.md): the worker claims a task `claim_after_ms` after
+The lease protocol (see docs/wire-protocol.md): the worker claims a task `claim_after_s` after
 its handler started (a task done sooner sends only its outcome); the engine's lease in
 PostgreSQL runs from that claim. The delivery itself is acked when the outcome is confirmed.
 """
@@ -49,6 +49,7 @@ from orchestrator.model.wire import (
 )
 from workers._acks import AckBatcher
 from workers._context import LockStatus, TaskContext
+from workers._durations import from_ms
 from workers._errors import LockLost
 from workers._outcome import Handler, info_of, run_handler
 from workers._sender import ReportSender
@@ -68,8 +69,8 @@ class _Topic:
     name: str
     handler: Handler
     concurrency: int
-    #: Extend the lock while the handler runs, up to this long in all (None: never).
-    auto_extend_max_ms: int | None = None
+    #: Extend the lock while the handler runs, up to this many seconds in all (None: never).
+    auto_extend_max_s: float | None = None
     #: Prefetch equals concurrency, so this only matters for redeliveries after a reconnect.
     slots: asyncio.Semaphore | None = None
 
@@ -115,13 +116,18 @@ class Worker:
         name: str = "worker",
         *,
         settings: Settings | None = None,
-        claim_after_ms: float = 20.0,
+        claim_after_s: float = 0.02,
         shutdown_grace_s: float = 20.0,
         lock_answer_timeout_s: float = 10.0,
+        claim_after_ms: float | None = None,
     ) -> None:
+        """Durations are in seconds; `claim_after_ms` is the older name of `claim_after_s`,
+        in milliseconds (when given, it wins)."""
         self.name = name
         self.settings = settings
-        self.claim_after_ms = claim_after_ms
+        self.claim_after_s = from_ms(claim_after_s, claim_after_ms)
+        if self.claim_after_s < 0:
+            raise ValueError("claim_after_s must not be negative")
         self.shutdown_grace_s = shutdown_grace_s
         self.lock_answer_timeout_s = lock_answer_timeout_s
         self.worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -138,22 +144,29 @@ class Worker:
         self._acks = AckBatcher()
 
     def task(
-        self, topic: str, *, concurrency: int = 10, auto_extend_max_ms: int | None = None
+        self,
+        topic: str,
+        *,
+        concurrency: int = 10,
+        auto_extend_max_s: float | None = None,
+        auto_extend_max_ms: float | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the handler of `topic`, running at most `concurrency` tasks at once.
 
-        With `auto_extend_max_ms` the worker extends the task's lock every third of a lock
-        while the handler runs, for at most that long in all: a slow handler keeps its task, a
-        stuck one still loses it. If the engine answers that the task is no longer ours or
-        its instance was cancelled, the handler is cancelled and nothing is reported.
+        With `auto_extend_max_s` the worker extends the task's lock every third of a lock
+        while the handler runs, for at most that many seconds in all: a slow handler keeps its
+        task, a stuck one still loses it. If the engine answers that the task is no longer
+        ours or its instance was cancelled, the handler is cancelled and nothing is reported.
+        (`auto_extend_max_ms` is its older name, in milliseconds.)
         """
-        if auto_extend_max_ms is not None and auto_extend_max_ms <= 0:
-            raise ValueError("auto_extend_max_ms must be positive")
+        extend_max_s = from_ms(auto_extend_max_s, auto_extend_max_ms)
+        if extend_max_s is not None and extend_max_s <= 0:
+            raise ValueError("auto_extend_max_s must be positive")
 
         def register(handler: Handler) -> Handler:
             if topic in self._topics:
                 raise ValueError(f"topic {topic!r} already has a handler")
-            self._topics[topic] = _Topic(topic, handler, concurrency, auto_extend_max_ms)
+            self._topics[topic] = _Topic(topic, handler, concurrency, extend_max_s)
             return handler
 
         return register
@@ -324,15 +337,15 @@ class Worker:
                 if _maybe_stale(item) and not await self._still_ours(item):
                     item.revoked = True
                     raise asyncio.CancelledError
-                # A task that finishes within claim_after_ms sends its outcome only; a longer
+                # A task that finishes within claim_after_s sends its outcome only; a longer
                 # one claims first, so its lease starts about when its handler did.
                 claim = asyncio.get_running_loop().call_later(
-                    self.claim_after_ms / 1000, lambda: self._spawn(self._claim(item))
+                    self.claim_after_s, lambda: self._spawn(self._claim(item))
                 )
                 extender = None
-                if topic.auto_extend_max_ms is not None:
+                if topic.auto_extend_max_s is not None:
                     extender = asyncio.create_task(
-                        self._keep_extending(item, topic.auto_extend_max_ms)
+                        self._keep_extending(item, topic.auto_extend_max_s)
                     )
                 try:
                     report = await self._call_handler(topic.handler, item)
@@ -438,8 +451,8 @@ class Worker:
         item.acked = True
         self._acks.ack(item.delivery)
 
-    async def _keep_extending(self, item: _Running, max_ms: int) -> None:
-        """Extend the lock every third of a lock until the handler ends or max_ms is used up.
+    async def _keep_extending(self, item: _Running, max_s: float) -> None:
+        """Extend the lock every third of a lock until the handler ends or max_s is used up.
 
         The cadence is kept from the start, not from each answer: waiting a lock's third
         after every answer let the answers' delays add up, and on a busy machine a short
@@ -452,12 +465,12 @@ class Worker:
         while True:
             due += every_s
             await asyncio.sleep(max(due - loop.time(), 0))
-            left_ms = max_ms - (loop.time() - started) * 1000
+            left_ms = (max_s - (loop.time() - started)) * 1000
             if left_ms <= 0:
                 log.warning(
-                    "task %s ran past its auto-extension limit of %d ms; its lock will lapse",
+                    "task %s ran past its auto-extension limit of %g s; its lock will lapse",
                     item.task.task_id,
-                    max_ms,
+                    max_s,
                 )
                 return
             try:
