@@ -128,7 +128,10 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        self._connection = await connect(self.settings.amqp_url, name=self._name)
+        # A broker that does not answer gets as long as a call would (ORCH_CLIENT_TIMEOUT_S).
+        self._connection = await connect(
+            self.settings.amqp_url, name=self._name, deadline_s=self.settings.client_timeout_s
+        )
         channel = await self._connection.channel()
         await declare_core(channel, self._topology)
         # A name of our own, not a server-named one: after a reconnect the robust channel

@@ -22,9 +22,10 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
 
 from orchestrator import aio
-from orchestrator.broker.connection import connect
+from orchestrator.broker.connection import backoff, connect, retrying, worth_retrying
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import (
     PUBLISHED_AT_HEADER,
@@ -57,8 +58,14 @@ from workers._sender import ReportSender
 log = logging.getLogger(__name__)
 
 
-#: What a start that met a broker going away raises; the worker then starts again.
-_START_ERRORS = (ServiceUnavailable, aio_pika.exceptions.AMQPError, OSError)
+def _worth_starting_again(exc: BaseException) -> bool:
+    """A start that could not connect, or lost its connection while it subscribed (the broker
+    went away meanwhile), may succeed later; one the broker refused (a wrong password, an
+    unknown vhost) or a worker without handlers will not."""
+    if isinstance(exc, ServiceUnavailable):
+        return worth_retrying(exc)
+    return isinstance(exc, aio_pika.exceptions.AMQPError | OSError)
+
 
 #: Reports after which the delivery is done with and can be acked.
 _SETTLING = (Completed, Failed, BpmnErrorReport, Released)
@@ -119,10 +126,13 @@ class Worker:
         claim_after_s: float = 0.02,
         shutdown_grace_s: float = 20.0,
         lock_answer_timeout_s: float = 10.0,
+        start_deadline_s: float | None = 60.0,
         claim_after_ms: float | None = None,
     ) -> None:
-        """Durations are in seconds; `claim_after_ms` is the older name of `claim_after_s`,
-        in milliseconds (when given, it wins)."""
+        """Durations are in seconds. `start_deadline_s`: how long `run()` and `async with`
+        keep trying to reach the broker before they raise ServiceUnavailable (None: until
+        stopped). `claim_after_ms` is the older name of `claim_after_s`, in milliseconds
+        (when given, it wins)."""
         self.name = name
         self.settings = settings
         self.claim_after_s = from_ms(claim_after_s, claim_after_ms)
@@ -130,6 +140,7 @@ class Worker:
             raise ValueError("claim_after_s must not be negative")
         self.shutdown_grace_s = shutdown_grace_s
         self.lock_answer_timeout_s = lock_answer_timeout_s
+        self.start_deadline_s = start_deadline_s
         self.worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._topics: dict[str, _Topic] = {}
         self._running: dict[tuple[str, int], _Running] = {}
@@ -186,42 +197,58 @@ class Worker:
         aio.run(main())
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        """Start (again and again while the broker cannot be reached), run until `stop`."""
-        delay = 0.5
-        while True:
-            try:
-                await self.start()
-                break
-            except _START_ERRORS as exc:
-                # A half-made start (the connection dropped between two subscriptions) is
-                # thrown away whole: a worker consuming some of its topics is worse than none.
-                await self._abandon_start()
-                if stop.is_set():
-                    return
-                log.warning("worker could not start (%s); trying again in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    return
-                delay = min(delay * 2, 10.0)
+        """Start (see `start_deadline_s`), run until `stop`, shut down gracefully."""
+        if not await self._start_retrying(stop):
+            return
         try:
             await stop.wait()
         finally:
             await self.shutdown()
 
     async def __aenter__(self) -> Worker:
-        """Start: connect and consume (the broker pushes tasks to the worker's callbacks, so
-        no loop of ours is needed); a start that fails half-way is thrown away whole."""
-        try:
-            await self.start()
-        except BaseException:
-            await self._abandon_start()
-            raise
+        """Start: connect and consume, trying again while the broker cannot be reached, for
+        up to `start_deadline_s`. The broker pushes tasks to the worker's callbacks: nothing
+        needs to run in the block for the worker to work."""
+        await self._start_retrying(None)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         """Shut down gracefully, as on SIGTERM (see `shutdown`)."""
         await self.shutdown()
+
+    async def _start_retrying(self, stop: asyncio.Event | None) -> bool:
+        """Start; while the broker cannot be reached, try again (jittered backoff) until
+        `start_deadline_s` has passed (then ServiceUnavailable) or `stop` is set (then False,
+        not started). A start that failed half-way (the connection dropped between two
+        subscriptions) is thrown away whole: a worker consuming some of its topics is worse
+        than none."""
+
+        async def attempt() -> None:
+            try:
+                await self.start()
+            except BaseException:
+                await self._abandon_start()
+                raise
+
+        attempts = retrying(
+            retry_on=_worth_starting_again,
+            first_s=0.5,
+            max_s=10.0,
+            deadline_s=self.start_deadline_s,
+            stop=stop,
+            what=f"starting worker {self.worker_id}",
+        )
+        try:
+            await attempts(attempt)
+        except RetryError as gave_up:
+            if stop is not None and stop.is_set():
+                return False
+            last = gave_up.last_attempt.exception()
+            raise ServiceUnavailable(
+                f"worker {self.worker_id} could not start within {self.start_deadline_s:g} s "
+                f"({gave_up.last_attempt.attempt_number} attempts): {last}"
+            ) from last
+        return True
 
     async def _abandon_start(self) -> None:
         connection, self._connection = self._connection, None
@@ -232,12 +259,13 @@ class Worker:
                 await asyncio.wait_for(connection.close(), 5)
 
     async def start(self) -> None:
+        """Connect and consume, in one attempt (`run()` and `async with` try again)."""
         if not self._topics:
             raise ValueError("the worker has no handlers: register one with @worker.task(topic)")
         settings = self.settings or Settings.from_env()
         topology = Topology(settings.namespace)
         self._topology = topology
-        self._connection = await connect(settings.amqp_url, name=self.worker_id)
+        self._connection = await connect(settings.amqp_url, name=self.worker_id, deadline_s=0)
         self._publisher = await Publisher.open(self._connection)
         self._sender = ReportSender(self._publish_body)
         inbox_channel = await self._connection.channel()
@@ -414,20 +442,38 @@ class Worker:
         (= its concurrency) stays full and RabbitMQ sends it no task it has no room for."""
         if isinstance(report, Claimed | ExtendLock | Completed | Failed | BpmnErrorReport):
             item.claim_sent = True  # the engine holds (or held) a lease for us
-        delay = 0.1
-        while True:
-            try:
-                await self._publish(report)
-                break
-            except Exception as exc:
-                if self._stopping.is_set() and delay > 1:
-                    log.error("giving up on report for %s: %s", item.task.task_id, exc)
-                    return
-                log.warning("report for %s not confirmed (%s); retrying", item.task.task_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            await self._publish(report)
+        except Exception as exc:
+            log.warning("report for %s not confirmed (%s); retrying", item.task.task_id, exc)
+            if not await self._publish_again(item, report):
+                return
         if isinstance(report, _SETTLING) and not item.acked:
             await self._ack(item)
+
+    async def _publish_again(self, item: _Running, report: Report) -> bool:
+        """Publish a report the broker did not confirm again, with jittered backoff (its
+        robust connection reconnects meanwhile), until it is confirmed: it carries the task's
+        work, so there is no deadline, but once the worker is shutting down it gives up after
+        a second (False) and the engine dispatches the task again when its lease expires."""
+        task_id = item.task.task_id
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.warning("report for %s not confirmed (%s); retrying", task_id, error)
+
+        attempts = AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=backoff(0.1, 5.0),
+            stop=lambda state: self._stopping.is_set() and (state.seconds_since_start or 0) > 1,
+            before_sleep=log_retry,
+        )
+        try:
+            await attempts(self._publish, report)
+        except RetryError as gave_up:
+            log.error("giving up on report for %s: %s", task_id, gave_up.last_attempt.exception())
+            return False
+        return True
 
     async def _publish(self, report: Report) -> None:
         if self._sender is None:
