@@ -260,6 +260,8 @@ class Worker:
 
     async def start(self) -> None:
         """Connect and consume, in one attempt (`run()` and `async with` try again)."""
+        if self._stopping.is_set():
+            raise RuntimeError("this worker was shut down: a worker runs once, make another")
         if not self._topics:
             raise ValueError("the worker has no handlers: register one with @worker.task(topic)")
         settings = self.settings or Settings.from_env()

@@ -157,6 +157,14 @@ async def test_a_stop_ends_the_start_attempts_of_a_worker_without_a_deadline(
     assert worker._connection is None
 
 
+async def test_a_worker_that_was_shut_down_does_not_start_again(closed_url: str) -> None:
+    worker = idle_worker(closed_url)
+    await worker.shutdown()
+    with pytest.raises(RuntimeError, match="runs once"):
+        async with worker:
+            pass
+
+
 async def test_a_worker_without_handlers_is_not_retried() -> None:
     with pytest.raises(ValueError, match="no handlers"):
         async with Worker("empty", start_deadline_s=30):
