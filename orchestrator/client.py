@@ -2,10 +2,10 @@
 application needs no database credentials.
 
 Every call has one deadline: `timeout=` seconds, or the client's default
-(`Settings.client_timeout_s`, `ORCH_CLIENT_TIMEOUT`, 30 s). Within it the command is resent
-while no reply comes, and it is stamped so that it never takes effect after it (see
-`orchestrator.broker.deadline`): when a call raises `CommandTimeout`, its command may have
-taken effect before the deadline, never after.
+(`Settings.client_timeout_s`: `ORCH_CLIENT_TIMEOUT_S`, or its older name `ORCH_CLIENT_TIMEOUT`;
+30 s). Within it the command is resent while no reply comes, and it is stamped so that it
+never takes effect after it (see `orchestrator.broker.deadline`): when a call raises
+`CommandTimeout`, its command may have taken effect before the deadline, never after.
 """
 
 from __future__ import annotations
@@ -128,7 +128,10 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        self._connection = await connect(self.settings.amqp_url, name=self._name)
+        # A broker that does not answer gets as long as a call would (ORCH_CLIENT_TIMEOUT_S).
+        self._connection = await connect(
+            self.settings.amqp_url, name=self._name, deadline_s=self.settings.client_timeout_s
+        )
         channel = await self._connection.channel()
         await declare_core(channel, self._topology)
         # A name of our own, not a server-named one: after a reconnect the robust channel

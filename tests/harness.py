@@ -119,11 +119,8 @@ async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
 
 @contextlib.asynccontextmanager
 async def running_worker(worker: Worker) -> AsyncIterator[Worker]:
-    await worker.start()
-    try:
+    async with worker:
         yield worker
-    finally:
-        await worker.shutdown()
 
 
 @contextlib.asynccontextmanager

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from workers._durations import from_ms, to_ms
+
 
 @dataclass(frozen=True)
 class TaskInfo:
@@ -22,7 +24,8 @@ class TaskInfo:
     """Id of the service task in the process definition."""
     business_key: str | None
     lock_ms: int
-    """The visibility deadline: how long this worker holds the task without extending."""
+    """The visibility deadline in milliseconds, as on the wire (`lock_s` in seconds): how long
+    this worker holds the task without extending."""
     idempotency_key: str
     """Pass to the services the handler calls so a repeated attempt has no second effect."""
     created_at_ms: int = 0
@@ -35,6 +38,11 @@ class TaskInfo:
     lease or a release. None on the first attempt."""
     previous_error_details: str | None = None
     """The previous failure's details (a traceback, say), when it sent any."""
+
+    @property
+    def lock_s(self) -> float:
+        """The visibility deadline in seconds."""
+        return self.lock_ms / 1000
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,12 @@ class TaskContext:
     def previous_error(self) -> str | None:
         return self.info.previous_error
 
-    async def extend_lock(self, lock_ms: int | None = None) -> LockStatus:
-        """Hold the task for another `lock_ms` (default: its lock duration) from now."""
-        return await self._extend(lock_ms or self.info.lock_ms)
+    async def extend_lock(
+        self, *, lock_s: float | None = None, lock_ms: int | None = None
+    ) -> LockStatus:
+        """Hold the task for another `lock_s` seconds (default: its lock duration) from now.
+        (`lock_ms` is the older name, in milliseconds.)"""
+        seconds = from_ms(lock_s, lock_ms)
+        if seconds is not None and seconds <= 0:
+            raise ValueError("lock_s must be positive")
+        return await self._extend(self.info.lock_ms if seconds is None else max(to_ms(seconds), 1))

@@ -1,6 +1,6 @@
 """The worker: takes tasks from topic queues, runs handlers, reports back with confirms.
 
-The lease protocol (see docs/wire-protocol.md): the worker claims a task `claim_after_ms` after
+The lease protocol (see docs/wire-protocol.md): the worker claims a task `claim_after_s` after
 its handler started (a task done sooner sends only its outcome); the engine's lease in
 PostgreSQL runs from that claim. The delivery itself is acked when the outcome is confirmed.
 """
@@ -22,9 +22,10 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
 
 from orchestrator import aio
-from orchestrator.broker.connection import connect
+from orchestrator.broker.connection import backoff, connect, retrying, worth_retrying
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import (
     PUBLISHED_AT_HEADER,
@@ -49,6 +50,7 @@ from orchestrator.model.wire import (
 )
 from workers._acks import AckBatcher
 from workers._context import LockStatus, TaskContext
+from workers._durations import from_ms
 from workers._errors import LockLost
 from workers._outcome import Handler, info_of, run_handler
 from workers._sender import ReportSender
@@ -56,8 +58,14 @@ from workers._sender import ReportSender
 log = logging.getLogger(__name__)
 
 
-#: What a start that met a broker going away raises; the worker then starts again.
-_START_ERRORS = (ServiceUnavailable, aio_pika.exceptions.AMQPError, OSError)
+def _worth_starting_again(exc: BaseException) -> bool:
+    """A start that could not connect, or lost its connection while it subscribed (the broker
+    went away meanwhile), may succeed later; one the broker refused (a wrong password, an
+    unknown vhost) or a worker without handlers will not."""
+    if isinstance(exc, ServiceUnavailable):
+        return worth_retrying(exc)
+    return isinstance(exc, aio_pika.exceptions.AMQPError | OSError)
+
 
 #: Reports after which the delivery is done with and can be acked.
 _SETTLING = (Completed, Failed, BpmnErrorReport, Released)
@@ -68,8 +76,8 @@ class _Topic:
     name: str
     handler: Handler
     concurrency: int
-    #: Extend the lock while the handler runs, up to this long in all (None: never).
-    auto_extend_max_ms: int | None = None
+    #: Extend the lock while the handler runs, up to this many seconds in all (None: never).
+    auto_extend_max_s: float | None = None
     #: Prefetch equals concurrency, so this only matters for redeliveries after a reconnect.
     slots: asyncio.Semaphore | None = None
 
@@ -107,22 +115,32 @@ def _channel_open(delivery: AbstractIncomingMessage) -> bool:
 
 
 class Worker:
-    """Register handlers with `@worker.task("topic")`, then `worker.run()`."""
+    """Register handlers with `@worker.task("topic")`, then `worker.run()` (a process of its
+    own, until SIGTERM) or `async with worker:` (beside other work in a running loop)."""
 
     def __init__(
         self,
         name: str = "worker",
         *,
         settings: Settings | None = None,
-        claim_after_ms: float = 20.0,
+        claim_after_s: float = 0.02,
         shutdown_grace_s: float = 20.0,
         lock_answer_timeout_s: float = 10.0,
+        start_deadline_s: float | None = 60.0,
+        claim_after_ms: float | None = None,
     ) -> None:
+        """Durations are in seconds. `start_deadline_s`: how long `run()` and `async with`
+        keep trying to reach the broker before they raise ServiceUnavailable (None: until
+        stopped). `claim_after_ms` is the older name of `claim_after_s`, in milliseconds
+        (when given, it wins)."""
         self.name = name
         self.settings = settings
-        self.claim_after_ms = claim_after_ms
+        self.claim_after_s = from_ms(claim_after_s, claim_after_ms)
+        if self.claim_after_s < 0:
+            raise ValueError("claim_after_s must not be negative")
         self.shutdown_grace_s = shutdown_grace_s
         self.lock_answer_timeout_s = lock_answer_timeout_s
+        self.start_deadline_s = start_deadline_s
         self.worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._topics: dict[str, _Topic] = {}
         self._running: dict[tuple[str, int], _Running] = {}
@@ -137,22 +155,29 @@ class Worker:
         self._acks = AckBatcher()
 
     def task(
-        self, topic: str, *, concurrency: int = 10, auto_extend_max_ms: int | None = None
+        self,
+        topic: str,
+        *,
+        concurrency: int = 10,
+        auto_extend_max_s: float | None = None,
+        auto_extend_max_ms: float | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the handler of `topic`, running at most `concurrency` tasks at once.
 
-        With `auto_extend_max_ms` the worker extends the task's lock every third of a lock
-        while the handler runs, for at most that long in all: a slow handler keeps its task, a
-        stuck one still loses it. If the engine answers that the task is no longer ours or
-        its instance was cancelled, the handler is cancelled and nothing is reported.
+        With `auto_extend_max_s` the worker extends the task's lock every third of a lock
+        while the handler runs, for at most that many seconds in all: a slow handler keeps its
+        task, a stuck one still loses it. If the engine answers that the task is no longer
+        ours or its instance was cancelled, the handler is cancelled and nothing is reported.
+        (`auto_extend_max_ms` is its older name, in milliseconds.)
         """
-        if auto_extend_max_ms is not None and auto_extend_max_ms <= 0:
-            raise ValueError("auto_extend_max_ms must be positive")
+        extend_max_s = from_ms(auto_extend_max_s, auto_extend_max_ms)
+        if extend_max_s is not None and extend_max_s <= 0:
+            raise ValueError("auto_extend_max_s must be positive")
 
         def register(handler: Handler) -> Handler:
             if topic in self._topics:
                 raise ValueError(f"topic {topic!r} already has a handler")
-            self._topics[topic] = _Topic(topic, handler, concurrency, auto_extend_max_ms)
+            self._topics[topic] = _Topic(topic, handler, concurrency, extend_max_s)
             return handler
 
         return register
@@ -172,28 +197,58 @@ class Worker:
         aio.run(main())
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        """Start (again and again while the broker cannot be reached), run until `stop`."""
-        delay = 0.5
-        while True:
-            try:
-                await self.start()
-                break
-            except _START_ERRORS as exc:
-                # A half-made start (the connection dropped between two subscriptions) is
-                # thrown away whole: a worker consuming some of its topics is worse than none.
-                await self._abandon_start()
-                if stop.is_set():
-                    return
-                log.warning("worker could not start (%s); trying again in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    return
-                delay = min(delay * 2, 10.0)
+        """Start (see `start_deadline_s`), run until `stop`, shut down gracefully."""
+        if not await self._start_retrying(stop):
+            return
         try:
             await stop.wait()
         finally:
             await self.shutdown()
+
+    async def __aenter__(self) -> Worker:
+        """Start: connect and consume, trying again while the broker cannot be reached, for
+        up to `start_deadline_s`. The broker pushes tasks to the worker's callbacks: nothing
+        needs to run in the block for the worker to work."""
+        await self._start_retrying(None)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        """Shut down gracefully, as on SIGTERM (see `shutdown`)."""
+        await self.shutdown()
+
+    async def _start_retrying(self, stop: asyncio.Event | None) -> bool:
+        """Start; while the broker cannot be reached, try again (jittered backoff) until
+        `start_deadline_s` has passed (then ServiceUnavailable) or `stop` is set (then False,
+        not started). A start that failed half-way (the connection dropped between two
+        subscriptions) is thrown away whole: a worker consuming some of its topics is worse
+        than none."""
+
+        async def attempt() -> None:
+            try:
+                await self.start()
+            except BaseException:
+                await self._abandon_start()
+                raise
+
+        attempts = retrying(
+            retry_on=_worth_starting_again,
+            first_s=0.5,
+            max_s=10.0,
+            deadline_s=self.start_deadline_s,
+            stop=stop,
+            what=f"starting worker {self.worker_id}",
+        )
+        try:
+            await attempts(attempt)
+        except RetryError as gave_up:
+            if stop is not None and stop.is_set():
+                return False
+            last = gave_up.last_attempt.exception()
+            raise ServiceUnavailable(
+                f"worker {self.worker_id} could not start within {self.start_deadline_s:g} s "
+                f"({gave_up.last_attempt.attempt_number} attempts): {last}"
+            ) from last
+        return True
 
     async def _abandon_start(self) -> None:
         connection, self._connection = self._connection, None
@@ -204,12 +259,15 @@ class Worker:
                 await asyncio.wait_for(connection.close(), 5)
 
     async def start(self) -> None:
+        """Connect and consume, in one attempt (`run()` and `async with` try again)."""
+        if self._stopping.is_set():
+            raise RuntimeError("this worker was shut down: a worker runs once, make another")
         if not self._topics:
             raise ValueError("the worker has no handlers: register one with @worker.task(topic)")
         settings = self.settings or Settings.from_env()
         topology = Topology(settings.namespace)
         self._topology = topology
-        self._connection = await connect(settings.amqp_url, name=self.worker_id)
+        self._connection = await connect(settings.amqp_url, name=self.worker_id, deadline_s=0)
         self._publisher = await Publisher.open(self._connection)
         self._sender = ReportSender(self._publish_body)
         inbox_channel = await self._connection.channel()
@@ -309,15 +367,15 @@ class Worker:
                 if _maybe_stale(item) and not await self._still_ours(item):
                     item.revoked = True
                     raise asyncio.CancelledError
-                # A task that finishes within claim_after_ms sends its outcome only; a longer
+                # A task that finishes within claim_after_s sends its outcome only; a longer
                 # one claims first, so its lease starts about when its handler did.
                 claim = asyncio.get_running_loop().call_later(
-                    self.claim_after_ms / 1000, lambda: self._spawn(self._claim(item))
+                    self.claim_after_s, lambda: self._spawn(self._claim(item))
                 )
                 extender = None
-                if topic.auto_extend_max_ms is not None:
+                if topic.auto_extend_max_s is not None:
                     extender = asyncio.create_task(
-                        self._keep_extending(item, topic.auto_extend_max_ms)
+                        self._keep_extending(item, topic.auto_extend_max_s)
                     )
                 try:
                     report = await self._call_handler(topic.handler, item)
@@ -386,20 +444,38 @@ class Worker:
         (= its concurrency) stays full and RabbitMQ sends it no task it has no room for."""
         if isinstance(report, Claimed | ExtendLock | Completed | Failed | BpmnErrorReport):
             item.claim_sent = True  # the engine holds (or held) a lease for us
-        delay = 0.1
-        while True:
-            try:
-                await self._publish(report)
-                break
-            except Exception as exc:
-                if self._stopping.is_set() and delay > 1:
-                    log.error("giving up on report for %s: %s", item.task.task_id, exc)
-                    return
-                log.warning("report for %s not confirmed (%s); retrying", item.task.task_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            await self._publish(report)
+        except Exception as exc:
+            log.warning("report for %s not confirmed (%s); retrying", item.task.task_id, exc)
+            if not await self._publish_again(item, report):
+                return
         if isinstance(report, _SETTLING) and not item.acked:
             await self._ack(item)
+
+    async def _publish_again(self, item: _Running, report: Report) -> bool:
+        """Publish a report the broker did not confirm again, with jittered backoff (its
+        robust connection reconnects meanwhile), until it is confirmed: it carries the task's
+        work, so there is no deadline, but once the worker is shutting down it gives up after
+        a second (False) and the engine dispatches the task again when its lease expires."""
+        task_id = item.task.task_id
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.warning("report for %s not confirmed (%s); retrying", task_id, error)
+
+        attempts = AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=backoff(0.1, 5.0),
+            stop=lambda state: self._stopping.is_set() and (state.seconds_since_start or 0) > 1,
+            before_sleep=log_retry,
+        )
+        try:
+            await attempts(self._publish, report)
+        except RetryError as gave_up:
+            log.error("giving up on report for %s: %s", task_id, gave_up.last_attempt.exception())
+            return False
+        return True
 
     async def _publish(self, report: Report) -> None:
         if self._sender is None:
@@ -423,8 +499,8 @@ class Worker:
         item.acked = True
         self._acks.ack(item.delivery)
 
-    async def _keep_extending(self, item: _Running, max_ms: int) -> None:
-        """Extend the lock every third of a lock until the handler ends or max_ms is used up.
+    async def _keep_extending(self, item: _Running, max_s: float) -> None:
+        """Extend the lock every third of a lock until the handler ends or max_s is used up.
 
         The cadence is kept from the start, not from each answer: waiting a lock's third
         after every answer let the answers' delays add up, and on a busy machine a short
@@ -437,12 +513,12 @@ class Worker:
         while True:
             due += every_s
             await asyncio.sleep(max(due - loop.time(), 0))
-            left_ms = max_ms - (loop.time() - started) * 1000
+            left_ms = (max_s - (loop.time() - started)) * 1000
             if left_ms <= 0:
                 log.warning(
-                    "task %s ran past its auto-extension limit of %d ms; its lock will lapse",
+                    "task %s ran past its auto-extension limit of %g s; its lock will lapse",
                     item.task.task_id,
-                    max_ms,
+                    max_s,
                 )
                 return
             try:

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from workers._context import LockStatus, TaskContext, TaskInfo
+from workers._durations import from_ms, to_ms
 from workers._outcome import Handler, Outcome, run_handler
 
 HELD = LockStatus(held=True, cancelled=False)
@@ -23,11 +24,13 @@ async def run_task(
     retries_left: int = 2,
     business_key: str | None = None,
     topic: str = "test",
-    lock_ms: int = 30_000,
+    lock_s: float = 30.0,
     lock: LockStatus = HELD,
     previous_error: str | None = None,
+    lock_ms: int | None = None,
 ) -> Outcome:
-    """The report the worker would send for this handler run; extend_lock answers `lock`."""
+    """The report the worker would send for this handler run; extend_lock answers `lock`.
+    (`lock_ms` is the older name of `lock_s`, in milliseconds.)"""
     task_id = str(uuid.uuid4())
     info = TaskInfo(
         task_id=task_id,
@@ -38,7 +41,7 @@ async def run_task(
         process_key="test",
         node_id=topic,
         business_key=business_key,
-        lock_ms=lock_ms,
+        lock_ms=to_ms(from_ms(lock_s, lock_ms)),
         idempotency_key=task_id,
         previous_error=previous_error,
     )

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator.model.wire import BpmnErrorReport, Completed, Failed
-from workers import BpmnError, LockStatus, TaskContext, TaskFailure, Worker
+from workers import BpmnError, LockStatus, TaskContext, TaskFailure, TaskInfo, Worker
 from workers.testing import run_task
 
 
@@ -64,7 +64,7 @@ async def test_any_exception_is_a_failure_with_a_traceback() -> None:
 
 async def test_failure_carries_retry_hints() -> None:
     async def handler(task: TaskContext) -> dict[str, Any]:
-        raise TaskFailure("gateway down", retries=2, retry_delay_ms=5000, error_code="GW")
+        raise TaskFailure("gateway down", retries=2, retry_delay_s=5, error_code="GW")
 
     report = await run_task(handler)
     assert isinstance(report, Failed)
@@ -83,7 +83,7 @@ async def test_extend_lock_answers() -> None:
     seen: list[LockStatus] = []
 
     async def handler(task: TaskContext) -> dict[str, Any]:
-        seen.append(await task.extend_lock(5000))
+        seen.append(await task.extend_lock(lock_s=5))
         return {}
 
     await run_task(handler, lock=LockStatus(held=False, cancelled=True))
@@ -120,7 +120,7 @@ async def test_auto_extension_keeps_its_cadence_however_slow_the_answers() -> No
 
     worker._extend = slow_answer  # type: ignore[method-assign]
     item = SimpleNamespace(task=SimpleNamespace(lock_ms=300, task_id="t"))
-    extending = asyncio.create_task(worker._keep_extending(item, max_ms=60_000))  # type: ignore[arg-type]
+    extending = asyncio.create_task(worker._keep_extending(item, max_s=60))  # type: ignore[arg-type]
     await asyncio.sleep(0.65)
     extending.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -130,3 +130,87 @@ async def test_auto_extension_keeps_its_cadence_however_slow_the_answers() -> No
     # Every 100 ms; waiting a third of a lock after each answer would make it 180 ms or more.
     assert len(sent) >= 5, sent
     assert max(gaps) < 0.16, gaps
+
+
+# --- durations: seconds in the SDK, milliseconds on the wire; the old _ms names still work ---
+
+
+async def test_a_retry_delay_in_seconds_goes_out_in_milliseconds() -> None:
+    assert TaskFailure("x", retry_delay_s=1.5).retry_delay_ms == 1500
+    assert TaskFailure("x", retry_delay_ms=250).retry_delay_s == 0.25
+    assert TaskFailure("x").retry_delay_ms is None
+    with pytest.raises(ValueError, match="retry_delay_s"):
+        TaskFailure("x", retry_delay_s=-1)
+
+    async def handler(task: TaskContext) -> None:
+        raise TaskFailure("later", retry_delay_ms=2500)
+
+    report = await run_task(handler)
+    assert isinstance(report, Failed) and report.retry_delay_ms == 2500
+
+
+async def test_extend_lock_takes_seconds_or_its_old_milliseconds() -> None:
+    asked: list[int] = []
+
+    async def extend(lock_ms: int) -> LockStatus:
+        asked.append(lock_ms)
+        return LockStatus(held=True, cancelled=False)
+
+    context = TaskContext(info(lock_ms=30_000), {}, extend)
+    await context.extend_lock(lock_s=2.5)
+    await context.extend_lock(lock_ms=700)
+    await context.extend_lock()
+    await context.extend_lock(lock_s=0.0001)
+    assert asked == [2500, 700, 30_000, 1]
+    with pytest.raises(ValueError, match="lock_s must be positive"):
+        await context.extend_lock(lock_s=0)
+    with pytest.raises(TypeError):
+        await context.extend_lock(5000)  # type: ignore[misc]
+    assert context.info.lock_s == 30.0
+
+
+async def test_run_task_takes_the_lock_in_seconds() -> None:
+    locks: list[tuple[int, float]] = []
+
+    async def handler(task: TaskContext) -> None:
+        locks.append((task.info.lock_ms, task.info.lock_s))
+
+    await run_task(handler, lock_s=2)
+    await run_task(handler, lock_ms=1500)
+    await run_task(handler)
+    assert locks == [(2000, 2.0), (1500, 1.5), (30_000, 30.0)]
+
+
+def test_worker_durations_are_seconds_with_the_old_names_kept() -> None:
+    assert Worker("w").claim_after_s == 0.02
+    assert Worker("w", claim_after_s=0.5).claim_after_s == 0.5
+    assert Worker("w", claim_after_ms=0).claim_after_s == 0
+    with pytest.raises(ValueError, match="claim_after_s"):
+        Worker("w", claim_after_s=-1)
+    worker = Worker("w")
+
+    async def handler(task: TaskContext) -> None:
+        return None
+
+    worker.task("seconds", auto_extend_max_s=90)(handler)
+    worker.task("millis", auto_extend_max_ms=1_500)(handler)
+    assert worker._topics["seconds"].auto_extend_max_s == 90
+    assert worker._topics["millis"].auto_extend_max_s == 1.5
+    with pytest.raises(ValueError, match="auto_extend_max_s must be positive"):
+        worker.task("never", auto_extend_max_s=0)
+
+
+def info(**fields: Any) -> TaskInfo:
+    values: dict[str, Any] = {
+        "task_id": "t",
+        "attempt": 1,
+        "retries_left": 0,
+        "topic": "topic",
+        "instance_id": "i",
+        "process_key": "p",
+        "node_id": "n",
+        "business_key": None,
+        "lock_ms": 1000,
+        "idempotency_key": "t",
+    }
+    return TaskInfo(**{**values, **fields})
