@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 
-from orchestrator.bench.peers import PEERS
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.errors import NotFound, OrchestratorError
@@ -81,45 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--instances", type=int, default=100)
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--timeout", type=float, default=300.0)
-    bench = commands.add_parser("bench", help="measure throughput and latency end to end")
-    bench.add_argument("--instances", type=int, default=5000)
-    bench.add_argument("--steps", type=int, default=3)
-    bench.add_argument("--worker-processes", type=int, default=2)
-    bench.add_argument("--engines", type=int, default=1, help="engine processes (active-active)")
-    bench.add_argument("--payload-bytes", type=int, default=0)
-    bench.add_argument(
-        "--rate",
-        type=float,
-        help="instances/s of the latency phase (default: half the measured maximum)",
-    )
-    bench.add_argument("--rate-seconds", type=float, default=5.0)
-    bench.add_argument(
-        "--peers",
-        nargs="*",
-        default=None,
-        choices=sorted(PEERS),
-        help="also run peers: celery, celery-noconfirm, celery-quorum, dbos; bare (the "
-        "engine's messages and commits with no engine) and bare-db-start (the same, starts "
-        "committed by the client) (no names: celery and dbos)",
-    )
-    bench.add_argument(
-        "--quick",
-        action="store_true",
-        help="a short run for CI: fails only below a quarter of the target",
-    )
-    bench.add_argument("--json", action="store_true", help="print one JSON object last")
-    bench.add_argument(
-        "--backlog",
-        type=int,
-        default=0,
-        help="also queue this many instances with no worker, then drain them",
-    )
-    bench.add_argument(
-        "--against",
-        metavar="DIR",
-        help="run another checkout of this project (DIR) at the same time, same workload "
-        "(needs --rate): the fair way to compare two versions on a machine whose speed drifts",
-    )
     return parser
 
 
@@ -222,10 +182,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(_with_client(settings, lambda c: action(c, args)))
     elif args.command == "incidents":
         asyncio.run(_with_client_raw(settings, lambda c: _incidents(c, args)))
-    elif args.command == "bench":
-        from orchestrator.bench.cli import run_bench
-
-        raise SystemExit(run_bench(settings, args))
     elif args.command == "demo":
         from orchestrator.demo import run_demo
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.bench.peers.bare_pipeline import Options, run
-from orchestrator.bench.peers.bare_roles import Names
+from bench.peers.bare_pipeline import Options, run
+from bench.peers.bare_roles import Names
 from orchestrator.config import Settings
 from tests import harness
 

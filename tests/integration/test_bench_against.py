@@ -1,4 +1,4 @@
-"""`orchestrator bench --against DIR` end to end: both sides run the workload at the same
+"""`./dev bench --against DIR` end to end: both sides run the workload at the same
 time on the real services, and the other side's figures come back from the other checkout
 (here the same one, which the run checks by the code path the other side reports)."""
 
@@ -11,7 +11,8 @@ import sys
 import orjson
 import pytest
 
-from orchestrator.bench.against import this_checkout
+from bench import ROOT
+from bench.against import this_checkout
 from orchestrator.services import Services
 
 pytestmark = pytest.mark.integration
@@ -25,13 +26,14 @@ def test_both_sides_run_and_report(services: Services) -> None:
         "ORCH_AMQP_URL": services.amqp_url,
     }
     command = [
-        sys.executable, "-m", "orchestrator", "bench",
+        sys.executable, "-m", "bench",
         "--instances", "60", "--rate", "20", "--rate-seconds", "1",
         "--against", str(this_checkout()), "--json",
     ]  # fmt: skip
     done = subprocess.run(
         command,
         env=env,
+        cwd=ROOT,
         capture_output=True,
         timeout=280,
         check=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.bench.floor import measure_floors
+from bench.floor import measure_floors
 from orchestrator.config import Settings
 from tests import harness
 

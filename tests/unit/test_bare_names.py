@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.bench.peers import PEERS
-from orchestrator.bench.peers.bare_pipeline import parse_args
-from orchestrator.bench.peers.bare_roles import Names
+from bench.peers import PEERS
+from bench.peers.bare_pipeline import parse_args
+from bench.peers.bare_roles import Names
 
 
 def test_queues_and_table_follow_the_prefix() -> None:
@@ -32,5 +32,5 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_the_bench_runs_it_on_both_services() -> None:
     module, services, _ = PEERS["bare"]
-    assert module == "orchestrator.bench.peers.bare_pipeline"
+    assert module == "bench.peers.bare_pipeline"
     assert services == ("amqp", "database")

@@ -1,4 +1,4 @@
-"""`orchestrator bench --against DIR`: the other side gets the same workload, a directory
+"""`./dev bench --against DIR`: the other side gets the same workload, a directory
 that is not a checkout is refused, a side that ran the wrong code is reported as an error,
 and the table shows the other side's row and its CPU."""
 
@@ -9,15 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bench.against import AgainstError, bench_arguments, checkout, this_checkout
-from orchestrator.bench.cli import options_from
-from orchestrator.bench.report import table
-from orchestrator.bench.run import BenchOptions, _checked
-from orchestrator.cli import build_parser
+from bench.against import (
+    AgainstError,
+    bench_arguments,
+    bench_command,
+    checkout,
+    this_checkout,
+)
+from bench.cli import build_parser, options_from
+from bench.report import table
+from bench.run import BenchOptions, _checked
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(["bench", *argv])
+    return build_parser().parse_args(list(argv))
 
 
 def test_the_other_side_runs_the_same_workload() -> None:
@@ -36,6 +41,25 @@ def test_a_directory_that_is_not_a_checkout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AgainstError, match="not a checkout"):
         checkout(str(tmp_path))
     assert checkout(str(this_checkout())) == this_checkout()
+
+
+def _tree(root: Path, *files: str) -> Path:
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("")
+    return root
+
+
+def test_the_other_side_runs_the_benchmark_of_its_own_layout(tmp_path: Path) -> None:
+    # Before the benchmark left the package it ran as `orchestrator bench`.
+    old = _tree(tmp_path / "old", "orchestrator/__init__.py", "orchestrator/bench/__init__.py")
+    new = _tree(tmp_path / "new", "orchestrator/__init__.py", "bench/__main__.py")
+    assert bench_command(checkout(str(old))) == ["-m", "orchestrator", "bench"]
+    assert bench_command(checkout(str(new))) == ["-m", "bench"]
+    assert bench_command(this_checkout()) == ["-m", "bench"]
+    neither = _tree(tmp_path / "neither", "orchestrator/__init__.py")
+    with pytest.raises(AgainstError, match="no benchmark"):
+        checkout(str(neither))
 
 
 def test_against_needs_a_rate_and_runs_alone() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bench.breakdown import Entry, TaskTimes, breakdown, line, worker_entries
+from bench.breakdown import Entry, TaskTimes, breakdown, line, worker_entries
 
 
 def _instance(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.bench.floor import Floor
-from orchestrator.bench.report import table
+from bench.floor import Floor
+from bench.report import table
 
 
 def test_floor_counts_hops_and_commits_of_an_instance() -> None:

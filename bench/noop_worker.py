@@ -1,6 +1,6 @@
 """The benchmark's worker: completes every step at once and notes its dispatch latency.
 
-Run by `orchestrator bench` as `orchestrator worker orchestrator.bench.noop_worker:worker`
+Run by the benchmark as `orchestrator worker bench.noop_worker:worker`
 with BENCH_TOPICS (comma-separated) and BENCH_LATENCY_FILE (where to write, at exit, one
 line `<published_at_ms> <entered_at_ms> <task_id>` per task).
 """

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bench.stats import percentile
+from bench.stats import percentile
 
 STAGES = ("start", "engine", "to_worker", "back")
 

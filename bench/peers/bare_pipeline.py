@@ -1,6 +1,6 @@
 """Reference run: the engine's hops and commits, with no engine in between.
 
-    python -m orchestrator.bench.peers.bare_pipeline --amqp-url URL --database-url URL \
+    python -m bench.peers.bare_pipeline --amqp-url URL --database-url URL \
         --instances N --steps S --workers W [--rate R --rate-instances M]
 
 An instance here makes exactly the messages and commits an engine instance makes: a confirmed
@@ -38,11 +38,11 @@ import asyncpg
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from bench.peers.bare_roles import Names, now_ms, task_message
+from bench.peers.processes import die_with_parent, stop_all
+from bench.procstats import CpuMeter, pids_named
+from bench.stats import dispatch_samples, summary
 from orchestrator import aio
-from orchestrator.bench.peers.bare_roles import Names, now_ms, task_message
-from orchestrator.bench.peers.processes import die_with_parent, stop_all
-from orchestrator.bench.procstats import CpuMeter, pids_named
-from orchestrator.bench.stats import dispatch_samples, summary
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.store.migrate import ensure_database
@@ -68,7 +68,7 @@ class Options:
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.bench.peers.bare_pipeline",
+        prog="python -m bench.peers.bare_pipeline",
         description="The engine's broker hops and commits with no engine: the design's floor.",
     )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
@@ -133,7 +133,7 @@ class Processes:
         env = {**self.env, "BARE_LATENCY_FILE": str(self.logdir / f"{label}.latency")}
         with (self.logdir / f"{label}.log").open("wb") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.bench.peers.bare_roles", role],
+                [sys.executable, "-m", "bench.peers.bare_roles", role],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

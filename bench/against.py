@@ -1,11 +1,14 @@
 """Two versions of the engine measured at the same time on the same machine.
 
 On a shared or virtual machine the speed drifts: runs a few minutes apart can differ by 2x,
-which drowns any change worth making. `orchestrator bench --against DIR` runs the same
-workload twice at once: this checkout, and another checkout of the project in DIR (its whole
-`orchestrator` package, bench included, imported first through PYTHONPATH). Each side has its
-own database, namespace, engine, workers and client, and both see the same machine. The other
-side runs as a separate `orchestrator bench --json`; its result comes back under `against`.
+which drowns any change worth making. `./dev bench --against DIR` runs the same workload twice
+at once: this checkout, and another checkout of the project in DIR (its `orchestrator` package
+and its benchmark, imported first through PYTHONPATH). Each side has its own database,
+namespace, engine, workers and client, and both see the same machine. The other side runs as a
+separate benchmark with `--json`; its result comes back under `against`.
+
+The other checkout may be older than this one: until the benchmark moved out of the package it
+lived in `orchestrator/bench` and ran as `orchestrator bench`. Both layouts are recognised.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import orjson
 import orchestrator
 
 if TYPE_CHECKING:  # the runner imports this module
-    from orchestrator.bench.run import BenchOptions
+    from bench.run import BenchOptions
 
 
 class AgainstError(ValueError):
@@ -38,7 +41,17 @@ def checkout(directory: str) -> Path:
     path = Path(directory).resolve()
     if not (path / "orchestrator" / "__init__.py").is_file():
         raise AgainstError(f"{directory} is not a checkout of this project (no orchestrator/)")
+    bench_command(path)
     return path
+
+
+def bench_command(path: Path) -> list[str]:
+    """How the checkout in `path` runs its benchmark (after the interpreter), by its layout."""
+    if (path / "bench" / "__main__.py").is_file():
+        return ["-m", "bench"]
+    if (path / "orchestrator" / "bench" / "__init__.py").is_file():
+        return ["-m", "orchestrator", "bench"]  # before the benchmark left the package
+    raise AgainstError(f"{path} has no benchmark (neither bench/ nor orchestrator/bench/)")
 
 
 def label(path: Path) -> str:
@@ -84,7 +97,7 @@ class OtherSide:
         output = workdir / "against.out"
         with output.open("wb") as out, (workdir / "against.err").open("wb") as err:
             process = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "bench", *bench_arguments(options)],
+                [sys.executable, *bench_command(path), *bench_arguments(options)],
                 env=env,
                 stdout=out,
                 stderr=err,

@@ -1,6 +1,6 @@
 """Peer benchmark: the engine's workload as Celery chains over the same RabbitMQ.
 
-    python -m orchestrator.bench.peers.celery_chain --amqp-url URL --instances N --steps S \
+    python -m bench.peers.celery_chain --amqp-url URL --instances N --steps S \
         --workers W --payload-bytes B [--rate R --rate-instances M] [--quorum] [--no-confirms]
 
 One instance is a chain of S no-op `bench.step` tasks, each receiving and returning a payload
@@ -47,9 +47,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bench.peers import celery_app as bench_app
-from orchestrator.bench.peers.processes import die_with_parent
-from orchestrator.bench.stats import summary
+from bench.peers import celery_app as bench_app
+from bench.peers.processes import die_with_parent
+from bench.stats import summary
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -80,7 +80,7 @@ class Options:
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.bench.peers.celery_chain",
+        prog="python -m bench.peers.celery_chain",
         description="Celery chains of no-op steps over RabbitMQ, equally durable as the engine.",
     )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
@@ -214,7 +214,7 @@ class WorkerGroup:
         for index, name in enumerate(self.names):
             command = [
                 sys.executable, "-m", "celery",
-                "-A", "orchestrator.bench.peers.celery_app",
+                "-A", "bench.peers.celery_app",
                 "worker",
                 "--pool", "prefork",
                 "--concurrency", str(self.concurrency),

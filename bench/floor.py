@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
-from orchestrator.bench.stats import percentile
+from bench.stats import percentile
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
 

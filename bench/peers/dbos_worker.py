@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from dbos import DBOS
 
-from orchestrator.bench.peers.dbos_app import QUEUE_NAME, READY_LINE, dbos_config, define_workflow
+from bench.peers.dbos_app import QUEUE_NAME, READY_LINE, dbos_config, define_workflow
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.bench import breakdown
+from bench import breakdown
 
 COLUMNS = (
     ("tasks/s", ("tasks_per_s",)),

@@ -1,7 +1,7 @@
 """The two processes of the bare pipeline (see bare_pipeline.py): a coordinator that commits
 each step and publishes the next task, and a worker that answers each task with a report.
 
-    python -m orchestrator.bench.peers.bare_roles coordinator|worker
+    python -m bench.peers.bare_roles coordinator|worker
 
 Both read their settings from the environment the runner gives them (BARE_* below). They use
 the engine's own AMQP layer (confirmed publisher, micro-batch consumer) and the engine's

@@ -1,4 +1,5 @@
-"""`orchestrator bench`: the fixed workload end to end, on our engine and optionally on peers.
+"""The benchmark (`./dev bench`): the fixed workload end to end, on our engine and optionally
+on peers.
 
 Workload: N instances of a sequential process of S no-op external tasks; durable queues,
 persistent messages, publisher confirms, synchronous_commit on. Phases:
@@ -23,19 +24,20 @@ from typing import Any
 import asyncpg
 import orjson
 
+from bench import child_env
+from bench.against import OtherSide, this_checkout
+from bench.breakdown import Entry, TaskTimes, breakdown, worker_entries
+from bench.floor import measure_floors
+from bench.peers import PEERS
+from bench.peers.processes import stop_all
+from bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
+from bench.stats import dispatch_samples, summary
 from orchestrator import aio
-from orchestrator.bench.against import OtherSide, this_checkout
-from orchestrator.bench.breakdown import Entry, TaskTimes, breakdown, worker_entries
-from orchestrator.bench.floor import measure_floors
-from orchestrator.bench.peers import PEERS
-from orchestrator.bench.peers.processes import stop_all
-from orchestrator.bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
-from orchestrator.bench.stats import dispatch_samples, summary
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.store.migrate import ensure_database
 
-WORKER_SPEC = "orchestrator.bench.noop_worker:worker"
+WORKER_SPEC = "bench.noop_worker:worker"
 CODE = this_checkout()
 
 
@@ -89,14 +91,13 @@ class Run:
         return orjson.dumps({"key": "bench", "nodes": nodes, "flows": flows}).decode()
 
     def _env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-        env.update(
+        return child_env(
+            {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")},
             ORCH_DATABASE_URL=self.settings.database_url,
             ORCH_AMQP_URL=self.settings.amqp_url,
             ORCH_NAMESPACE=self.settings.namespace,
+            **extra,
         )
-        env.update(extra)
-        return env
 
     def _spawn(self, log_name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         with (self.workdir / log_name).open("wb") as log:
@@ -466,7 +467,9 @@ def run_peer(name: str, settings: Settings, options: BenchOptions, rate: float) 
     ]
     _status(f"peer {name}...")
     try:
-        done = subprocess.run(args, capture_output=True, timeout=options.timeout_s, check=False)
+        done = subprocess.run(
+            args, env=child_env(), capture_output=True, timeout=options.timeout_s, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"name": name, "error": f"timed out after {options.timeout_s}s"}
     lines = done.stdout.decode().strip().splitlines()

@@ -51,8 +51,8 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from orchestrator.bench.procstats import cpu_seconds, pids_named
-from orchestrator.bench.stats import summary
+from bench.procstats import cpu_seconds, pids_named
+from bench.stats import summary
 
 _STATUS_SQL = (
     "SELECT workflow_uuid, status FROM dbos.workflow_status "
@@ -224,7 +224,7 @@ class Workers:
                 [
                     sys.executable,
                     "-m",
-                    "orchestrator.bench.peers.dbos_worker",
+                    "bench.peers.dbos_worker",
                     "--database-url",
                     self.bench_url,
                     "--steps",
@@ -254,7 +254,7 @@ class Workers:
     @staticmethod
     def _await_ready(proc: subprocess.Popen[str], index: int, ready: queue.Queue[int]) -> None:
         assert proc.stdout is not None
-        from orchestrator.bench.peers.dbos_app import READY_LINE
+        from bench.peers.dbos_app import READY_LINE
 
         for line in proc.stdout:
             if line.strip() == READY_LINE:
@@ -296,7 +296,7 @@ class Workers:
 def _queue_starter(options: Options, bench_url: str) -> Iterator[Starter]:
     from dbos import DBOSClient, EnqueueOptions
 
-    from orchestrator.bench.peers.dbos_app import APP_NAME, QUEUE_NAME, WORKFLOW_NAME
+    from bench.peers.dbos_app import APP_NAME, QUEUE_NAME, WORKFLOW_NAME
 
     client = DBOSClient(
         system_database_url=bench_url,
@@ -328,7 +328,7 @@ def _queue_starter(options: Options, bench_url: str) -> Iterator[Starter]:
 def _direct_starter(options: Options, bench_url: str) -> Iterator[Starter]:
     from dbos import DBOS, SetWorkflowID
 
-    from orchestrator.bench.peers.dbos_app import dbos_config, define_workflow
+    from bench.peers.dbos_app import dbos_config, define_workflow
 
     workflow = define_workflow(options.steps)
     DBOS(config=dbos_config(bench_url, executor_id="bench-direct", log_level=options.log_level))
@@ -625,7 +625,7 @@ def _positive_float(text: str) -> float:
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.bench.peers.dbos_workflow",
+        prog="python -m bench.peers.dbos_workflow",
         description="The benchmark workload on DBOS Transact; last stdout line is JSON.",
     )
     parser.add_argument(
