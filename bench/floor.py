@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
+from bench.queries import query
 from bench.stats import percentile
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
@@ -100,17 +101,14 @@ async def commit_times(database_url: str, samples: int, gap_s: float) -> list[fl
     conn = await asyncpg.connect(database_url, timeout=5)
     times: list[float] = []
     try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS bench_floor "
-            "(id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"
-        )
-        await conn.execute("SET synchronous_commit = on")
+        await conn.execute(query("floor_create_table"))
+        await conn.execute(query("floor_commit_synchronously"))
         for _ in range(samples):
             began = time.perf_counter()
-            await conn.execute("INSERT INTO bench_floor DEFAULT VALUES")
+            await conn.execute(query("floor_insert"))
             times.append((time.perf_counter() - began) * 1000)
             await asyncio.sleep(gap_s)
-        await conn.execute("DROP TABLE bench_floor")
+        await conn.execute(query("floor_drop_table"))
     finally:
         await conn.close()
     return times

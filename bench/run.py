@@ -31,6 +31,7 @@ from bench.floor import measure_floors
 from bench.peers import PEERS
 from bench.peers.processes import stop_all
 from bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
+from bench.queries import query
 from bench.stats import dispatch_samples, summary
 from orchestrator import aio
 from orchestrator.client import Client
@@ -158,10 +159,7 @@ async def _completed_so_far(pool: asyncpg.Pool) -> int:
     """Instances completed in this run's database, from the engines' own counters: a poll
     that costs nothing, where counting the instances themselves every few milliseconds
     competed with the engine for the database (and slowed the drain it measured)."""
-    value = await pool.fetchval(
-        "SELECT coalesce(sum(value), 0) FROM engine_counters WHERE name = 'instances_completed'"
-    )
-    return int(value)
+    return int(await pool.fetchval(query("counter_total"), "instances_completed"))
 
 
 async def _wait_completed(run: Run, pool: asyncpg.Pool, ids: list[str], deadline: float) -> None:
@@ -201,22 +199,13 @@ async def _start_all(
 
 async def _ended_at(pool: asyncpg.Pool, ids: list[str]) -> dict[str, float]:
     """When each instance completed (epoch seconds), as the database recorded it."""
-    rows = await pool.fetch(
-        "SELECT id, extract(epoch FROM ended_at) AS ended FROM process_instances "
-        "WHERE id = ANY($1::uuid[])",
-        ids,
-    )
+    rows = await pool.fetch(query("instances_ended"), ids)
     return {str(row["id"]): float(row["ended"]) for row in rows}
 
 
 async def _task_times(pool: asyncpg.Pool, ids: list[str]) -> list[TaskTimes]:
     """When each task's creating and completing transactions began (see bench/breakdown.py)."""
-    rows = await pool.fetch(
-        "SELECT instance_id, id, extract(epoch FROM created_at) * 1000 AS created, "
-        "extract(epoch FROM closed_at) * 1000 AS closed FROM tasks "
-        "WHERE instance_id = ANY($1::uuid[]) AND closed_at IS NOT NULL",
-        ids,
-    )
+    rows = await pool.fetch(query("task_times"), ids)
     return [
         TaskTimes(str(r["instance_id"]), str(r["id"]), float(r["created"]), float(r["closed"]))
         for r in rows
@@ -310,7 +299,7 @@ async def _drop_database(settings: Settings, name: str) -> None:
     base = settings.database_url.rsplit("/", 1)[0]
     conn = await asyncpg.connect(f"{base}/postgres", timeout=5)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(query("drop_database", database=name))
     finally:
         await conn.close()
 
@@ -405,7 +394,7 @@ async def _backlog(
     _status(f"backlog: starting {count} instances with no worker running...")
     ids = await _start_all(client, count, {})
     deadline = time.monotonic() + run.options.timeout_s
-    while await pool.fetchval("SELECT count(*) FROM outbox") > 0:
+    while await pool.fetchval(query("outbox_left")) > 0:
         if time.monotonic() > deadline:
             raise SystemExit("backlog: the outbox did not drain")
         await asyncio.sleep(0.2)
@@ -414,17 +403,11 @@ async def _backlog(
     began = time.time()
     run.start_workers(label="b")
     await _wait_completed(run, pool, ids, time.monotonic() + run.options.timeout_s)
-    last_end = await pool.fetchval(
-        "SELECT extract(epoch FROM max(ended_at)) FROM process_instances "
-        "WHERE id = ANY($1::uuid[])",
-        ids,
-    )
+    last_end = await pool.fetchval(query("last_instance_ended"), ids)
     elapsed = float(last_end) - began
     tasks_per_s = count * run.options.steps / elapsed
     # A backlog is not a lost message: its tasks must not be sent again (dispatch deadline).
-    redispatched = await pool.fetchval(
-        "SELECT coalesce(sum(value), 0) FROM engine_counters WHERE name = 'tasks_redispatched'"
-    )
+    redispatched = await pool.fetchval(query("counter_total"), "tasks_redispatched")
     return {
         "instances": count,
         "tasks_redispatched": int(redispatched),

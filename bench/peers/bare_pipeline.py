@@ -223,7 +223,7 @@ class Starter:
     async def _start_in_database(self) -> str:
         assert self.publisher is not None
         instance = uuid.uuid4()
-        await self.pool.execute(self.names.insert_starts, [instance])
+        await self.pool.execute(self.names.sql("insert_starts"), [instance])
         await self.publisher.publish(task_message(self.names, str(instance), 1, now_ms()))
         return str(instance)
 
@@ -239,12 +239,12 @@ class Bench:
     async def _wait_ended(self, ids: list[str]) -> dict[str, float]:
         """When each instance ended (epoch seconds), once all have."""
         deadline = time.monotonic() + self.options.timeout_s
-        while await self.pool.fetchval(self.names.unfinished) > 0:
+        while await self.pool.fetchval(self.names.sql("unfinished")) > 0:
             self.processes.check_alive()
             if time.monotonic() > deadline:
                 raise SystemExit("bare pipeline: instances did not complete in time")
             await asyncio.sleep(POLL_S)
-        rows = await self.pool.fetch(self.names.ended_at, ids)
+        rows = await self.pool.fetch(self.names.sql("ended_at"), ids)
         return {row["id"]: float(row["ended"]) for row in rows}
 
     async def _start_many(self, count: int, sent: dict[str, float]) -> list[str]:
@@ -324,12 +324,12 @@ async def _declare(names: Names, connection: AbstractRobustConnection, pool: asy
     for queue in names.queues:
         await channel.declare_queue(queue, durable=True)
     await channel.close()
-    await pool.execute(names.create_table)
+    await pool.execute(names.sql("create_table"))
 
 
 async def _clean_up(names: Names, connection: AbstractRobustConnection, pool: asyncpg.Pool) -> None:
     with contextlib.suppress(Exception):
-        await pool.execute(names.drop_table)
+        await pool.execute(names.sql("drop_table"))
     with contextlib.suppress(Exception):
         channel = await connection.channel()
         for queue in names.queues:

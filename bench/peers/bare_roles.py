@@ -25,6 +25,7 @@ import asyncpg
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from bench.queries import query
 from orchestrator import aio
 from orchestrator.broker.batches import BatchConsumer, ack_all
 from orchestrator.broker.connection import connect
@@ -63,41 +64,9 @@ class Names:
         """The run's table: its name comes from the generated prefix, never from input."""
         return self.prefix.replace("-", "_")
 
-    # The reference run's SQL, in one place.
-    @property
-    def create_table(self) -> str:
-        return (
-            f"CREATE TABLE {self.table} "
-            "(id uuid PRIMARY KEY, step int NOT NULL, ended_at timestamptz)"
-        )
-
-    @property
-    def insert_starts(self) -> str:
-        return f"INSERT INTO {self.table} (id, step) SELECT unnest($1::uuid[]), 1"
-
-    @property
-    def advance(self) -> str:
-        """Each (instance, step done): the next step, or the end after the last."""
-        return (
-            f"UPDATE {self.table} AS t SET step = r.done + 1, "  # noqa: S608
-            f"ended_at = CASE WHEN r.done = {self.steps} THEN now() END "
-            "FROM unnest($1::uuid[], $2::int[]) AS r(id, done) WHERE t.id = r.id"
-        )
-
-    @property
-    def unfinished(self) -> str:
-        return f"SELECT count(*) FROM {self.table} WHERE ended_at IS NULL"  # noqa: S608
-
-    @property
-    def ended_at(self) -> str:
-        return (
-            f"SELECT id::text, extract(epoch FROM ended_at) AS ended FROM {self.table} "  # noqa: S608
-            "WHERE id = ANY($1::uuid[])"
-        )
-
-    @property
-    def drop_table(self) -> str:
-        return f"DROP TABLE IF EXISTS {self.table}"
+    def sql(self, name: str) -> str:
+        """The run's statement `bare_<name>` of bench/queries.sql, on the run's table."""
+        return query(f"bare_{name}", table=self.table)
 
 
 def names_from_env() -> Names:
@@ -130,7 +99,7 @@ class Coordinator:
 
     async def starts(self, batch: list[AbstractIncomingMessage]) -> None:
         ids = [uuid.uuid4() for _ in batch]
-        await self.pool.execute(self.names.insert_starts, ids)
+        await self.pool.execute(self.names.sql("insert_starts"), ids)
         published = now_ms()
         outgoing = [self._task(str(instance), 1, published) for instance in ids]
         outgoing += [
@@ -152,7 +121,7 @@ class Coordinator:
         ids = [uuid.UUID(report["instance"]) for report in reports]
         done = [int(report["step"]) for report in reports]
         last = self.names.steps
-        await self.pool.execute(self.names.advance, ids, done)
+        await self.pool.execute(self.names.sql("advance"), ids, done, last)
         published = now_ms()
         await self._publish(
             [

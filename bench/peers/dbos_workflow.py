@@ -47,23 +47,13 @@ from typing import Any, Protocol
 
 import orjson
 import psycopg
-from psycopg import sql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bench.procstats import cpu_seconds, pids_named
+from bench.queries import query
 from bench.stats import summary
 
-_STATUS_SQL = (
-    "SELECT workflow_uuid, status FROM dbos.workflow_status "
-    "WHERE workflow_uuid = ANY(%s) AND status NOT IN ('ENQUEUED', 'PENDING', 'DELAYED')"
-)
-_TIMES_SQL = (
-    "SELECT s.workflow_uuid, coalesce(s.completed_at, s.updated_at), "
-    "(SELECT min(o.started_at_epoch_ms) FROM dbos.operation_outputs o "
-    " WHERE o.workflow_uuid = s.workflow_uuid) "
-    "FROM dbos.workflow_status s WHERE s.workflow_uuid = ANY(%s)"
-)
 _CONNECT_TIMEOUT_S = 5
 _POLL_S = 0.05
 _READY_TIMEOUT_S = 60.0
@@ -189,7 +179,7 @@ def _create_database(database_url: str) -> tuple[str, str]:
     name = f"dbos_bench_{secrets.token_hex(4)}"
     try:
         with _connect(_url_for(database_url, "postgres")) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(query("dbos_create_database", database=name))
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchError(f"PostgreSQL unreachable at {_where(database_url)}: {first}", 2) from exc
@@ -199,9 +189,7 @@ def _create_database(database_url: str) -> tuple[str, str]:
 def _drop_database(database_url: str, name: str) -> None:
     try:
         with _connect(_url_for(database_url, "postgres")) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute(query("dbos_drop_database", database=name))
     except psycopg.Error as exc:
         _status(f"could not drop database {name}: {exc}")
 
@@ -396,7 +384,7 @@ def _wait_finished(
     remaining = set(ids)
     last_report = time.monotonic()
     while remaining:
-        rows = observer.execute(_STATUS_SQL, (list(remaining),)).fetchall()
+        rows = observer.execute(query("dbos_finished"), (list(remaining),)).fetchall()
         for workflow_id, status in rows:
             if status != "SUCCESS":
                 raise BenchError(f"workflow {workflow_id} ended {status}")
@@ -419,7 +407,7 @@ def _times(
     observer: psycopg.Connection[Any], ids: Sequence[str]
 ) -> dict[str, tuple[float, float | None]]:
     """Completion and first-step-entered times (epoch ms) per workflow."""
-    rows = observer.execute(_TIMES_SQL, (list(ids),)).fetchall()
+    rows = observer.execute(query("dbos_times"), (list(ids),)).fetchall()
     return {
         wid: (float(done), float(first) if first is not None else None) for wid, done, first in rows
     }
@@ -524,7 +512,7 @@ def run(options: Options) -> dict[str, Any]:
     try:
         DBOS.migrate(bench_url)
         with _connect(bench_url) as observer:
-            sync_commit = observer.execute("SHOW synchronous_commit").fetchone()
+            sync_commit = observer.execute(query("dbos_synchronous_commit")).fetchone()
             if sync_commit is None or sync_commit[0] != "on":
                 _status(f"warning: synchronous_commit is {sync_commit}")
             opener = _queue_starter if options.mode == "queue" else _direct_starter

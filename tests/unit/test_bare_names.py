@@ -20,7 +20,8 @@ def test_queues_and_table_follow_the_prefix() -> None:
         "bare-0123abcd-step-3",
     ]
     assert names.table == "bare_0123abcd"
-    assert "bare_0123abcd" in names.advance and "r.done = 3" in names.advance
+    assert 'UPDATE "bare_0123abcd"' in names.sql("advance")
+    assert names.sql("drop_table") == 'DROP TABLE IF EXISTS "bare_0123abcd"'
 
 
 def test_bad_arguments_are_refused() -> None:
