@@ -1,57 +1,91 @@
-"""CPU seconds and peak memory of process groups, read from /proc (Linux)."""
+"""CPU seconds and memory of the processes a benchmark run measures (through psutil)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
-from pathlib import Path
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+import psutil
+
+#: A process that ended (or was never ours to read) counts as nothing.
+_GONE = (psutil.NoSuchProcess, psutil.AccessDenied)
 
 
 def cpu_seconds(pid: int) -> float:
     """user + system CPU of one process (0 if it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        times = psutil.Process(pid).cpu_times()
+    except _GONE:
         return 0.0
-    # After the command name: state is field 3, utime 14 and stime 15 (1-based).
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return float(times.user + times.system)
 
 
 def pids_named(*names: str) -> list[int]:
-    """Processes whose command name is one of `names` (e.g. postgres, beam.smp)."""
+    """Processes whose name is one of `names` (e.g. postgres, beam.smp)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() in names:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in names:
+            found.append(process.pid)
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    """The children of a process, theirs, and so on (none if it is gone)."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except _GONE:
+        return []
 
 
 def group_cpu(pids: Iterable[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-def _status_mb(pid: int, field: str) -> float | None:
+def rss_mb(pid: int) -> float | None:
+    """The resident set of one process now, in MB (None if it is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    except _GONE:
         return None
-    return None
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    return _status_mb(pid, "VmHWM:")
+class PeakRss:
+    """The largest resident set of any of some processes over a stretch of a run, in MB.
 
+    psutil reads no high-water mark on Linux, so the processes are sampled every
+    `interval_s`: a peak that lasts longer than that is caught (a process's memory grows
+    with what it holds, which changes more slowly than that).
+    """
 
-def current_rss_mb(pid: int) -> float | None:
-    return _status_mb(pid, "VmRSS:")
+    def __init__(self, pids: list[int], interval_s: float = 0.05) -> None:
+        self.pids = pids
+        self.interval_s = interval_s
+        self.mb: float | None = None
+
+    def sample(self) -> None:
+        for pid in self.pids:
+            now = rss_mb(pid)
+            if now is not None and (self.mb is None or now > self.mb):
+                self.mb = now
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[PeakRss]:
+        """Sample in the background while the block runs."""
+
+        async def every_interval() -> None:
+            while True:
+                self.sample()
+                await asyncio.sleep(self.interval_s)
+
+        task = asyncio.create_task(every_interval())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.sample()
 
 
 class CpuMeter:

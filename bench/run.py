@@ -30,7 +30,7 @@ from bench.breakdown import Entry, TaskTimes, breakdown, worker_entries
 from bench.floor import measure_floors
 from bench.peers import PEERS
 from bench.peers.processes import stop_all
-from bench.procstats import CpuMeter, current_rss_mb, peak_rss_mb
+from bench.procstats import CpuMeter, PeakRss, rss_mb
 from bench.queries import query
 from bench.stats import dispatch_samples, summary
 from orchestrator import aio
@@ -334,7 +334,8 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
         run.start_processes()
-        async with Client(run.settings, name="bench") as client:
+        peak = PeakRss([e.pid for e in run.engines])
+        async with peak.sampling(), Client(run.settings, name="bench") as client:
             await client.deploy(run.definition())
             warm = await _start_all(client, options.warmup, {})
             await _wait_completed(run, pool, warm, time.monotonic() + 60)
@@ -352,7 +353,6 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
                 samples=options.floor_samples,
             )
             backlog = await _backlog(run, client, pool, full) if options.backlog else None
-        rss = max((peak_rss_mb(e.pid) or 0.0 for e in run.engines), default=None)
     finally:
         run.stop_processes()
         await pool.close()
@@ -376,7 +376,8 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
         "dispatch_latency_ms": summary(run.dispatch_latencies(*half_window), (50, 99)),
         "instance_latency_ms": half["instance_latency_ms"],
         "latency_phase": {k: v for k, v in half.items() if k != "instance_latency_ms"},
-        "engine_peak_rss_mb": round(rss, 1) if rss else None,
+        # Sampled every 50 ms from warm-up to the end (see procstats.PeakRss).
+        "engine_peak_rss_mb": peak.mb,
         "floor_ms": {name: floor.as_dict() for name, floor in floors.items()},
         "backlog": backlog,
         # Which checkout this was (a comparison with --against checks it).
@@ -398,7 +399,7 @@ async def _backlog(
         if time.monotonic() > deadline:
             raise SystemExit("backlog: the outbox did not drain")
         await asyncio.sleep(0.2)
-    rss_waiting = max((current_rss_mb(e.pid) or 0.0 for e in run.engines), default=None)
+    rss_waiting = max((rss_mb(e.pid) or 0.0 for e in run.engines), default=None)
     _status(f"backlog queued (engine RSS {rss_waiting} MB); draining...")
     began = time.time()
     run.start_workers(label="b")

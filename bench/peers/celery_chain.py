@@ -49,6 +49,7 @@ from typing import Any
 
 from bench.peers import celery_app as bench_app
 from bench.peers.processes import die_with_parent
+from bench.procstats import CpuMeter, descendants, pids_named
 from bench.stats import summary
 
 STARTUP_TIMEOUT_S = 60.0
@@ -280,68 +281,12 @@ class WorkerGroup:
             proc.wait(timeout=5)
 
     def pids(self) -> list[int]:
-        """The nodes and their pool processes (Linux /proc; just the nodes elsewhere)."""
+        """The nodes and their pool processes."""
         found: list[int] = []
         for proc in self.procs:
             found.append(proc.pid)
-            found += _descendants(proc.pid)
+            found += descendants(proc.pid)
         return found
-
-
-# --- CPU accounting (Linux /proc; empty elsewhere) ------------------------------------------
-
-
-def _descendants(pid: int) -> list[int]:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    found = [int(child) for child in children]
-    for child in list(found):
-        found += _descendants(child)
-    return found
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pids_named(name: str) -> list[int]:
-    found: list[int] = []
-    try:
-        entries = list(Path("/proc").iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == name:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-class CpuMeter:
-    """CPU seconds per group of processes between `start()` and `stop()`."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-        self.before: dict[str, float] = {}
-
-    def _now(self) -> dict[str, float]:
-        return {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
-
-    def start(self) -> None:
-        self.before = self._now()
-
-    def stop(self) -> dict[str, float]:
-        after = self._now()
-        return {name: after[name] - self.before.get(name, 0.0) for name in self.groups}
 
 
 # --- completions -----------------------------------------------------------------------------
@@ -520,7 +465,7 @@ class Bench:
         meter = CpuMeter(
             {
                 "workers": self.workers.pids(),
-                "rabbitmq": _pids_named("beam.smp"),
+                "rabbitmq": pids_named("beam.smp"),
                 "client": [os.getpid()],
             }
         )
