@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 import orchestrator
+from orchestrator.subprocesses import spawn, stop
 
 if TYPE_CHECKING:  # the runner imports this module
     from bench.run import BenchOptions
@@ -95,14 +96,13 @@ class OtherSide:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
         output = workdir / "against.out"
-        with output.open("wb") as out, (workdir / "against.err").open("wb") as err:
-            process = subprocess.Popen(
-                [sys.executable, *bench_command(path), *bench_arguments(options)],
-                env=env,
-                stdout=out,
-                stderr=err,
-                cwd=path,
-            )
+        process = spawn(
+            [sys.executable, *bench_command(path), *bench_arguments(options)],
+            output=output,
+            errors=workdir / "against.err",
+            env=env,
+            cwd=path,
+        )
         return cls(path, process, output)
 
     def result(self, timeout_s: float) -> dict[str, Any]:
@@ -110,7 +110,7 @@ class OtherSide:
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.terminate()
+            self.stop()
             return {"name": name, "error": f"timed out after {timeout_s:.0f}s"}
         lines = self.output.read_text(errors="replace").strip().splitlines()
         if self.process.returncode != 0 or not lines:
@@ -121,6 +121,5 @@ class OtherSide:
         return theirs
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
+        """SIGTERM, then SIGKILL if need be (its engine and workers end with it)."""
+        stop([self.process])

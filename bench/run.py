@@ -29,7 +29,6 @@ from bench.against import OtherSide, this_checkout
 from bench.breakdown import Entry, TaskTimes, breakdown, worker_entries
 from bench.floor import measure_floors
 from bench.peers import PEERS
-from bench.peers.processes import stop_all
 from bench.procstats import CpuMeter, PeakRss, rss_mb
 from bench.queries import query
 from bench.stats import dispatch_samples, summary
@@ -37,6 +36,7 @@ from orchestrator import aio
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.store.migrate import ensure_database
+from orchestrator.subprocesses import spawn, stop
 
 WORKER_SPEC = "bench.noop_worker:worker"
 CODE = this_checkout()
@@ -101,20 +101,12 @@ class Run:
         )
 
     def _spawn(self, log_name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        with (self.workdir / log_name).open("wb") as log:
-            return subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "orchestrator",
-                    "--log-level",
-                    os.environ.get("ORCH_BENCH_LOG_LEVEL", "WARNING"),
-                    *args,
-                ],
-                env=self._env(**env),
-                stdout=log,
-                stderr=log,
-            )
+        level = os.environ.get("ORCH_BENCH_LOG_LEVEL", "WARNING")
+        return spawn(
+            [sys.executable, "-m", "orchestrator", "--log-level", level, *args],
+            output=self.workdir / log_name,
+            env=self._env(**env),
+        )
 
     def start_processes(self) -> None:
         for index in range(self.options.engines):
@@ -135,11 +127,11 @@ class Run:
             )
 
     def stop_workers(self) -> None:
-        stop_all(self.workers)
+        stop(self.workers)
         self.workers = []
 
     def stop_processes(self) -> None:
-        stop_all([*self.workers, *self.engines])
+        stop([*self.workers, *self.engines])
 
     def check_alive(self) -> None:
         for proc in [*self.engines, *self.workers]:
@@ -423,7 +415,9 @@ def _status(line: str) -> None:
     sys.stderr.flush()
 
 
-def run_peer(name: str, settings: Settings, options: BenchOptions, rate: float) -> dict[str, Any]:
+def run_peer(
+    name: str, settings: Settings, options: BenchOptions, rate: float, workdir: Path
+) -> dict[str, Any]:
     """Run one peer's benchmark in its own process; its last stdout line is its JSON."""
     module, services, extra = PEERS[name]
     urls = {
@@ -450,15 +444,17 @@ def run_peer(name: str, settings: Settings, options: BenchOptions, rate: float) 
         *extra,
     ]
     _status(f"peer {name}...")
+    output, errors = workdir / f"peer-{name}.out", workdir / f"peer-{name}.err"
+    proc = spawn(args, output=output, errors=errors, env=child_env())
     try:
-        done = subprocess.run(
-            args, env=child_env(), capture_output=True, timeout=options.timeout_s, check=False
-        )
+        code = proc.wait(timeout=options.timeout_s)
     except subprocess.TimeoutExpired:
         return {"name": name, "error": f"timed out after {options.timeout_s}s"}
-    lines = done.stdout.decode().strip().splitlines()
-    if done.returncode != 0 or not lines:
-        return {"name": name, "error": f"exit {done.returncode}: {done.stderr.decode()[-2000:]}"}
+    finally:
+        stop([proc])  # a timed-out peer cleans up on SIGTERM; one that ended has nothing to do
+    lines = output.read_text(errors="replace").strip().splitlines()
+    if code != 0 or not lines:
+        return {"name": name, "error": f"exit {code}: {errors.read_text(errors='replace')[-2000:]}"}
     result: dict[str, Any] = orjson.loads(lines[-1])
     result["name"] = name
     return result
@@ -478,7 +474,9 @@ def bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         result["against"] = _checked(other.result(options.timeout_s * 2), other.path)
     if options.peers:
         rate = ours["latency_phase"]["rate"]
-        result["peers"] = {name: run_peer(name, settings, options, rate) for name in options.peers}
+        result["peers"] = {
+            name: run_peer(name, settings, options, rate, workdir) for name in options.peers
+        }
     return result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +20,7 @@ import orjson
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.services import resolve
+from orchestrator.subprocesses import spawn, stop
 
 WORKER_SPEC = "workers.examples.order:worker"
 
@@ -36,48 +37,32 @@ async def _demo(settings: Settings, instances: int, workers: int, timeout: float
     services = await resolve(settings.database_url, settings.amqp_url)
     settings = replace(settings, database_url=services.database_url, amqp_url=services.amqp_url)
     logs = Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
-    processes: list[asyncio.subprocess.Process] = []
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        processes.append(await _spawn(settings, logs / "engine.log", "engine"))
+        processes.append(_spawn(settings, logs / "engine.log", "engine"))
         for index in range(workers):
-            processes.append(
-                await _spawn(settings, logs / f"worker-{index}.log", "worker", WORKER_SPEC)
-            )
+            processes.append(_spawn(settings, logs / f"worker-{index}.log", "worker", WORKER_SPEC))
         return await _drive(settings, instances, timeout, processes, logs)
     finally:
-        await _stop_all(processes)
+        await asyncio.to_thread(stop, processes)
         services.stop()
 
 
-async def _spawn(settings: Settings, log: Path, *args: str) -> asyncio.subprocess.Process:
+def _spawn(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "ORCH_DATABASE_URL": settings.database_url,
         "ORCH_AMQP_URL": settings.amqp_url,
         "ORCH_NAMESPACE": settings.namespace,
     }
-    with log.open("wb") as sink:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "orchestrator", *args, env=env, stdout=sink, stderr=sink
-        )
-
-
-async def _stop_all(processes: list[asyncio.subprocess.Process]) -> None:
-    for process in processes:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            await asyncio.wait_for(process.wait(), 30)
-        except TimeoutError:
-            process.kill()
+    return spawn([sys.executable, "-m", "orchestrator", *args], output=log, env=env)
 
 
 async def _drive(
     settings: Settings,
     instances: int,
     timeout: float,
-    processes: list[asyncio.subprocess.Process],
+    processes: list[subprocess.Popen[bytes]],
     logs: Path,
 ) -> int:
     async with Client(settings, name="orchestrator-demo") as client:
@@ -117,7 +102,7 @@ async def _wait_for_completion(
     before: dict[str, Any],
     instances: int,
     timeout: float,
-    processes: list[asyncio.subprocess.Process],
+    processes: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -126,7 +111,7 @@ async def _wait_for_completion(
         active = _delta(stats, before, "active")
         incidents = stats["open_incidents"] - before["open_incidents"]
         _status(f"completed {completed}/{instances}  active {active}  incidents {incidents}")
-        dead = [p.pid for p in processes if p.returncode is not None]
+        dead = [p.pid for p in processes if p.poll() is not None]
         if completed >= instances or time.monotonic() > deadline or dead:
             return {
                 "completed": completed,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from orchestrator.daemon.app import Engine
 from orchestrator.model.wire import TaskMessage
 from orchestrator.store.migrate import apply_migrations, ensure_database
 from orchestrator.store.pool import create_pool
+from orchestrator.subprocesses import spawn, stop
 from workers import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,14 +153,12 @@ class Processes:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, label: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        with (self.log_dir / f"{label}-{len(self.procs)}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "--log-level", "INFO", *args],
-                cwd=ROOT,
-                env=process_env(self.settings, **env),
-                stdout=log,
-                stderr=log,
-            )
+        proc = spawn(
+            [sys.executable, "-m", "orchestrator", "--log-level", "INFO", *args],
+            output=self.log_dir / f"{label}-{len(self.procs)}.log",
+            env=process_env(self.settings, **env),
+            cwd=ROOT,
+        )
         self.procs.append(proc)
         return proc
 
@@ -171,17 +169,7 @@ class Processes:
         return self.spawn("worker", "worker", spec, **env)
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGCONT)
-                    proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop(self.procs, timeout_s=20)
 
     def logs(self) -> str:
         return "\n".join(

@@ -38,14 +38,15 @@ import asyncpg
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from bench import child_env
 from bench.peers.bare_roles import Names, now_ms, task_message
-from bench.peers.processes import die_with_parent, stop_all
 from bench.procstats import CpuMeter, pids_named
 from bench.stats import dispatch_samples, summary
 from orchestrator import aio
 from orchestrator.broker.connection import connect
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.store.migrate import ensure_database
+from orchestrator.subprocesses import spawn, stop
 
 POLL_S = 0.02
 
@@ -117,28 +118,23 @@ class Processes:
 
     def __init__(self, names: Names, options: Options, logdir: Path) -> None:
         self.logdir = logdir
-        self.env = {
-            **os.environ,
-            "BARE_PREFIX": names.prefix,
-            "BARE_STEPS": str(names.steps),
-            "BARE_AMQP_URL": options.amqp_url,
-            "BARE_DATABASE_URL": options.database_url,
-        }
+        self.env = child_env(
+            BARE_PREFIX=names.prefix,
+            BARE_STEPS=str(names.steps),
+            BARE_AMQP_URL=options.amqp_url,
+            BARE_DATABASE_URL=options.database_url,
+        )
         self.coordinator = self._spawn("coordinator", "coordinator")
         self.workers = [self._spawn(f"worker-{i}", "worker") for i in range(options.workers)]
         self.labels = {self.coordinator.pid: "coordinator"}
         self.labels.update({proc.pid: f"worker-{i}" for i, proc in enumerate(self.workers)})
 
     def _spawn(self, label: str, role: str) -> subprocess.Popen[bytes]:
-        env = {**self.env, "BARE_LATENCY_FILE": str(self.logdir / f"{label}.latency")}
-        with (self.logdir / f"{label}.log").open("wb") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "bench.peers.bare_roles", role],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
+        return spawn(
+            [sys.executable, "-m", "bench.peers.bare_roles", role],
+            output=self.logdir / f"{label}.log",
+            env={**self.env, "BARE_LATENCY_FILE": str(self.logdir / f"{label}.latency")},
+        )
 
     @property
     def all(self) -> list[subprocess.Popen[bytes]]:
@@ -152,7 +148,7 @@ class Processes:
                 raise SystemExit(f"the bare pipeline's {label} exited ({proc.returncode}): {log}")
 
     def stop(self) -> None:
-        stop_all(self.all, timeout_s=20)
+        stop(self.all, timeout_s=20)
 
     def dispatch_latencies(self, since_ms: float, until_ms: float) -> list[float]:
         return dispatch_samples(self.logdir.glob("worker-*.latency"), since_ms, until_ms)

@@ -28,7 +28,6 @@ its worker nodes still get SIGTERM, but its queue and exchanges stay behind).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import operator
@@ -47,10 +46,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import child_env
 from bench.peers import celery_app as bench_app
-from bench.peers.processes import die_with_parent
 from bench.procstats import CpuMeter, descendants, pids_named
 from bench.stats import summary
+from orchestrator.subprocesses import spawn, stop
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -224,18 +224,9 @@ class WorkerGroup:
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "--loglevel", "WARNING",
             ]  # fmt: skip
-            with (self.logdir / f"worker-{index}.log").open("wb") as log:
-                self.procs.append(
-                    subprocess.Popen(
-                        command,
-                        env=self.env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                        preexec_fn=die_with_parent,
-                    )
-                )
+            self.procs.append(
+                spawn(command, output=self.logdir / f"worker-{index}.log", env=self.env)
+            )
 
     def check_alive(self) -> None:
         for index, proc in enumerate(self.procs):
@@ -265,20 +256,11 @@ class WorkerGroup:
                 raise BenchError(f"celery workers not ready after {timeout:.0f}s: {missing}")
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM (warm shutdown), then SIGKILL to each node's process group after `timeout`."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _status(f"worker {proc.pid} did not stop within {timeout:.0f}s; killing it")
-            # The pool processes share the node's process group; none may outlive the node.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        """SIGTERM (warm shutdown), then SIGKILL after `timeout`; either way each node's
+        process group goes too, so none of its pool processes outlives it."""
+        for ended in stop(self.procs, timeout_s=timeout):
+            if ended.killed:
+                _status(f"worker {ended.pid} did not stop within {timeout:.0f}s; killed it")
 
     def pids(self) -> list[int]:
         """The nodes and their pool processes."""
@@ -544,7 +526,7 @@ def run(options: Options) -> dict[str, Any]:
     exchanges += bench_app.control_exchange_names(prefix)
     with tempfile.TemporaryDirectory(prefix="celery-bench-") as logdir:
         workers = WorkerGroup(
-            prefix, options.workers, options.concurrency, dict(os.environ), Path(logdir)
+            prefix, options.workers, options.concurrency, child_env(), Path(logdir)
         )
         collector = Collector(app)
         try:

@@ -50,9 +50,11 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from bench import child_env
 from bench.procstats import cpu_seconds, pids_named
 from bench.queries import query
 from bench.stats import summary
+from orchestrator.subprocesses import spawn, stop
 
 _CONNECT_TIMEOUT_S = 5
 _POLL_S = 0.05
@@ -203,12 +205,12 @@ class Workers:
     def __init__(self, options: Options, bench_url: str) -> None:
         self.options = options
         self.bench_url = bench_url
-        self.procs: list[subprocess.Popen[str]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, deadline: float) -> None:
         ready: queue.Queue[int] = queue.Queue()
         for index in range(self.options.workers):
-            proc = subprocess.Popen(
+            proc = spawn(
                 [
                     sys.executable,
                     "-m",
@@ -223,8 +225,9 @@ class Workers:
                     self.options.log_level,
                 ],
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
+                output=subprocess.PIPE,
+                errors=None,
+                env=child_env(),
             )
             self.procs.append(proc)
             threading.Thread(
@@ -240,12 +243,12 @@ class Workers:
                     raise BenchError(f"{len(waiting)} DBOS worker(s) not ready in time") from None
 
     @staticmethod
-    def _await_ready(proc: subprocess.Popen[str], index: int, ready: queue.Queue[int]) -> None:
+    def _await_ready(proc: subprocess.Popen[bytes], index: int, ready: queue.Queue[int]) -> None:
         assert proc.stdout is not None
         from bench.peers.dbos_app import READY_LINE
 
         for line in proc.stdout:
-            if line.strip() == READY_LINE:
+            if line.decode(errors="replace").strip() == READY_LINE:
                 ready.put(index)
         # Read to the end, so a chatty worker never blocks on a full pipe.
 
@@ -260,16 +263,12 @@ class Workers:
                 raise BenchError(f"DBOS worker {index} exited with code {code}")
 
     def stop(self) -> None:
+        """Close each worker's stdin (its signal to stop), then wait; SIGKILL a straggler."""
         for proc in self.procs:
             if proc.stdin is not None:
                 with suppress(OSError):
                     proc.stdin.close()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=_STOP_TIMEOUT_S)
+        stop(self.procs, timeout_s=_STOP_TIMEOUT_S, signum=None)
 
     def kill(self) -> None:
         for proc in self.procs:

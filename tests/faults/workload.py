@@ -27,7 +27,6 @@ import asyncio
 import collections
 import contextlib
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -42,6 +41,7 @@ import orjson
 from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology, declare_core
 from orchestrator.client import Client
 from orchestrator.config import Settings
+from orchestrator.subprocesses import stop
 from tests.fault_workers import SCHEMA, delay_of, recorder_name
 from tests.faults.report import ROWS, Row
 from tests.harness import Processes, sequential_process, wait_until
@@ -429,10 +429,10 @@ class Workload:
     async def _quiesce(self, settle: Callable[[], Awaitable[None]] | None) -> None:
         """Stop the workers (nothing more is reported) and let the engines publish and apply
         what is still on its way."""
-        for proc in self.live(self.workers):
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.workers:
-            await exited(proc)
+        # In a thread: the proxies of a test run in this event loop, and carry what the
+        # workers send until they are gone. One that does not stop in time is killed and
+        # fails the scenario (see finish: it did not stop cleanly).
+        await asyncio.to_thread(stop, self.live(self.workers), timeout_s=30)
         if settle is not None:
             await settle()
 
