@@ -11,8 +11,8 @@ import pytest
 
 from orchestrator.config import Settings
 from orchestrator.services import Services
-from tests import harness
-from tests.services import ServicesMissing, choose_services, running_in_ci
+from tests.support import harness
+from tests.support.services import ServicesMissing, choose_services, running_in_ci
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import pytest
 from orchestrator.config import Settings
 from tests.faults.report import RESULTS, ROWS, markdown_table, text_table
 from tests.faults.workload import Workload
-from tests.harness import ROOT, Processes
-from tests.proxy import Proxies
+from tests.support.harness import ROOT, Processes
+from tests.support.proxy import Proxies
 
 REPORT_FILE = ROOT / "fault-report.md"
 

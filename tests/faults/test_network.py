@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tests.faults.workload import Workload, cpu_seconds
-from tests.harness import wait_until
-from tests.proxy import Proxies, TcpProxy
+from tests.support.harness import wait_until
+from tests.support.proxy import Proxies, TcpProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.broker.topology import Topology
 from tests.faults.workload import Workload
-from tests.harness import wait_until
+from tests.support.harness import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 

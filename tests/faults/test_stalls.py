@@ -51,8 +51,8 @@ from orchestrator.broker.topology import Topology
 from orchestrator.client import Client
 from orchestrator.errors import CommandTimeout
 from tests.faults.workload import Workload
-from tests.harness import wait_until
-from tests.proxy import Proxies, TcpProxy
+from tests.support.harness import wait_until
+from tests.support.proxy import Proxies, TcpProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 

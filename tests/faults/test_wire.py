@@ -18,7 +18,9 @@ from orchestrator.client import Client
 from orchestrator.config import Settings
 from tests.faults.wire import WireRelay
 from tests.faults.workload import STEPS, Workload, exited
-from tests.harness import (
+from tests.integration.test_leases import EXECUTIONS_DDL
+from tests.integration.test_malformed import collect_dead, nothing_more_dead, reason_of
+from tests.support.harness import (
     Processes,
     counter,
     delete_namespace,
@@ -28,8 +30,6 @@ from tests.harness import (
     take_task,
     wait_until,
 )
-from tests.integration.test_leases import EXECUTIONS_DDL
-from tests.integration.test_malformed import collect_dead, nothing_more_dead, reason_of
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -141,7 +141,7 @@ async def test_duplicate_task_message_to_a_busy_worker_costs_no_capacity(
             )
         env = {"LEASE_TOPIC": topic, "LEASE_DB_URL": settings.database_url}
         worker = processes.worker(
-            "tests.lease_workers:worker", **env, LEASE_DELAY_S="1", LEASE_CONCURRENCY="2"
+            "tests.support.lease_workers:worker", **env, LEASE_DELAY_S="1", LEASE_CONCURRENCY="2"
         )
 
         async def completed(n: int) -> bool:

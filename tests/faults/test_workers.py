@@ -11,7 +11,7 @@ from functools import partial
 import pytest
 
 from tests.faults.workload import Workload, tolerant
-from tests.harness import wait_until
+from tests.support.harness import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 

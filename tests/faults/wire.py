@@ -42,7 +42,7 @@ from orchestrator.broker.topology import (
     declare_task_queue,
 )
 from tests.faults.workload import MALFORMED_PREFIX
-from tests.harness import wait_until
+from tests.support.harness import wait_until
 
 log = logging.getLogger(__name__)
 

@@ -42,14 +42,14 @@ from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology, declare_c
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.subprocesses import stop
-from tests.fault_workers import SCHEMA, delay_of, recorder_name
 from tests.faults.report import ROWS, Row
-from tests.harness import Processes, sequential_process, wait_until
+from tests.support.fault_workers import SCHEMA, delay_of, recorder_name
+from tests.support.harness import Processes, sequential_process, wait_until
 
 STEPS = 3
 #: Message ids of reports a test injects as malformed: the tap does not count them.
 MALFORMED_PREFIX = "malformed-"
-FAULT_WORKER = "tests.fault_workers:worker"
+FAULT_WORKER = "tests.support.fault_workers:worker"
 #: Errors of a database that is being restarted: a poll treats them as "not yet".
 DATABASE_AWAY = (
     OSError,

@@ -9,7 +9,7 @@ import pytest
 from bench.peers.bare_pipeline import Options, run
 from bench.peers.bare_roles import Names
 from orchestrator.config import Settings
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.broker.batches import BatchConsumer, ack_all, ack_each
 from orchestrator.config import Settings
-from tests.harness import durable_queue
+from tests.support.harness import durable_queue
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from orchestrator.broker.topology import COMMAND_ROUTING_KEY, Topology
 from orchestrator.client import Client, CommandTimeout, NoEngine
 from orchestrator.config import Settings
 from orchestrator.model.wire import CommandReply
-from tests.harness import (
+from tests.support.harness import (
     ROOT,
     counter,
     process_env,

@@ -26,7 +26,7 @@ from orchestrator.broker.topology import Topology
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.model.wire import TaskMessage
-from tests.harness import (
+from tests.support.harness import (
     counter,
     instance_states,
     running_engine,
@@ -34,7 +34,7 @@ from tests.harness import (
     sequential_process,
     wait_until,
 )
-from tests.raw_worker import RawWorker
+from tests.support.raw_worker import RawWorker
 from workers import TaskContext, Worker
 
 pytestmark = pytest.mark.integration

@@ -20,14 +20,14 @@ from orchestrator.model.wire import (
     TaskMessage,
     TaskRevoked,
 )
-from tests.harness import (
+from tests.support.harness import (
     counter,
     publish_raw,
     running_engine,
     sequential_process,
     wait_until,
 )
-from tests.raw_worker import TIMEOUT, RawWorker, body_of
+from tests.support.raw_worker import TIMEOUT, RawWorker, body_of
 
 pytestmark = pytest.mark.integration
 

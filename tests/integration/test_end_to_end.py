@@ -10,7 +10,7 @@ from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.demo import example_definition
 from orchestrator.errors import DefinitionError, NotFound
-from tests.harness import instance_states, running_engine, running_worker, wait_until
+from tests.support.harness import instance_states, running_engine, running_worker, wait_until
 from workers import TaskContext, Worker
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import pytest
 
 from bench.floor import measure_floors
 from orchestrator.config import Settings
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import pytest
 from orchestrator.broker.topology import Topology
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from tests.harness import (
+from tests.support.harness import (
     Processes,
     counter,
     instance_states,
@@ -43,7 +43,7 @@ LOCK = timedelta(seconds=LOCK_S)
 REDISPATCH_WITHIN = timedelta(seconds=1)
 #: Timestamps from PostgreSQL and from this process share the host clock; allow for rounding.
 CLOCK_TOLERANCE = timedelta(milliseconds=50)
-LEASE_WORKER = "tests.lease_workers:worker"
+LEASE_WORKER = "tests.support.lease_workers:worker"
 EXECUTIONS_DDL = """
 CREATE TABLE lease_executions (
     id              bigserial PRIMARY KEY,

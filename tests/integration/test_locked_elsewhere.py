@@ -15,7 +15,7 @@ import pytest
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.errors import OrchestratorError
-from tests.harness import (
+from tests.support.harness import (
     counter,
     running_engine,
     running_worker,

@@ -20,7 +20,7 @@ from orchestrator.broker.topology import (
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.model.wire import CommandReply, Completed
-from tests.harness import (
+from tests.support.harness import (
     counter,
     instance_states,
     running_engine,

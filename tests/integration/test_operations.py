@@ -17,8 +17,8 @@ from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.errors import InvalidCommand, InvalidState, NotFound
 from orchestrator.model.wire import BpmnErrorReport, Claimed, Completed
-from tests.harness import process_env, running_engine, running_worker, wait_until
-from tests.raw_worker import RawWorker
+from tests.support.harness import process_env, running_engine, running_worker, wait_until
+from tests.support.raw_worker import RawWorker
 from workers import BpmnError, TaskContext, TaskFailure, Worker
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from aiormq.exceptions import PublishError
 
 from orchestrator.broker.publisher import Outgoing, Publisher, Unconfirmed, Unroutable, _outcome
 from orchestrator.config import Settings
-from tests.harness import durable_queue
+from tests.support.harness import durable_queue
 
 pytestmark = pytest.mark.integration
 

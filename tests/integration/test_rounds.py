@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from tests.harness import (
+from tests.support.harness import (
     counter,
     instance_states,
     running_engine,

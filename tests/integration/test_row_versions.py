@@ -22,7 +22,7 @@ from orchestrator.store.unit_of_work import (
     UnitOfWork,
     state_from_record,
 )
-from tests.harness import running_engine, sequential_process
+from tests.support.harness import running_engine, sequential_process
 
 pytestmark = pytest.mark.integration
 

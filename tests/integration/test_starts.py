@@ -14,7 +14,7 @@ import pytest
 from orchestrator.client import Client, Started
 from orchestrator.config import Settings
 from orchestrator.errors import BusinessKeyConflict, IdempotencyConflict
-from tests.harness import running_engine, sequential_process
+from tests.support.harness import running_engine, sequential_process
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from orchestrator.broker.topology import Topology
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from tests.harness import instance_states, running_engine, sequential_process, wait_until
+from tests.support.harness import instance_states, running_engine, sequential_process, wait_until
 from workers import TaskContext, Worker
 
 pytestmark = pytest.mark.integration

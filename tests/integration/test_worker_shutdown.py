@@ -12,11 +12,17 @@ import pytest
 
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from tests.harness import Processes, counter, instance_states, sequential_process, wait_until
 from tests.integration.test_leases import EXECUTIONS_DDL
+from tests.support.harness import (
+    Processes,
+    counter,
+    instance_states,
+    sequential_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
-LEASE_WORKER = "tests.lease_workers:worker"
+LEASE_WORKER = "tests.support.lease_workers:worker"
 
 
 async def claimed(db: asyncpg.Pool, n: int) -> bool:

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.harness import wait_until
-from tests.proxy import TcpProxy
+from tests.support.harness import wait_until
+from tests.support.proxy import TcpProxy
 
 TIMEOUT = 5.0
 

@@ -15,7 +15,7 @@ from orchestrator.daemon.reports import IncomingReport, ReportBatch
 from orchestrator.engine.state import InstanceState, Token
 from orchestrator.model.wire import Claimed, Completed, Failed
 from orchestrator.store.unit_of_work import InstanceRow, TaskRow, UnitOfWork
-from tests.harness import sequential_process
+from tests.support.harness import sequential_process
 
 ROW = InstanceRow(definition_id=1, process_key="p", business_key=None, status="active")
 #: An instance id the engine core derives task ids from (a UUID).

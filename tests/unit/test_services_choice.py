@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.services import Services
-from tests.services import ServicesMissing, choose_services, running_in_ci
+from tests.support.services import ServicesMissing, choose_services, running_in_ci
 
 
 def test_docker_means_containers() -> None:

@@ -11,7 +11,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology
 from orchestrator.config import Settings
 from orchestrator.model.wire import NOTICE_ADAPTER, ReportAnswer, TaskMessage, WorkerNotice
-from tests.harness import take_task, wait_until
+from tests.support.harness import take_task, wait_until
 
 TIMEOUT = 15.0
 

@@ -1,5 +1,5 @@
 """A worker for the lease tests, run as a subprocess:
-`python -m orchestrator worker tests.lease_workers:worker`.
+`python -m orchestrator worker tests.support.lease_workers:worker`.
 
 Configured through the environment:
 

@@ -28,7 +28,7 @@ from orchestrator.store.pool import create_pool
 from orchestrator.subprocesses import spawn, stop
 from workers import Worker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def with_database(url: str, name: str) -> str:

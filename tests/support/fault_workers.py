@@ -1,5 +1,5 @@
 """Workers for the fault suite, run as subprocesses:
-`python -m orchestrator worker tests.fault_workers:worker`.
+`python -m orchestrator worker tests.support.fault_workers:worker`.
 
 Every handler run is recorded in the test's database (tables in SCHEMA, created by the test):
 
