@@ -33,12 +33,12 @@ from orchestrator.daemon.db import (
     database_answers,
     in_transaction,
 )
+from orchestrator.daemon.definitions import DefinitionCache
 from orchestrator.daemon.dispatch import DispatchWatch
 from orchestrator.daemon.held import Held, HeldMessages
+from orchestrator.daemon.last_written import LastWrittenRows, RowCopies, StaleCopy
 from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
-from orchestrator.daemon.processes import ProcessCache
 from orchestrator.daemon.reaper import reap_once
-from orchestrator.daemon.recent import RecentRows, RecentView, StaleCopy
 from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, Notice, ReportBatch
 from orchestrator.daemon.starts import StartBatch, StartResult
@@ -97,10 +97,10 @@ class Engine:
         self.settings = settings
         self.topology = Topology(settings.namespace)
         self.stop = asyncio.Event()
-        self.processes = ProcessCache()
+        self.processes = DefinitionCache()
         self.engine_id = f"engine-{socket.gethostname()}-{os.getpid()}"
         self.context = EngineContext(self.processes, settings.outbox_claim_ms, self.engine_id)
-        self.recent = RecentRows(settings.recent_instances)
+        self.last_written = LastWrittenRows(settings.recent_instances)
         self._pool: asyncpg.Pool | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
@@ -450,8 +450,8 @@ class Engine:
 
     async def _handle_both(self, command_batch: list[Message], report_batch: list[Message]) -> bool:
         """Starts and completions of one round in one statement, when every message is a
-        well-formed start or report and both can go their one-statement ways (see
-        StartBatch.run_known and ReportBatch.run_recent). False, having written nothing,
+        well-formed start or report and both can go their one-statement ways (see the
+        `run_in_one_statement` of StartBatch and ReportBatch). False, having written nothing,
         when they cannot: the caller then handles each batch on its own, as it would have."""
         commands = [command for _, command in self._parse_commands(command_batch)]
         starts = [command for command in commands if isinstance(command, StartCommand)]
@@ -459,7 +459,7 @@ class Engine:
         items = [item for _, _, item in parsed]
         if len(starts) < len(commands) or dead or len(items) > self.settings.batch_size:
             return False
-        view = self.recent.view(item.report for item in items)
+        view = self.last_written.copies_for(item.report for item in items)
         if view is None:
             return False
         uow = UnitOfWork()
@@ -467,9 +467,9 @@ class Engine:
         try:
             async with connection(self.pool) as conn:
                 start_batch = StartBatch(conn, self.context, uow)
-                decided = start_batch.decide_known(starts)
+                decided = start_batch.decide_for_one_statement(starts)
                 reports = ReportBatch(conn, self.context, uow=uow)
-                reports.decide_recent(items, view)
+                reports.decide_for_one_statement(items, view)
                 published = await uow.write(
                     conn, self.context.outbox_claim_ms, self.context.engine_id
                 )
@@ -478,7 +478,7 @@ class Engine:
             if isinstance(
                 exc, asyncpg.SerializationError | asyncpg.UniqueViolationError | StaleCopy
             ):
-                self.recent.forget(view.instances)
+                self.last_written.forget(view.instances)
             return False
         outcome = reports.written(published)
         self._remember(outcome)
@@ -520,7 +520,7 @@ class Engine:
         if not items:
             return BatchOutcome()
         stale = False
-        view = self.recent.view(item.report for item in items)
+        view = self.last_written.copies_for(item.report for item in items)
         if view is not None:
             outcome = await self._apply_from_recent(items, view)
             if isinstance(outcome, BatchOutcome):
@@ -548,16 +548,16 @@ class Engine:
         return first.merge(await self._apply_reports(items[middle:]), offset=middle)
 
     async def _apply_from_recent(
-        self, items: list[IncomingReport], view: RecentView
+        self, items: list[IncomingReport], view: RowCopies
     ) -> BatchOutcome | bool:
-        """The one-round-trip path (see RecentRows). If the batch must go the locked way after
+        """The one-round-trip path (see LastWrittenRows). If the batch must go the locked way after
         all, whether that is because a row changed since this engine wrote it."""
         try:
             async with connection(self.pool) as conn:
-                outcome = await ReportBatch(conn, self.context).run_recent(items, view)
+                outcome = await ReportBatch(conn, self.context).run_in_one_statement(items, view)
         except Exception as exc:  # the locked path retries, waits or dead-letters as needed
             log.debug("batch goes the locked way: %r", exc)
-            self.recent.forget(view.instances)
+            self.last_written.forget(view.instances)
             # A stale copy fails on a version, or on a task id the newer state already used,
             # or (StaleCopy) before writing, on a task its state does not wait on.
             return isinstance(
@@ -568,7 +568,7 @@ class Engine:
 
     def _remember(self, outcome: BatchOutcome) -> None:
         for uow, instances in outcome.written:
-            self.recent.remember(uow, instances)
+            self.last_written.remember(uow, instances)
 
     async def _apply_in_chunks(self, items: list[IncomingReport]) -> BatchOutcome:
         """A few messages can carry thousands of reports (workers batch them): keep each
@@ -723,10 +723,13 @@ class Engine:
     async def _start_known(
         self, commands: list[StartCommand]
     ) -> tuple[list[StartResult], list[Any]] | None:
-        """The one-statement start (see StartBatch.run_known); None: go the locked way."""
+        """The one-statement start (see StartBatch.run_in_one_statement); None: go the
+        locked way."""
         try:
             async with connection(self.pool) as conn:
-                results, rows, uow = await StartBatch(conn, self.context).run_known(commands)
+                results, rows, uow = await StartBatch(conn, self.context).run_in_one_statement(
+                    commands
+                )
         except NeedsLocks:
             return None
         except Exception as exc:  # the locked way retries, waits or reports as needed
@@ -767,7 +770,7 @@ class Engine:
     def _started(self, uow: UnitOfWork) -> None:
         """After a start batch committed, either way: keep its rows for the next round."""
         crash_point("after_start_commit")
-        self.recent.remember(uow, {})
+        self.last_written.remember(uow, {})
 
     async def _answer(self, command: Command) -> dict[str, Any] | OrchestratorError:
         try:

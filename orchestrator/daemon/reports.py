@@ -17,8 +17,8 @@ import orjson
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.db import NeedsLocks
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
+from orchestrator.daemon.last_written import RowCopies, StaleCopy
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
-from orchestrator.daemon.recent import RecentView, StaleCopy
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.retry import GiveUp, after_failure
 from orchestrator.engine.state import InstanceState, Transition
@@ -72,7 +72,7 @@ class BatchOutcome:
     dead: dict[int, str] = field(default_factory=dict)
     #: Indexes of reports whose instance another session has locked: to be tried again.
     deferred: set[int] = field(default_factory=set)
-    #: What each transaction wrote, with the instances it read (for RecentRows).
+    #: What each transaction wrote, with the instances it read (for LastWrittenRows).
     written: list[tuple[UnitOfWork, dict[str, InstanceRow]]] = field(default_factory=list)
 
     def merge(self, other: BatchOutcome, *, offset: int) -> BatchOutcome:
@@ -100,10 +100,11 @@ class ReportBatch:
         self._context = context
         self._processes = context.processes
         self._uow = uow if uow is not None else UnitOfWork()
-        if stale_copies:  # this batch first failed to write from the engine's recent copies
+        if stale_copies:  # this batch first failed to write from the engine's copies
             self._uow.count("recent_copies_stale")
         self._ledger = BatchLedger(self._uow)
-        #: Deciding from the engine's recent copies (see decide_recent), not locked rows.
+        #: Deciding from the engine's copies of the rows it last wrote (see
+        #: decide_for_one_statement), not from locked rows.
         self._from_copies = False
         self._tasks: dict[str, TaskRow] = {}
         self._instances: dict[str, InstanceRow] = {}
@@ -117,28 +118,31 @@ class ReportBatch:
         self._decide(reports)
         return await self._write()
 
-    async def run_recent(self, reports: list[IncomingReport], view: RecentView) -> BatchOutcome:
-        """Decide from the engine's recent copies and write in one autocommit statement.
+    async def run_in_one_statement(
+        self, reports: list[IncomingReport], copies: RowCopies
+    ) -> BatchOutcome:
+        """Decide from the engine's copies of the rows it last wrote and write in one
+        autocommit statement.
 
-        Only for completions that advance their instances (see RecentRows.view), and only if
-        every row is still at the version copied: otherwise the statement writes nothing and
-        raises asyncpg.SerializationError (or NeedsLocks before writing).
+        Only for completions that advance their instances (see LastWrittenRows.copies_for),
+        and only if every row is still at the version copied: otherwise the statement writes
+        nothing and raises SerializationError (or NeedsLocks before writing).
         """
-        self.decide_recent(reports, view)
+        self.decide_for_one_statement(reports, copies)
         return await self._write()
 
-    def decide_recent(self, reports: list[IncomingReport], view: RecentView) -> None:
-        """`run_recent` up to its statement: the reports decided into the unit of work (which
-        the caller may write together with other work, then hand to `written`)."""
-        self._tasks, self._instances, self._states = view.tasks, view.instances, view.states
-        if any(not self._processes.has(row.definition_id) for row in view.instances.values()):
+    def decide_for_one_statement(self, reports: list[IncomingReport], copies: RowCopies) -> None:
+        """`run_in_one_statement` up to its statement: the reports decided into the unit of
+        work (which the caller may write together with other work, then hand to `written`)."""
+        self._tasks, self._instances, self._states = copies.tasks, copies.instances, copies.states
+        if any(not self._processes.has(row.definition_id) for row in copies.instances.values()):
             raise NeedsLocks("definition not loaded")
         self._uow.count("batches_from_recent")
         self._from_copies = True
         self._decide(reports)
         # Each write must also change its instance's row: that row's lock and version are
         # what every other writer of its tasks goes through.
-        if self._outcome.dead or set(view.instances) - self._uow.changed_instances.keys():
+        if self._outcome.dead or set(copies.instances) - self._uow.changed_instances.keys():
             raise NeedsLocks("a report did not advance its instance")
 
     def _decide(self, reports: list[IncomingReport]) -> None:

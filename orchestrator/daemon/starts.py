@@ -16,9 +16,9 @@ import asyncpg
 
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.db import NeedsLocks
+from orchestrator.daemon.definitions import DefinitionRef
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
 from orchestrator.daemon.ledger import fingerprint
-from orchestrator.daemon.processes import DefinitionRef
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.step import start_instance
 from orchestrator.errors import (
@@ -84,7 +84,7 @@ class StartBatch:
             self._create(start)
         return await self._write(batch)
 
-    async def run_known(
+    async def run_in_one_statement(
         self, starts: list[StartCommand]
     ) -> tuple[list[StartResult], list[PublishedRow], UnitOfWork]:
         """The common case in one autocommit statement: new keys of definitions this engine
@@ -92,11 +92,12 @@ class StartBatch:
         the instances only if every key is new and no newer definition was deployed since;
         otherwise it writes nothing and raises asyncpg.SerializationError (or NeedsLocks
         before writing), and the batch goes through `run`."""
-        return await self._write(self.decide_known(starts))
+        return await self._write(self.decide_for_one_statement(starts))
 
-    def decide_known(self, starts: list[StartCommand]) -> list[_Start]:
-        """`run_known` up to its statement: the starts decided into the unit of work (which
-        the caller may write together with other work). Raises NeedsLocks if it cannot."""
+    def decide_for_one_statement(self, starts: list[StartCommand]) -> list[_Start]:
+        """`run_in_one_statement` up to its statement: the starts decided into the unit of
+        work (which the caller may write together with other work). Raises NeedsLocks if it
+        cannot."""
         processes = self._context.processes
         batch = [_Start(command) for command in starts]
         if len({s.key for s in batch}) < len(batch):

@@ -18,7 +18,10 @@ class DefinitionRef:
     version: int
 
 
-class ProcessCache:
+class DefinitionCache:
+    """The process definitions this engine compiled (by id), and what its starts' lookups of
+    a key (and version) found."""
+
     def __init__(self) -> None:
         self._by_id: dict[int, Process] = {}
         self._versions: dict[int, int] = {}
