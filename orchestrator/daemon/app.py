@@ -11,7 +11,6 @@ import socket
 import time
 from typing import Any, NamedTuple
 
-import asyncpg
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
@@ -24,15 +23,6 @@ from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology, declare_c
 from orchestrator.config import Settings
 from orchestrator.daemon import admin, operations
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import (
-    RETRYABLE,
-    DatabaseAway,
-    LockBusy,
-    NeedsLocks,
-    connection,
-    database_answers,
-    in_transaction,
-)
 from orchestrator.daemon.definitions import DefinitionCache
 from orchestrator.daemon.dispatch import DispatchWatch
 from orchestrator.daemon.held import Held, HeldMessages
@@ -62,9 +52,16 @@ from orchestrator.model.wire import (
     StartCommand,
     StatsCommand,
 )
-from orchestrator.store.migrate import apply_migrations, ensure_database
-from orchestrator.store.pool import create_pool
-from orchestrator.store.queries import Q
+from orchestrator.store.errors import (
+    RETRYABLE,
+    DatabaseAway,
+    DataError,
+    LockBusy,
+    NeedsLocks,
+    SerializationError,
+    UniqueViolation,
+)
+from orchestrator.store.store import Session, Store
 from orchestrator.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -99,9 +96,9 @@ class Engine:
         self.stop = asyncio.Event()
         self.processes = DefinitionCache()
         self.engine_id = f"engine-{socket.gethostname()}-{os.getpid()}"
-        self.context = EngineContext(self.processes, settings.outbox_claim_ms, self.engine_id)
+        self.context = EngineContext(self.processes)
         self.last_written = LastWrittenRows(settings.recent_instances)
-        self._pool: asyncpg.Pool | None = None
+        self._store: Store | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self._relay: Relay | None = None
@@ -128,7 +125,7 @@ class Engine:
                     **{f"rounds-{i}": self._rounds(i) for i in range(len(self._commands))},
                     "reaper": self._reaper_loop(),
                     "dispatch-watch": DispatchWatch(
-                        self.pool, self.connection, self.relay, self.context, self.settings
+                        self.store, self.connection, self.relay, self.context, self.settings
                     ).run(self.stop),
                     "relay-sweeper": self.relay.sweep_forever(0.5, self.stop),
                     "relay-deleter": self.relay.delete_forever(0.02, self.stop),
@@ -140,17 +137,18 @@ class Engine:
 
     async def open(self) -> None:
         settings = self.settings
-        await ensure_database(settings.database_url)
-        self._pool = await create_pool(
+        self._store = await Store.open(
             settings.database_url,
+            engine_id=self.engine_id,
+            outbox_claim_ms=settings.outbox_claim_ms,
             size=settings.pool_size,
-            application_name=f"orchestrator {self.engine_id}",
             limits=settings.session_limits(),
+            application_name=f"orchestrator {self.engine_id}",
         )
-        async with self.pool.acquire() as conn:
-            await apply_migrations(conn)
-            topics = await admin.deployed_topics(conn)
-            if await conn.fetchval(Q.autovacuum_setting) != "on":
+        async with self.store.session() as db:
+            await db.migrate()
+            topics = await admin.deployed_topics(db)
+            if not await db.autovacuum_on():
                 log.warning(
                     "autovacuum is off on this PostgreSQL server: the dead rows every task "
                     "leaves in the outbox and task tables will pile up; turn it on"
@@ -159,9 +157,7 @@ class Engine:
         setup = await self._connection.channel()
         await declare_core(setup, self.topology)
         self._publisher = await Publisher.open(self._connection)
-        self._relay = Relay(
-            self.pool, self._publisher, setup, self.topology, claim_ms=settings.outbox_claim_ms
-        )
+        self._relay = Relay(self.store, self._publisher, setup, self.topology)
         await self.relay.ensure_queues(topics)
         # One loop serves a consumer of each queue (see `_rounds`). Several such loops, each
         # with its own channels: while one round waits on PostgreSQL the next is already
@@ -206,8 +202,8 @@ class Engine:
             await self._relay.delete_confirmed()
         if self._connection is not None:
             await self._connection.close()
-        if self._pool is not None:
-            await self._pool.close()
+        if self._store is not None:
+            await self._store.close()
         log.info("engine %s stopped", self.engine_id)
 
     def install_signal_handlers(self) -> None:
@@ -216,10 +212,10 @@ class Engine:
             loop.add_signal_handler(signum, self.stop.set)
 
     @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
+    def store(self) -> Store:
+        if self._store is None:
             raise RuntimeError("engine is not open")
-        return self._pool
+        return self._store
 
     @property
     def connection(self) -> AbstractRobustConnection:
@@ -257,7 +253,7 @@ class Engine:
         await self._commands[index].close()
         await self._reports[index].close()
         delay = 0.2
-        while not self.stop.is_set() and not await database_answers(self.pool):
+        while not self.stop.is_set() and not await self.store.answers():
             await _sleep_or_stop(self.stop, delay)
             delay = min(delay * 2, 2.0)
         while not self.stop.is_set():
@@ -321,21 +317,18 @@ class Engine:
         while not self.stop.is_set():
             rows: list[Any] = []
             try:
-                rows = await in_transaction(self.pool, self._reap, stop=self.stop)
+                rows = await self.store.in_transaction(self._reap, stop=self.stop)
                 await self.relay.publish(rows)
                 rounds += 1
                 if rounds % prune_every == 0:
-                    async with self.pool.acquire() as conn:
-                        await conn.execute(
-                            Q.prune_start_ledger, self.settings.start_key_retention_days
-                        )
+                    await self.store.prune_start_ledger(self.settings.start_key_retention_days)
             except RETRYABLE as exc:
                 log.warning("reaper: %s", exc)
             if not rows_left(rows):
                 await _sleep_or_stop(self.stop, interval)
 
-    async def _reap(self, conn: asyncpg.Connection) -> list[Any]:
-        return await reap_once(conn, self.context, limit=500)
+    async def _reap(self, db: Session) -> list[Any]:
+        return await reap_once(db, self.context, limit=500)
 
     # --- reports -------------------------------------------------------------------------
 
@@ -465,19 +458,15 @@ class Engine:
         uow = UnitOfWork()
         uow.count("rounds_in_one_statement")
         try:
-            async with connection(self.pool) as conn:
-                start_batch = StartBatch(conn, self.context, uow)
+            async with self.store.session() as db:
+                start_batch = StartBatch(db, self.context, uow)
                 decided = start_batch.decide_for_one_statement(starts)
-                reports = ReportBatch(conn, self.context, uow=uow)
+                reports = ReportBatch(db, self.context, uow=uow)
                 reports.decide_for_one_statement(items, view)
-                published = await uow.write(
-                    conn, self.context.outbox_claim_ms, self.context.engine_id
-                )
+                published = await db.write(uow)
         except Exception as exc:  # nothing was written: each batch goes its own way
             log.debug("round goes two ways: %r", exc)
-            if isinstance(
-                exc, asyncpg.SerializationError | asyncpg.UniqueViolationError | StaleCopy
-            ):
+            if isinstance(exc, SerializationError | UniqueViolation | StaleCopy):
                 self.last_written.forget(view.instances)
             return False
         outcome = reports.written(published)
@@ -527,13 +516,13 @@ class Engine:
                 return outcome
             stale = outcome
 
-        async def work(conn: asyncpg.Connection) -> BatchOutcome:
-            batch = ReportBatch(conn, self.context, stale_copies=stale)
+        async def work(db: Session) -> BatchOutcome:
+            batch = ReportBatch(db, self.context, stale_copies=stale)
             return await batch.run(items)
 
         try:
-            outcome = await in_transaction(
-                self.pool, work, stop=self.stop, give_up_after_s=self._give_back_s
+            outcome = await self.store.in_transaction(
+                work, stop=self.stop, give_up_after_s=self._give_back_s
             )
             self._remember(outcome)
             return outcome
@@ -553,16 +542,14 @@ class Engine:
         """The one-round-trip path (see LastWrittenRows). If the batch must go the locked way after
         all, whether that is because a row changed since this engine wrote it."""
         try:
-            async with connection(self.pool) as conn:
-                outcome = await ReportBatch(conn, self.context).run_in_one_statement(items, view)
+            async with self.store.session() as db:
+                outcome = await ReportBatch(db, self.context).run_in_one_statement(items, view)
         except Exception as exc:  # the locked path retries, waits or dead-letters as needed
             log.debug("batch goes the locked way: %r", exc)
             self.last_written.forget(view.instances)
             # A stale copy fails on a version, or on a task id the newer state already used,
             # or (StaleCopy) before writing, on a task its state does not wait on.
-            return isinstance(
-                exc, asyncpg.SerializationError | asyncpg.UniqueViolationError | StaleCopy
-            )
+            return isinstance(exc, SerializationError | UniqueViolation | StaleCopy)
         self._remember(outcome)
         return outcome
 
@@ -590,8 +577,7 @@ class Engine:
             else ("commands_dead_lettered")
         )
         try:
-            async with self.pool.acquire() as conn:
-                await conn.execute(Q.bump_counter, self.engine_id, counter, len(dead))
+            await self.store.bump_counter(counter, len(dead))
         except RETRYABLE as exc:
             log.warning("could not count %d dead letters: %s", len(dead), exc)
         for message, reason, body in dead:
@@ -621,8 +607,7 @@ class Engine:
         its sender still listens (a clock behind the engine's), counted and acked."""
         log.warning("dropped %d commands past their deadline: %s", len(lapsed), lapsed[0][1])
         try:
-            async with self.pool.acquire() as conn:
-                await conn.execute(Q.bump_counter, self.engine_id, "commands_expired", len(lapsed))
+            await self.store.bump_counter("commands_expired", len(lapsed))
         except RETRYABLE as exc:
             log.warning("could not count %d expired commands: %s", len(lapsed), exc)
         answers: list[tuple[Message, CommandResult]] = [
@@ -726,8 +711,8 @@ class Engine:
         """The one-statement start (see StartBatch.run_in_one_statement); None: go the
         locked way."""
         try:
-            async with connection(self.pool) as conn:
-                results, rows, uow = await StartBatch(conn, self.context).run_in_one_statement(
+            async with self.store.session() as db:
+                results, rows, uow = await StartBatch(db, self.context).run_in_one_statement(
                     commands
                 )
         except NeedsLocks:
@@ -742,14 +727,12 @@ class Engine:
         """Starts the locked way, split until what fails is isolated. None for a start that
         needs a key (idempotency or business key) another session holds uncommitted."""
 
-        async def work(
-            conn: asyncpg.Connection,
-        ) -> tuple[list[StartResult], list[Any], UnitOfWork]:
-            return await StartBatch(conn, self.context).run(commands)
+        async def work(db: Session) -> tuple[list[StartResult], list[Any], UnitOfWork]:
+            return await StartBatch(db, self.context).run(commands)
 
         try:
-            results, rows, uow = await in_transaction(
-                self.pool, work, stop=self.stop, give_up_after_s=self._give_back_s
+            results, rows, uow = await self.store.in_transaction(
+                work, stop=self.stop, give_up_after_s=self._give_back_s
             )
         except RETRYABLE:
             raise
@@ -775,25 +758,25 @@ class Engine:
     async def _answer(self, command: Command) -> dict[str, Any] | OrchestratorError:
         try:
             if isinstance(command, DeployCommand):
-                async with self.pool.acquire() as conn:
-                    result, process = await admin.deploy(conn, command.source)
+                result, process = await admin.deploy(self.store, command.source)
                 await self.relay.ensure_queues(process.topics)
                 return result
             if isinstance(command, RetryCommand | CancelCommand):
                 return await self._operate(command)
-            async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-                # A read over many rows may take longer than a round's statement. It takes no
-                # row locks; only DDL (a migration) makes it wait, and not for long.
-                await conn.execute(Q.local_limits, "30000", "60000")
+            # A read over many rows may take longer than a round's statement. It takes no
+            # row locks; only DDL (a migration) makes it wait, and not for long.
+            async with self.store.transaction(
+                readonly=True, lock_timeout_ms=30_000, statement_timeout_ms=60_000
+            ) as db:
                 if isinstance(command, GetInstanceCommand):
-                    return await admin.describe_instance(conn, command.instance_id)
+                    return await admin.describe_instance(db, command.instance_id)
                 if isinstance(command, StatsCommand):
-                    return await admin.stats(conn, command.process_key)
+                    return await admin.stats(db, command.process_key)
                 if isinstance(command, ListIncidentsCommand):
-                    return await operations.list_incidents(conn, command)
+                    return await operations.list_incidents(db, command)
         except OrchestratorError as exc:
             return exc
-        except (asyncpg.DataError, ValueError) as exc:
+        except (DataError, ValueError) as exc:
             return InvalidCommand(str(exc))
         except RETRYABLE as exc:  # the client resends; the engine keeps running
             return ServiceUnavailable(f"database unavailable: {exc}")
@@ -807,13 +790,14 @@ class Engine:
 
     async def _operate(self, command: RetryCommand | CancelCommand) -> dict[str, Any]:
         """An operator action: one transaction, then its task messages and notices."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            # Waits for a round of a healthy engine, not for a stalled one (LockBusy).
-            await conn.execute(Q.local_limits, str(OPERATOR_LOCK_TIMEOUT_MS), "30000")
+        # Waits for a round of a healthy engine, not for a stalled one (LockBusy).
+        async with self.store.transaction(
+            lock_timeout_ms=OPERATOR_LOCK_TIMEOUT_MS, statement_timeout_ms=30_000
+        ) as db:
             if isinstance(command, RetryCommand):
-                done = await operations.retry(conn, self.context, command)
+                done = await operations.retry(db, self.context, command)
             else:
-                done = await operations.cancel(conn, self.context, command, self.topology)
+                done = await operations.cancel(db, self.context, command, self.topology)
         await self._after_commit(done.publish, done.notices)
         return done.result
 

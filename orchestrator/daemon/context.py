@@ -9,8 +9,6 @@ from orchestrator.daemon.definitions import DefinitionCache
 
 @dataclass(frozen=True)
 class EngineContext:
+    #: The definitions this engine compiled. (Who writes, and how long its outbox rows stay
+    #: claimed by it, the store knows: see Store.)
     processes: DefinitionCache
-    #: Outbox rows stay claimed by their engine this long before any sweeper may take them.
-    outbox_claim_ms: int
-    #: Counters are kept per engine, so replicas do not contend on one row.
-    engine_id: str

@@ -13,9 +13,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from orchestrator.daemon.db import NeedsLocks
 from orchestrator.engine.state import InstanceState
 from orchestrator.model.wire import Completed
+from orchestrator.store.errors import NeedsLocks
 from orchestrator.store.unit_of_work import InstanceRow, TaskRow, UnitOfWork
 
 

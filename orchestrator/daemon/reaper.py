@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, dispatch_next_attempt
 from orchestrator.model.definition import ServiceTask
-from orchestrator.store.queries import Q
+from orchestrator.store.store import Session
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork
 
 
-async def reap_once(
-    conn: asyncpg.Connection, context: EngineContext, *, limit: int
-) -> list[PublishedRow]:
+async def reap_once(db: Session, context: EngineContext, *, limit: int) -> list[PublishedRow]:
     """One pass, inside the caller's transaction. Each task is locked with its instance, with
     SKIP LOCKED: any number of engines reap at once without taking the same task twice, and
     an instance a report batch holds is simply left for the next pass."""
     processes = context.processes
     uow = UnitOfWork()
-    for record in await conn.fetch(Q.lock_due_tasks, limit):
+    for record in await db.lock_due_tasks(limit):
         task = TaskRow.from_record(record)
         info = InstanceInfo(task.instance_id, record["process_key"], record["business_key"])
-        node = (await processes.get(conn, record["definition_id"])).nodes[task.node_id]
+        node = (await processes.get(db, record["definition_id"])).nodes[task.node_id]
         max_expiries = node.max_lease_expiries if isinstance(node, ServiceTask) else 1
         uow.changed_tasks[task.id] = task
         if task.status == "claimed":
@@ -36,7 +32,7 @@ async def reap_once(
                 {"attempt": task.attempt + 1},
             )
             dispatch_next_attempt(uow, task, info, record["variables"])
-    return await uow.write(conn, context.outbox_claim_ms, context.engine_id)
+    return await db.write(uow)
 
 
 def _expired(

@@ -11,11 +11,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-import asyncpg
 import orjson
 
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import NeedsLocks
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
 from orchestrator.daemon.last_written import RowCopies, StaleCopy
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
@@ -36,14 +34,9 @@ from orchestrator.model.wire import (
     ReportAnswer,
     TaskRevoked,
 )
-from orchestrator.store.queries import Q
-from orchestrator.store.unit_of_work import (
-    InstanceRow,
-    PublishedRow,
-    TaskRow,
-    UnitOfWork,
-    state_from_record,
-)
+from orchestrator.store.errors import NeedsLocks
+from orchestrator.store.store import Session
+from orchestrator.store.unit_of_work import InstanceRow, PublishedRow, TaskRow, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +83,13 @@ class ReportBatch:
 
     def __init__(
         self,
-        conn: asyncpg.Connection,
+        db: Session,
         context: EngineContext,
         *,
         stale_copies: bool = False,
         uow: UnitOfWork | None = None,
     ):
-        self._conn = conn
+        self._db = db
         self._context = context
         self._processes = context.processes
         self._uow = uow if uow is not None else UnitOfWork()
@@ -159,11 +152,7 @@ class ReportBatch:
             self._apply(item, task)
 
     async def _write(self) -> BatchOutcome:
-        return self.written(
-            await self._uow.write(
-                self._conn, self._context.outbox_claim_ms, self._context.engine_id
-            )
-        )
+        return self.written(await self._db.write(self._uow))
 
     def written(self, published: list[PublishedRow]) -> BatchOutcome:
         """The outcome, once the unit of work is committed and `published` are its rows."""
@@ -176,13 +165,10 @@ class ReportBatch:
         of a task row (report batches, the reaper) holds its instance's lock. Instances
         another session holds are skipped: their tasks are read but left alone."""
         unique = sorted(set(task_ids))
-        for record in await self._conn.fetch(Q.lock_instances_of_tasks, unique):
-            self._instances[str(record["id"])] = InstanceRow.from_record(record)
-            self._states[str(record["id"])] = state_from_record(record)
+        self._instances, self._states = await self._db.lock_instances_of_tasks(unique)
         definition_ids = {row.definition_id for row in self._instances.values()}
-        await self._processes.preload(self._conn, definition_ids)
-        for row in await self._conn.fetch(Q.tasks_by_id, unique):
-            task = TaskRow.from_record(row)
+        await self._processes.preload(self._db, definition_ids)
+        for task in await self._db.tasks_by_id(unique):
             self._tasks[task.id] = task
 
     async def _load_ledger(self, reports: list[IncomingReport]) -> None:
@@ -200,7 +186,7 @@ class ReportBatch:
             if task.status not in ("queued", "claimed") or task.attempt != report.attempt:
                 needed.add(task.id)
         if needed:
-            await self._ledger.load(self._conn, sorted(needed))
+            await self._ledger.load(self._db, sorted(needed))
 
     def _apply(self, item: IncomingReport, task: TaskRow) -> None:
         report = item.report

@@ -146,6 +146,7 @@ async def test_concurrent_transactions_with_one_key(
     from orchestrator.daemon.starts import StartBatch
     from orchestrator.model.wire import StartCommand
     from orchestrator.store.pool import create_pool
+    from orchestrator.store.store import Session
 
     topics.add("idem-tx-work")
     async with running_engine(settings), Client(settings) as client:
@@ -158,8 +159,10 @@ async def test_concurrent_transactions_with_one_key(
         async with pool.acquire() as conn:
             await gate.wait()
             async with conn.transaction():
-                context = EngineContext(DefinitionCache(), 1000, "test")
-                results, _, _ = await StartBatch(conn, context).run([command])
+                context = EngineContext(DefinitionCache())
+                results, _, _ = await StartBatch(Session(conn, "test", 1000), context).run(
+                    [command]
+                )
                 return results[0]
 
     try:

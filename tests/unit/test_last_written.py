@@ -14,6 +14,7 @@ from orchestrator.daemon.last_written import LastWrittenRows, RowCopies, StaleCo
 from orchestrator.daemon.reports import IncomingReport, ReportBatch
 from orchestrator.engine.state import InstanceState, Token
 from orchestrator.model.wire import Claimed, Completed, Failed
+from orchestrator.store.rows import StoredDefinition
 from orchestrator.store.unit_of_work import InstanceRow, TaskRow, UnitOfWork
 from tests.harness import sequential_process
 
@@ -152,14 +153,14 @@ def test_a_copy_that_does_not_wait_on_the_task_is_stale_not_an_incident(
     # from locked rows, never an error or an incident of the instance.
     processes = DefinitionCache()
     graph = orjson.loads(sequential_process("p", ["one", "two"]))
-    processes.remember({"id": 1, "graph": graph, "version": 1})  # type: ignore[arg-type]
-    context = EngineContext(processes, 1000, "test")
+    processes.remember(StoredDefinition(id=1, version=1, graph=graph))
+    context = EngineContext(processes)
     view = RowCopies(
         tasks={"b": _task("b", I1, node_id="step2", status="claimed", worker_id="w")},
         instances={I1: ROW},
         states={I1: _state(I1, "a")},
     )
-    batch = ReportBatch(None, context)  # type: ignore[arg-type]  # decides without a connection
+    batch = ReportBatch(None, context)  # type: ignore[arg-type]  # decides without a session
     with caplog.at_level(logging.DEBUG), pytest.raises(StaleCopy):
         batch.decide_for_one_statement([IncomingReport(_done("b"), None)], view)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
