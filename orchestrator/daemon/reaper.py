@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from orchestrator.config import Settings
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, dispatch_next_attempt
+from orchestrator.daemon.relay import Relay
+from orchestrator.daemon.supervisor import sleep_or_stop
 from orchestrator.model.definition import ServiceTask
-from orchestrator.store.store import Session
+from orchestrator.store.errors import RETRYABLE
+from orchestrator.store.store import Session, Store
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork
+
+log = logging.getLogger(__name__)
+#: Tasks taken per pass.
+PASS_LIMIT = 500
 
 
 async def reap_once(db: Session, context: EngineContext, *, limit: int) -> list[PublishedRow]:
@@ -58,3 +69,29 @@ def _expired(
         )
         return
     dispatch_next_attempt(uow, task, info, variables)
+
+
+async def reap_forever(
+    store: Store, relay: Relay, context: EngineContext, settings: Settings, stop: asyncio.Event
+) -> None:
+    """A pass every reaper interval (at once again after a full one) until `stop`; now and
+    then, idempotency keys past their retention are forgotten too."""
+    interval = settings.reaper_interval_ms / 1000
+    prune_every = max(1, int(60 / interval))
+    rounds = 0
+
+    async def reap(db: Session) -> list[PublishedRow]:
+        return await reap_once(db, context, limit=PASS_LIMIT)
+
+    while not stop.is_set():
+        rows: list[PublishedRow] = []
+        try:
+            rows = await store.in_transaction(reap, stop=stop)
+            await relay.publish(rows)
+            rounds += 1
+            if rounds % prune_every == 0:
+                await store.prune_start_ledger(settings.start_key_retention_days)
+        except RETRYABLE as exc:
+            log.warning("reaper: %s", exc)
+        if len(rows) < PASS_LIMIT:  # a full pass means more may be due: no sleep
+            await sleep_or_stop(stop, interval)
