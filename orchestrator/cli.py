@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -23,6 +23,8 @@ from orchestrator.incident_table import incident_table
 #: With no engine consuming the commands queue for this long, a command fails at once
 #: instead of waiting for its deadline (an engine that is restarting is back within it).
 NO_ENGINE_AFTER_S = 2.0
+if TYPE_CHECKING:  # what add_subparsers returns (generic only to type checkers)
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _print_json(value: Any) -> None:
@@ -49,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="create the database if needed and apply migrations")
     worker = commands.add_parser("worker", help="run workers: orchestrator worker pkg.mod:worker")
     worker.add_argument("spec", help="module:attribute of a workers.Worker")
+    _add_client_commands(commands)
+    demo = commands.add_parser("demo", help="run the order demo with engine and workers")
+    demo.add_argument("--instances", type=int, default=100)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--timeout", type=float, default=300.0)
+    _add_bench_command(commands)
+    return parser
+
+
+def _add_client_commands(commands: Subcommands) -> None:
+    """The commands that a client sends to the engine."""
     deploy = commands.add_parser("deploy", help="deploy a YAML/JSON process definition")
     deploy.add_argument("file", type=Path)
     start = commands.add_parser("start", help="start an instance; prints its id as JSON")
@@ -77,10 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel an active instance")
     cancel.add_argument("id", help="instance id")
     cancel.add_argument("--reason")
-    demo = commands.add_parser("demo", help="run the order demo with engine and workers")
-    demo.add_argument("--instances", type=int, default=100)
-    demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--timeout", type=float, default=300.0)
+
+
+def _add_bench_command(commands: Subcommands) -> None:
     bench = commands.add_parser("bench", help="measure throughput and latency end to end")
     bench.add_argument("--instances", type=int, default=5000)
     bench.add_argument("--steps", type=int, default=3)
@@ -120,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="run another checkout of this project (DIR) at the same time, same workload "
         "(needs --rate): the fair way to compare two versions on a machine whose speed drifts",
     )
-    return parser
 
 
 def _client(settings: Settings) -> Client:
