@@ -20,6 +20,32 @@ log = logging.getLogger(__name__)
 PASS_LIMIT = 500
 
 
+async def reap_forever(
+    store: Store, relay: Relay, context: EngineContext, settings: Settings, stop: asyncio.Event
+) -> None:
+    """A pass every reaper interval (at once again after a full one) until `stop`; now and
+    then, idempotency keys past their retention are forgotten too."""
+    interval = settings.reaper_interval_ms / 1000
+    prune_every = max(1, int(60 / interval))
+    rounds = 0
+
+    async def reap(db: Session) -> list[PublishedRow]:
+        return await reap_once(db, context, limit=PASS_LIMIT)
+
+    while not stop.is_set():
+        rows: list[PublishedRow] = []
+        try:
+            rows = await store.in_transaction(reap, stop=stop)
+            await relay.publish(rows)
+            rounds += 1
+            if rounds % prune_every == 0:
+                await store.prune_start_ledger(settings.start_key_retention_days)
+        except RETRYABLE as exc:
+            log.warning("reaper: %s", exc)
+        if len(rows) < PASS_LIMIT:  # a full pass means more may be due: no sleep
+            await sleep_or_stop(stop, interval)
+
+
 async def reap_once(db: Session, context: EngineContext, *, limit: int) -> list[PublishedRow]:
     """One pass, inside the caller's transaction. Each task is locked with its instance, with
     SKIP LOCKED: any number of engines reap at once without taking the same task twice, and
@@ -69,29 +95,3 @@ def _expired(
         )
         return
     dispatch_next_attempt(uow, task, info, variables)
-
-
-async def reap_forever(
-    store: Store, relay: Relay, context: EngineContext, settings: Settings, stop: asyncio.Event
-) -> None:
-    """A pass every reaper interval (at once again after a full one) until `stop`; now and
-    then, idempotency keys past their retention are forgotten too."""
-    interval = settings.reaper_interval_ms / 1000
-    prune_every = max(1, int(60 / interval))
-    rounds = 0
-
-    async def reap(db: Session) -> list[PublishedRow]:
-        return await reap_once(db, context, limit=PASS_LIMIT)
-
-    while not stop.is_set():
-        rows: list[PublishedRow] = []
-        try:
-            rows = await store.in_transaction(reap, stop=stop)
-            await relay.publish(rows)
-            rounds += 1
-            if rounds % prune_every == 0:
-                await store.prune_start_ledger(settings.start_key_retention_days)
-        except RETRYABLE as exc:
-            log.warning("reaper: %s", exc)
-        if len(rows) < PASS_LIMIT:  # a full pass means more may be due: no sleep
-            await sleep_or_stop(stop, interval)
