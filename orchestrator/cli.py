@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -22,6 +22,8 @@ from orchestrator.incident_table import incident_table
 #: With no engine consuming the commands queue for this long, a command fails at once
 #: instead of waiting for its deadline (an engine that is restarting is back within it).
 NO_ENGINE_AFTER_S = 2.0
+if TYPE_CHECKING:  # what add_subparsers returns (generic only to type checkers)
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _print_json(value: Any) -> None:
@@ -41,13 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=_seconds,
-        help="seconds a client command may take in all (default ORCH_CLIENT_TIMEOUT or 30)",
+        help="seconds a client command may take in all (default ORCH_CLIENT_TIMEOUT_S or 30)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("engine", help="run the engine daemon (applies migrations first)")
     commands.add_parser("migrate", help="create the database if needed and apply migrations")
     worker = commands.add_parser("worker", help="run workers: orchestrator worker pkg.mod:worker")
     worker.add_argument("spec", help="module:attribute of a workers.Worker")
+    _add_client_commands(commands)
+    demo = commands.add_parser("demo", help="run the order demo with engine and workers")
+    demo.add_argument("--instances", type=int, default=100)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--timeout", type=float, default=300.0)
+    return parser
+
+
+def _add_client_commands(commands: Subcommands) -> None:
+    """The commands that a client sends to the engine."""
     deploy = commands.add_parser("deploy", help="deploy a YAML/JSON process definition")
     deploy.add_argument("file", type=Path)
     start = commands.add_parser("start", help="start an instance; prints its id as JSON")
@@ -76,11 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel an active instance")
     cancel.add_argument("id", help="instance id")
     cancel.add_argument("--reason")
-    demo = commands.add_parser("demo", help="run the order demo with engine and workers")
-    demo.add_argument("--instances", type=int, default=100)
-    demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--timeout", type=float, default=300.0)
-    return parser
 
 
 def _client(settings: Settings) -> Client:

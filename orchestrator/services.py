@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
-import asyncpg
 
-from orchestrator.store.migrate import ensure_database
+from orchestrator.store.commands import database_problem
 
 HOW_TO_START = (
     "Start them, or point ORCH_DATABASE_URL / ORCH_AMQP_URL at running ones:\n"
@@ -38,11 +37,7 @@ class Services:
 
 
 async def postgres_problem(url: str, timeout: float = 3.0) -> str | None:
-    try:
-        await asyncio.wait_for(ensure_database(url, timeout=timeout), timeout + 1)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        return f"PostgreSQL unreachable: {type(exc).__name__}: {exc}"
-    return None
+    return await database_problem(url, timeout)
 
 
 async def rabbitmq_problem(url: str, timeout: float = 3.0) -> str | None:

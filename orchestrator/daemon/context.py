@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.daemon.processes import ProcessCache
+from orchestrator.daemon.definitions import DefinitionCache
 
 
 @dataclass(frozen=True)
 class EngineContext:
-    processes: ProcessCache
-    #: Outbox rows stay claimed by their engine this long before any sweeper may take them.
-    outbox_claim_ms: int
-    #: Counters are kept per engine, so replicas do not contend on one row.
-    engine_id: str
+    #: The definitions this engine compiled. (Who writes, and how long its outbox rows stay
+    #: claimed by it, the store knows: see Store.)
+    processes: DefinitionCache

@@ -18,14 +18,12 @@ import logging
 from functools import partial
 from typing import Any
 
-import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from orchestrator.broker.probe import queue_counts
 from orchestrator.broker.topology import Topology
 from orchestrator.config import Settings
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import RETRYABLE, in_transaction
 from orchestrator.daemon.effects import InstanceInfo, task_message
 from orchestrator.daemon.relay import Relay
 from orchestrator.engine.dispatch import (
@@ -37,7 +35,9 @@ from orchestrator.engine.dispatch import (
     lost_message,
 )
 from orchestrator.model.definition import ServiceTask
-from orchestrator.store.queries import Q
+from orchestrator.store.errors import RETRYABLE
+from orchestrator.store.rows import Row
+from orchestrator.store.store import Session, Store
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,13 @@ DEFINITIONS_PER_QUERY = 100
 class DispatchWatch:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        store: Store,
         connection: AbstractConnection,
         relay: Relay,
         context: EngineContext,
         settings: Settings,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._connection = connection
         self._relay = relay
         self._context = context
@@ -89,15 +89,15 @@ class DispatchWatch:
 
     async def check_once(self, stop: asyncio.Event | None = None) -> list[PublishedRow]:
         """One pass; the outbox rows of the re-sends, committed, for the relay to publish."""
-        async with self._pool.acquire() as conn:
-            waiting = await conn.fetch(Q.queued_topics)
-            if not waiting or await conn.fetchval(Q.outbox_lapsed):
+        async with self._store.session() as db:
+            waiting = await db.queued_topics()
+            if not waiting or await db.outbox_lapsed():
                 return []
-            await self._learn_deadlines(conn)
+            await self._learn_deadlines(db)
         overdue = {
-            row["topic"]: row["oldest_ms"]
+            row.topic: row.oldest_ms
             for row in waiting
-            if row["oldest_ms"] is not None and row["oldest_ms"] >= self._floor(row["topic"])
+            if row.oldest_ms is not None and row.oldest_ms >= self._floor(row.topic)
         }
         if not overdue:
             return []
@@ -122,12 +122,12 @@ class DispatchWatch:
             resend = partial(
                 self._resend, topic=topic, floor_ms=floor_ms, queue=queue, read_for_ms=read_for_ms
             )
-            published += await in_transaction(self._pool, resend, stop=stop)
+            published += await self._store.in_transaction(resend, stop=stop)
         return published
 
     async def _resend(
         self,
-        conn: asyncpg.Connection,
+        db: Session,
         *,
         topic: str,
         floor_ms: int,
@@ -136,10 +136,10 @@ class DispatchWatch:
     ) -> list[PublishedRow]:
         uow = UnitOfWork()
         limit = BACKLOG_PASS_LIMIT if queue.backlog else PASS_LIMIT
-        records = await conn.fetch(Q.lock_undispatched_tasks, topic, floor_ms, limit)
+        records = await db.lock_undispatched_tasks(topic, floor_ms, limit)
         for record in records:
             task = TaskRow.from_record(record)
-            node = (await self._context.processes.get(conn, record["definition_id"])).nodes[
+            node = (await self._context.processes.get(db, record["definition_id"])).nodes[
                 task.node_id
             ]
             deadline_ms, most = self._limits(node)
@@ -168,7 +168,7 @@ class DispatchWatch:
                 queue.ready,
                 queue.consumers,
             )
-        return await uow.write(conn, self._context.outbox_claim_ms, self._context.engine_id)
+        return await db.write(uow)
 
     def _limits(self, node: object) -> tuple[int, int]:
         """The task's dispatch deadline and how many re-sends it gets."""
@@ -181,17 +181,15 @@ class DispatchWatch:
     def _floor(self, topic: str) -> int:
         return self._shortest.get(topic, self._default_ms)
 
-    async def _learn_deadlines(self, conn: asyncpg.Connection) -> None:
+    async def _learn_deadlines(self, db: Session) -> None:
         """The shortest deadline of each topic, from the definitions deployed since the last
         look (a definition never changes once deployed)."""
         while True:
-            rows = await conn.fetch(
-                Q.definitions_after, self._definitions_seen, DEFINITIONS_PER_QUERY
-            )
-            for row in rows:
-                for topic, deadline_ms in _deadlines(row["graph"], self._default_ms):
+            rows = await db.definitions_after(self._definitions_seen, DEFINITIONS_PER_QUERY)
+            for definition_id, graph in rows:
+                for topic, deadline_ms in _deadlines(graph, self._default_ms):
                     self._shortest[topic] = min(self._shortest.get(topic, deadline_ms), deadline_ms)
-                self._definitions_seen = row["id"]
+                self._definitions_seen = definition_id
             if len(rows) < DEFINITIONS_PER_QUERY:
                 return
 
@@ -209,7 +207,7 @@ def _redispatch(
     uow: UnitOfWork,
     task: TaskRow,
     info: InstanceInfo,
-    record: asyncpg.Record,
+    record: Row,
     number: int,
     queue: QueueState,
 ) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import orjson
 
 from orchestrator.model.wire import BpmnErrorReport, Completed, Failed
-from orchestrator.store.queries import Q
+from orchestrator.store.rows import LedgerEntry
+from orchestrator.store.store import Session
 from orchestrator.store.unit_of_work import UnitOfWork
 
 OUTCOME_SLOT = "outcome"
@@ -35,13 +34,6 @@ def slot_of(report: Completed | Failed | BpmnErrorReport) -> str:
     return f"failed:{report.attempt}" if isinstance(report, Failed) else OUTCOME_SLOT
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    kind: str
-    attempt: int
-    payload_hash: bytes
-
-
 class BatchLedger:
     """The ledger rows of the batch's tasks, plus what this batch adds to them."""
 
@@ -49,10 +41,8 @@ class BatchLedger:
         self._uow = uow
         self._entries: dict[tuple[str, str], LedgerEntry] = {}
 
-    async def load(self, conn: asyncpg.Connection, task_ids: list[str]) -> None:
-        for row in await conn.fetch(Q.ledger_for_tasks, task_ids):
-            key = (str(row["task_id"]), row["slot"])
-            self._entries[key] = LedgerEntry(row["kind"], row["attempt"], row["payload_hash"])
+    async def load(self, db: Session, task_ids: list[str]) -> None:
+        self._entries.update(await db.ledger_entries(task_ids))
 
     def recorded(self, task_id: str, slot: str) -> LedgerEntry | None:
         return self._entries.get((task_id, slot))

@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import orjson
 
 from orchestrator.broker.topology import Topology
-from orchestrator.daemon.admin import plain
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
 from orchestrator.daemon.reports import Notice
@@ -25,7 +23,8 @@ from orchestrator.model.wire import (
     RetryCommand,
     TaskRevoked,
 )
-from orchestrator.store.queries import Q
+from orchestrator.store.rows import Row
+from orchestrator.store.store import Session
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork, state_from_record
 
 
@@ -36,25 +35,19 @@ class OperationResult:
     notices: list[Notice] = field(default_factory=list)
 
 
-async def list_incidents(conn: asyncpg.Connection, command: ListIncidentsCommand) -> dict[str, Any]:
-    rows = await conn.fetch(
-        Q.list_incidents,
-        command.process_key,
-        command.instance_id,
-        command.include_resolved,
-        command.limit,
+async def list_incidents(db: Session, command: ListIncidentsCommand) -> dict[str, Any]:
+    incidents = await db.list_incidents(
+        command.process_key, command.instance_id, command.include_resolved, command.limit
     )
-    return {"incidents": [plain(row) for row in rows]}
+    return {"incidents": incidents}
 
 
-async def retry(
-    conn: asyncpg.Connection, context: EngineContext, command: RetryCommand
-) -> OperationResult:
+async def retry(db: Session, context: EngineContext, command: RetryCommand) -> OperationResult:
     """Resolve the incident and dispatch its task again with `command.retries` attempts."""
-    incident = await _find_incident(conn, command)
-    instance = await conn.fetchrow(Q.lock_instance, incident["instance_id"])
+    incident = await _find_incident(db, command)
+    instance = _found(await db.lock_instance(incident["instance_id"]), "instance")
     # Read again under the lock: a concurrent retry or cancel may have resolved it.
-    incident = await conn.fetchrow(Q.incident_by_id, incident["id"])
+    incident = _found(await db.incident_by_id(incident["id"]), "incident")
     if incident["resolved_at"] is not None:
         if incident["resolution"] == "retried":  # a resent command: answer as the first time
             return OperationResult(_retry_result(incident, None, already=True))
@@ -64,8 +57,8 @@ async def retry(
             f"incident {incident['id']} ({incident['kind']}) has no task to retry: "
             "cancel the instance, or deploy a fixed definition and start a new one"
         )
-    records = await conn.fetch(Q.tasks_by_id, [incident["task_id"]])
-    task = TaskRow.from_record(records[0])
+    tasks = await db.tasks_by_id([incident["task_id"]])
+    task = tasks[0]
     if task.status != "incident" or instance["status"] != "active":
         raise InvalidState(f"task {task.id} is {task.status}, not in an incident")
     uow = UnitOfWork()
@@ -73,31 +66,36 @@ async def retry(
     info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
     dispatch_next_attempt(uow, task, info, instance["variables"])
     uow.resolved_incidents.append((None, task.id, "retried"))
-    await conn.execute(Q.archive_outcome, task.id)
+    await db.archive_outcome(task.id)
     detail = {"incident_id": str(incident["id"]), "attempt": task.attempt}
     uow.record(task.instance_id, "task_retried", task.node_id, task.id, detail)
     uow.count("incidents_retried")
-    publish = await uow.write(conn, context.outbox_claim_ms, context.engine_id)
+    publish = await db.write(uow)
     return OperationResult(_retry_result(incident, task, already=False), publish)
 
 
-async def _find_incident(conn: asyncpg.Connection, command: RetryCommand) -> asyncpg.Record:
+async def _find_incident(db: Session, command: RetryCommand) -> Row:
     if (command.incident_id is None) == (command.task_id is None):
         raise InvalidCommand("retry needs exactly one of incident_id and task_id")
     if command.incident_id is not None:
-        row = await conn.fetchrow(Q.incident_by_id, command.incident_id)
+        row = await db.incident_by_id(command.incident_id)
         if row is None:
             raise NotFound(f"incident {command.incident_id} does not exist")
         return row
-    row = await conn.fetchrow(Q.open_incident_of_task, command.task_id)
+    row = await db.open_incident_of_task(command.task_id)
     if row is None:
         raise NotFound(f"task {command.task_id} has no open incident")
     return row
 
 
-def _retry_result(
-    incident: asyncpg.Record, task: TaskRow | None, *, already: bool
-) -> dict[str, Any]:
+def _found(row: Row | None, what: str) -> Row:
+    """A row read again under its lock (it is never deleted)."""
+    if row is None:
+        raise NotFound(f"the {what} is gone")
+    return row
+
+
+def _retry_result(incident: Row, task: TaskRow | None, *, already: bool) -> dict[str, Any]:
     return {
         "incident_id": str(incident["id"]),
         "task_id": str(incident["task_id"]),
@@ -108,10 +106,10 @@ def _retry_result(
 
 
 async def cancel(
-    conn: asyncpg.Connection, context: EngineContext, command: CancelCommand, topology: Topology
+    db: Session, context: EngineContext, command: CancelCommand, topology: Topology
 ) -> OperationResult:
     """End the instance; withdraw its open tasks; tell the workers holding them to stop."""
-    instance = await conn.fetchrow(Q.lock_instance, command.instance_id)
+    instance = await db.lock_instance(command.instance_id)
     if instance is None:
         raise NotFound(f"instance {command.instance_id} does not exist")
     result = {"instance_id": str(instance["id"]), "already_cancelled": False}
@@ -125,16 +123,16 @@ async def cancel(
     info = InstanceInfo(transition.state.id, instance["process_key"], instance["business_key"])
     apply_transition(uow, info, transition)
     notices = []
-    for record in await conn.fetch(Q.open_tasks_of_instance, instance["id"]):
+    for record in await db.open_tasks_of_instance(instance["id"]):
         task = TaskRow.from_record(record)
         if task.status == "claimed" and task.worker_id:
             notices.append(_revoke_notice(task, topology))
         task.status, task.worker_id, task.lease_ms, task.due_ms = "cancelled", None, None, None
         uow.changed_tasks[task.id] = task
         uow.record(task.instance_id, "task_cancelled", task.node_id, task.id)
-    for row in await conn.fetch(Q.open_incidents_of_instance, instance["id"]):
+    for row in await db.open_incidents_of_instance(instance["id"]):
         uow.resolved_incidents.append((str(row["id"]), None, "instance cancelled"))
-    publish = await uow.write(conn, context.outbox_claim_ms, context.engine_id)
+    publish = await db.write(uow)
     return OperationResult({**result, "cancelled_tasks": len(uow.changed_tasks)}, publish, notices)
 
 

@@ -7,13 +7,12 @@ import logging
 import time
 from collections.abc import Sequence
 
-import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from orchestrator.broker.publisher import Outgoing, Publisher, Sent
 from orchestrator.broker.topology import PUBLISHED_AT_HEADER, Topology, declare_task_queue
-from orchestrator.daemon.db import RETRYABLE
-from orchestrator.store.queries import Q
+from orchestrator.store.errors import RETRYABLE
+from orchestrator.store.store import Store
 from orchestrator.store.unit_of_work import OutboxMessage, PublishedRow
 
 log = logging.getLogger(__name__)
@@ -22,18 +21,15 @@ log = logging.getLogger(__name__)
 class Relay:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        store: Store,
         publisher: Publisher,
         declare_channel: AbstractChannel,
         topology: Topology,
-        *,
-        claim_ms: int,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._publisher = publisher
         self._declare_channel = declare_channel
         self._topology = topology
-        self._claim_ms = claim_ms
         self._declared: set[str] = set()
         #: Rows whose messages the broker confirmed, deleted together every few ms.
         self._confirmed: list[int] = []
@@ -116,8 +112,7 @@ class Relay:
         if not ids:
             return True
         try:
-            async with self._pool.acquire() as conn:
-                await conn.execute(Q.delete_outbox, ids)
+            await self._store.delete_outbox(ids)
         except RETRYABLE as exc:  # kept for the next round; the sweep may republish them
             log.warning("could not delete %d published outbox rows: %s", len(ids), exc)
             self._confirmed = ids + self._confirmed
@@ -127,12 +122,7 @@ class Relay:
 
     async def sweep_once(self, limit: int = 500) -> int:
         """Publish rows whose committing engine did not (it died, or the broker was away)."""
-        async with self._pool.acquire() as conn:
-            records = await conn.fetch(Q.claim_lapsed_outbox, self._claim_ms, limit)
-        rows = [
-            PublishedRow(r["id"], OutboxMessage(r["routing_key"], r["message_id"], r["body"]))
-            for r in records
-        ]
+        rows = await self._store.claim_lapsed_outbox(limit)
         if rows:
             log.info("relay: republishing %d outbox rows", len(rows))
         return await self.publish(rows)

@@ -11,14 +11,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-import asyncpg
 import orjson
 
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import NeedsLocks
 from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
+from orchestrator.daemon.last_written import RowCopies, StaleCopy
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
-from orchestrator.daemon.recent import RecentView, StaleCopy
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.retry import GiveUp, after_failure
 from orchestrator.engine.state import InstanceState, Transition
@@ -36,14 +34,9 @@ from orchestrator.model.wire import (
     ReportAnswer,
     TaskRevoked,
 )
-from orchestrator.store.queries import Q
-from orchestrator.store.unit_of_work import (
-    InstanceRow,
-    PublishedRow,
-    TaskRow,
-    UnitOfWork,
-    state_from_record,
-)
+from orchestrator.store.errors import NeedsLocks
+from orchestrator.store.store import Session
+from orchestrator.store.unit_of_work import InstanceRow, PublishedRow, TaskRow, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +65,7 @@ class BatchOutcome:
     dead: dict[int, str] = field(default_factory=dict)
     #: Indexes of reports whose instance another session has locked: to be tried again.
     deferred: set[int] = field(default_factory=set)
-    #: What each transaction wrote, with the instances it read (for RecentRows).
+    #: What each transaction wrote, with the instances it read (for LastWrittenRows).
     written: list[tuple[UnitOfWork, dict[str, InstanceRow]]] = field(default_factory=list)
 
     def merge(self, other: BatchOutcome, *, offset: int) -> BatchOutcome:
@@ -90,20 +83,21 @@ class ReportBatch:
 
     def __init__(
         self,
-        conn: asyncpg.Connection,
+        db: Session,
         context: EngineContext,
         *,
         stale_copies: bool = False,
         uow: UnitOfWork | None = None,
     ):
-        self._conn = conn
+        self._db = db
         self._context = context
         self._processes = context.processes
         self._uow = uow if uow is not None else UnitOfWork()
-        if stale_copies:  # this batch first failed to write from the engine's recent copies
+        if stale_copies:  # this batch first failed to write from the engine's copies
             self._uow.count("recent_copies_stale")
         self._ledger = BatchLedger(self._uow)
-        #: Deciding from the engine's recent copies (see decide_recent), not locked rows.
+        #: Deciding from the engine's copies of the rows it last wrote (see
+        #: decide_for_one_statement), not from locked rows.
         self._from_copies = False
         self._tasks: dict[str, TaskRow] = {}
         self._instances: dict[str, InstanceRow] = {}
@@ -117,28 +111,31 @@ class ReportBatch:
         self._decide(reports)
         return await self._write()
 
-    async def run_recent(self, reports: list[IncomingReport], view: RecentView) -> BatchOutcome:
-        """Decide from the engine's recent copies and write in one autocommit statement.
+    async def run_in_one_statement(
+        self, reports: list[IncomingReport], copies: RowCopies
+    ) -> BatchOutcome:
+        """Decide from the engine's copies of the rows it last wrote and write in one
+        autocommit statement.
 
-        Only for completions that advance their instances (see RecentRows.view), and only if
-        every row is still at the version copied: otherwise the statement writes nothing and
-        raises asyncpg.SerializationError (or NeedsLocks before writing).
+        Only for completions that advance their instances (see LastWrittenRows.copies_for),
+        and only if every row is still at the version copied: otherwise the statement writes
+        nothing and raises SerializationError (or NeedsLocks before writing).
         """
-        self.decide_recent(reports, view)
+        self.decide_for_one_statement(reports, copies)
         return await self._write()
 
-    def decide_recent(self, reports: list[IncomingReport], view: RecentView) -> None:
-        """`run_recent` up to its statement: the reports decided into the unit of work (which
-        the caller may write together with other work, then hand to `written`)."""
-        self._tasks, self._instances, self._states = view.tasks, view.instances, view.states
-        if any(not self._processes.has(row.definition_id) for row in view.instances.values()):
+    def decide_for_one_statement(self, reports: list[IncomingReport], copies: RowCopies) -> None:
+        """`run_in_one_statement` up to its statement: the reports decided into the unit of
+        work (which the caller may write together with other work, then hand to `written`)."""
+        self._tasks, self._instances, self._states = copies.tasks, copies.instances, copies.states
+        if any(not self._processes.has(row.definition_id) for row in copies.instances.values()):
             raise NeedsLocks("definition not loaded")
         self._uow.count("batches_from_recent")
         self._from_copies = True
         self._decide(reports)
         # Each write must also change its instance's row: that row's lock and version are
         # what every other writer of its tasks goes through.
-        if self._outcome.dead or set(view.instances) - self._uow.changed_instances.keys():
+        if self._outcome.dead or set(copies.instances) - self._uow.changed_instances.keys():
             raise NeedsLocks("a report did not advance its instance")
 
     def _decide(self, reports: list[IncomingReport]) -> None:
@@ -155,11 +152,7 @@ class ReportBatch:
             self._apply(item, task)
 
     async def _write(self) -> BatchOutcome:
-        return self.written(
-            await self._uow.write(
-                self._conn, self._context.outbox_claim_ms, self._context.engine_id
-            )
-        )
+        return self.written(await self._db.write(self._uow))
 
     def written(self, published: list[PublishedRow]) -> BatchOutcome:
         """The outcome, once the unit of work is committed and `published` are its rows."""
@@ -172,13 +165,10 @@ class ReportBatch:
         of a task row (report batches, the reaper) holds its instance's lock. Instances
         another session holds are skipped: their tasks are read but left alone."""
         unique = sorted(set(task_ids))
-        for record in await self._conn.fetch(Q.lock_instances_of_tasks, unique):
-            self._instances[str(record["id"])] = InstanceRow.from_record(record)
-            self._states[str(record["id"])] = state_from_record(record)
+        self._instances, self._states = await self._db.lock_instances_of_tasks(unique)
         definition_ids = {row.definition_id for row in self._instances.values()}
-        await self._processes.preload(self._conn, definition_ids)
-        for row in await self._conn.fetch(Q.tasks_by_id, unique):
-            task = TaskRow.from_record(row)
+        await self._processes.preload(self._db, definition_ids)
+        for task in await self._db.tasks_by_id(unique):
             self._tasks[task.id] = task
 
     async def _load_ledger(self, reports: list[IncomingReport]) -> None:
@@ -196,7 +186,7 @@ class ReportBatch:
             if task.status not in ("queued", "claimed") or task.attempt != report.attempt:
                 needed.add(task.id)
         if needed:
-            await self._ledger.load(self._conn, sorted(needed))
+            await self._ledger.load(self._db, sorted(needed))
 
     def _apply(self, item: IncomingReport, task: TaskRow) -> None:
         report = item.report

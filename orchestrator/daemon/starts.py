@@ -12,13 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.db import NeedsLocks
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
 from orchestrator.daemon.ledger import fingerprint
-from orchestrator.daemon.processes import DefinitionRef
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.step import start_instance
 from orchestrator.errors import (
@@ -28,7 +24,9 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 from orchestrator.model.wire import StartCommand
-from orchestrator.store.queries import Q
+from orchestrator.store.errors import NeedsLocks
+from orchestrator.store.rows import DefinitionRef
+from orchestrator.store.store import Session
 from orchestrator.store.unit_of_work import InstanceRow, PublishedRow, UnitOfWork
 
 StartResult = dict[str, Any] | OrchestratorError
@@ -65,10 +63,8 @@ def _payload_hash(command: StartCommand) -> bytes:
 
 
 class StartBatch:
-    def __init__(
-        self, conn: asyncpg.Connection, context: EngineContext, uow: UnitOfWork | None = None
-    ):
-        self._conn = conn
+    def __init__(self, db: Session, context: EngineContext, uow: UnitOfWork | None = None):
+        self._db = db
         self._context = context
         self._uow = uow if uow is not None else UnitOfWork()
 
@@ -84,19 +80,20 @@ class StartBatch:
             self._create(start)
         return await self._write(batch)
 
-    async def run_known(
+    async def run_in_one_statement(
         self, starts: list[StartCommand]
     ) -> tuple[list[StartResult], list[PublishedRow], UnitOfWork]:
         """The common case in one autocommit statement: new keys of definitions this engine
         resolved before, no unique business key. The statement records the keys and writes
         the instances only if every key is new and no newer definition was deployed since;
-        otherwise it writes nothing and raises asyncpg.SerializationError (or NeedsLocks
+        otherwise it writes nothing and raises SerializationError (or NeedsLocks
         before writing), and the batch goes through `run`."""
-        return await self._write(self.decide_known(starts))
+        return await self._write(self.decide_for_one_statement(starts))
 
-    def decide_known(self, starts: list[StartCommand]) -> list[_Start]:
-        """`run_known` up to its statement: the starts decided into the unit of work (which
-        the caller may write together with other work). Raises NeedsLocks if it cannot."""
+    def decide_for_one_statement(self, starts: list[StartCommand]) -> list[_Start]:
+        """`run_in_one_statement` up to its statement: the starts decided into the unit of
+        work (which the caller may write together with other work). Raises NeedsLocks if it
+        cannot."""
         processes = self._context.processes
         batch = [_Start(command) for command in starts]
         if len({s.key for s in batch}) < len(batch):
@@ -123,9 +120,7 @@ class StartBatch:
     async def _write(
         self, batch: list[_Start]
     ) -> tuple[list[StartResult], list[PublishedRow], UnitOfWork]:
-        published = await self._uow.write(
-            self._conn, self._context.outbox_claim_ms, self._context.engine_id
-        )
+        published = await self._db.write(self._uow)
         return self.results(batch), published, self._uow
 
     async def _resolve_definitions(self, batch: list[_Start]) -> None:
@@ -139,17 +134,13 @@ class StartBatch:
                 suffix = f" version {wanted[1]}" if wanted[1] is not None else ""
                 start.result = NotFound(f"no process definition {wanted[0]!r}{suffix} is deployed")
                 continue
-            start.process = await self._context.processes.get(self._conn, start.definition.id)
+            start.process = await self._context.processes.get(self._db, start.definition.id)
             start.payload_hash = _payload_hash(start.command)
 
     async def _definition(self, key: str, version: int | None) -> DefinitionRef | None:
-        if version is None:
-            row = await self._conn.fetchrow(Q.latest_definition, key)
-        else:
-            row = await self._conn.fetchrow(Q.definition_by_version, key, version)
-        if row is None:
+        ref = await self._db.find_definition(key, version)
+        if ref is None:
             return None
-        ref = DefinitionRef(row["id"], row["key"], row["version"])
         self._context.processes.resolved(ref, latest=version is None)
         return ref
 
@@ -157,13 +148,11 @@ class StartBatch:
         """Insert every idempotency key; answer the repeats; return the starts that won."""
         if not batch:
             return []
-        rows = await self._conn.fetch(
-            Q.insert_start_ledger,
+        won = await self._db.record_start_keys(
             [s.key for s in batch],
             [s.payload_hash for s in batch],
             [s.instance_id for s in batch],
         )
-        won = {(row["idempotency_key"], str(row["instance_id"])) for row in rows}
         fresh = [s for s in batch if (s.key, s.instance_id) in won]
         repeats = [s for s in batch if (s.key, s.instance_id) not in won]
         if repeats:
@@ -171,16 +160,13 @@ class StartBatch:
         return fresh
 
     async def _answer_repeats(self, repeats: list[_Start]) -> None:
-        entries = {
-            row["idempotency_key"]: row
-            for row in await self._conn.fetch(Q.start_ledger_entries, [s.key for s in repeats])
-        }
+        entries = await self._db.start_key_entries([s.key for s in repeats])
         duplicates: list[str] = []
         for start in repeats:
             entry = entries.get(start.key)
             if entry is None:  # pruned between our two statements
                 start.result = IdempotencyConflict("idempotency key expired while starting; retry")
-            elif entry["payload_hash"] != start.payload_hash:
+            elif entry.payload_hash != start.payload_hash:
                 self._uow.count("starts_conflicting")
                 start.result = IdempotencyConflict(
                     f"idempotency key {start.key!r} was already used with another process, "
@@ -188,10 +174,10 @@ class StartBatch:
                 )
             else:
                 duplicates.append(start.key)
-                start.result = {"instance_id": str(entry["instance_id"]), "created": False}
+                start.result = {"instance_id": entry.instance_id, "created": False}
         if duplicates:
             self._uow.count("starts_duplicate", len(duplicates))
-            await self._conn.execute(Q.count_start_duplicates, duplicates)
+            await self._db.count_start_duplicates(duplicates)
 
     async def _claim_business_keys(self, fresh: list[_Start]) -> list[_Start]:
         """Claim the business keys of definitions that want them unique; apply the policy to
@@ -199,27 +185,20 @@ class StartBatch:
         claiming = [s for s in fresh if s.unique_business_key]
         if not claiming:
             return fresh
-        rows = await self._conn.fetch(
-            Q.claim_business_keys,
+        claimed = await self._db.claim_business_keys(
             [s.command.process_key for s in claiming],
             [s.command.business_key for s in claiming],
             [s.instance_id for s in claiming],
         )
-        claimed = {str(row["instance_id"]) for row in rows}
         lost = [s for s in claiming if s.instance_id not in claimed]
         if lost:
             await self._apply_business_key_policy(lost)
         return [s for s in fresh if s.result is None]
 
     async def _apply_business_key_policy(self, lost: list[_Start]) -> None:
-        owners = {
-            (row["process_key"], row["business_key"]): str(row["instance_id"])
-            for row in await self._conn.fetch(
-                Q.business_key_owners,
-                [s.command.process_key for s in lost],
-                [s.command.business_key for s in lost],
-            )
-        }
+        owners = await self._db.business_key_owners(
+            [s.command.process_key for s in lost], [s.command.business_key for s in lost]
+        )
         forget: list[str] = []
         existing: list[tuple[str, str]] = []
         for start in lost:
@@ -240,11 +219,11 @@ class StartBatch:
                 )
         if forget:
             self._uow.count("starts_rejected_business_key", len(forget))
-            await self._conn.execute(Q.forget_starts, forget)
+            await self._db.forget_starts(forget)
         if existing:
             self._uow.count("starts_returned_existing", len(existing))
-            await self._conn.execute(
-                Q.starts_return_existing, [k for k, _ in existing], [o for _, o in existing]
+            await self._db.starts_return_existing(
+                [k for k, _ in existing], [o for _, o in existing]
             )
 
     def _create(self, start: _Start) -> None:

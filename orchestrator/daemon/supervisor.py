@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -38,3 +39,9 @@ async def supervise(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, stopper, return_exceptions=True)
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """A loop's pause, cut short when `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

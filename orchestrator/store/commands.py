@@ -1,7 +1,8 @@
-"""Administrative database actions for the CLI."""
+"""Administrative database actions for the CLI, and the probe that finds PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -17,3 +18,12 @@ async def migrate(url: str) -> dict[str, Any]:
     finally:
         await conn.close()
     return {"applied": applied}
+
+
+async def database_problem(url: str, timeout: float = 3.0) -> str | None:
+    """Why PostgreSQL at `url` cannot be used, or None (its database is created if missing)."""
+    try:
+        await asyncio.wait_for(ensure_database(url, timeout=timeout), timeout + 1)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return f"PostgreSQL unreachable: {type(exc).__name__}: {exc}"
+    return None

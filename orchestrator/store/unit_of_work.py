@@ -1,6 +1,6 @@
 """Everything one engine transaction writes, collected in memory and written in one round trip.
 
-The engine decides in Python (under row locks, or from its recent copies) and this class
+The engine decides in Python (under row locks, or from the rows it last wrote) and this class
 turns the decisions into one statement (see batch_statement.py).
 """
 

@@ -12,10 +12,11 @@ import pytest
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.processes import ProcessCache
+from orchestrator.daemon.definitions import DefinitionCache
 from orchestrator.daemon.starts import StartBatch
 from orchestrator.model.wire import StartCommand
 from orchestrator.store.queries import Q
+from orchestrator.store.store import Session
 from orchestrator.store.unit_of_work import (
     OutboxMessage,
     TaskRow,
@@ -31,9 +32,9 @@ async def _start_one(settings: Settings, db: asyncpg.Pool) -> str:
     async with running_engine(settings), Client(settings) as client:
         await client.deploy(sequential_process("versions", ["versions-work"]))
     async with db.acquire() as conn, conn.transaction():
-        context = EngineContext(ProcessCache(), 1000, "test")
+        context = EngineContext(DefinitionCache())
         command = StartCommand(process_key="versions", idempotency_key="v", variables={})
-        (result,), _, _ = await StartBatch(conn, context).run([command])
+        (result,), _, _ = await StartBatch(Session(conn, "test", 1000), context).run([command])
     return str(result["instance_id"])
 
 
@@ -110,25 +111,28 @@ async def test_a_known_start_checks_its_key_and_definition_as_it_writes(
     """Starts decided from what this engine resolved before: a used key or a definition
     deployed since (by any engine) makes the one statement write nothing."""
     topics.update({"versions-work", "versions-work-2"})
-    context = EngineContext(ProcessCache(), 1000, "test")
+    context = EngineContext(DefinitionCache())
 
     def command(key: str) -> StartCommand:
         return StartCommand(process_key="versions", idempotency_key=key, variables={})
 
+    def batch(conn: asyncpg.Connection) -> StartBatch:
+        return StartBatch(Session(conn, "test", 1000), context)
+
     async with running_engine(settings), Client(settings) as client:
         await client.deploy(sequential_process("versions", ["versions-work"]))
         async with db.acquire() as conn, conn.transaction():
-            (first,), _, _ = await StartBatch(conn, context).run([command("k1")])
+            (first,), _, _ = await batch(conn).run([command("k1")])
         async with db.acquire() as conn:
-            (known,), _, _ = await StartBatch(conn, context).run_known([command("k2")])
+            (known,), _, _ = await batch(conn).run_in_one_statement([command("k2")])
             with pytest.raises(asyncpg.SerializationError):
-                await StartBatch(conn, context).run_known([command("k1")])
+                await batch(conn).run_in_one_statement([command("k1")])
         await client.deploy(sequential_process("versions", ["versions-work-2"]))
         async with db.acquire() as conn:
             with pytest.raises(asyncpg.SerializationError):
-                await StartBatch(conn, context).run_known([command("k3")])
+                await batch(conn).run_in_one_statement([command("k3")])
         async with db.acquire() as conn, conn.transaction():
-            (third,), _, _ = await StartBatch(conn, context).run([command("k3")])
+            (third,), _, _ = await batch(conn).run([command("k3")])
 
     assert (first["version"], known["version"], third["version"]) == (1, 1, 2)
     keys = await db.fetch("SELECT idempotency_key FROM start_ledger ORDER BY 1")

@@ -142,10 +142,11 @@ async def test_concurrent_transactions_with_one_key(
 ) -> None:
     """The same start in 50 concurrent transactions, as 50 engine replicas would run it."""
     from orchestrator.daemon.context import EngineContext
-    from orchestrator.daemon.processes import ProcessCache
+    from orchestrator.daemon.definitions import DefinitionCache
     from orchestrator.daemon.starts import StartBatch
     from orchestrator.model.wire import StartCommand
     from orchestrator.store.pool import create_pool
+    from orchestrator.store.store import Session
 
     topics.add("idem-tx-work")
     async with running_engine(settings), Client(settings) as client:
@@ -158,8 +159,10 @@ async def test_concurrent_transactions_with_one_key(
         async with pool.acquire() as conn:
             await gate.wait()
             async with conn.transaction():
-                context = EngineContext(ProcessCache(), 1000, "test")
-                results, _, _ = await StartBatch(conn, context).run([command])
+                context = EngineContext(DefinitionCache())
+                results, _, _ = await StartBatch(Session(conn, "test", 1000), context).run(
+                    [command]
+                )
                 return results[0]
 
     try:

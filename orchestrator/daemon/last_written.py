@@ -13,15 +13,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from orchestrator.daemon.db import NeedsLocks
 from orchestrator.engine.state import InstanceState
 from orchestrator.model.wire import Completed
+from orchestrator.store.errors import NeedsLocks
 from orchestrator.store.unit_of_work import InstanceRow, TaskRow, UnitOfWork
 
 
 class StaleCopy(NeedsLocks):
-    """A recent copy turned out older than its rows: the batch is decided again from locked
-    rows (counted as `recent_copies_stale`), as when its write fails on a version."""
+    """A copy of the rows last written turned out older than the rows: the batch is decided
+    again from locked rows (counted as `recent_copies_stale`), as when its write fails on a
+    version."""
 
 
 @dataclass
@@ -32,7 +33,7 @@ class _Instance:
 
 
 @dataclass(frozen=True)
-class RecentView:
+class RowCopies:
     """Private copies of the rows a batch of reports needs; the batch may change them."""
 
     tasks: dict[str, TaskRow]
@@ -40,9 +41,10 @@ class RecentView:
     states: dict[str, InstanceState]
 
 
-class RecentRows:
-    """Bounded: the least recently written instances are forgotten first, so a backlog of
-    100,000 waiting instances costs no more memory than `max_instances` of them."""
+class LastWrittenRows:
+    """The engine's copies of the rows it last wrote, by instance and task. Bounded: the
+    least recently written instances are forgotten first, so a backlog of 100,000 waiting
+    instances costs no more memory than `max_instances` of them."""
 
     def __init__(self, max_instances: int) -> None:
         self._max = max_instances
@@ -52,7 +54,7 @@ class RecentRows:
     def __len__(self) -> int:
         return len(self._instances)
 
-    def view(self, reports: Iterable[object]) -> RecentView | None:
+    def copies_for(self, reports: Iterable[object]) -> RowCopies | None:
         """Copies for a batch made only of completions of current attempts of open tasks
         known here (the common case of a task finishing); None for anything else."""
         tasks: dict[str, TaskRow] = {}
@@ -72,7 +74,7 @@ class RecentRows:
             tasks[task.id] = replace(task)
             instances[task.instance_id] = entry.row
             states[task.instance_id] = entry.state
-        return RecentView(tasks, instances, states)
+        return RowCopies(tasks, instances, states)
 
     def remember(self, uow: UnitOfWork, rows: Mapping[str, InstanceRow]) -> None:
         """After `uow` committed: keep what it wrote, at the versions it wrote."""

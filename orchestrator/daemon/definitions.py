@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import asyncpg
-
 from orchestrator.definitions.loader import Process, compile_definition
 from orchestrator.errors import NotFound
-from orchestrator.store.queries import Q
+from orchestrator.store.rows import DefinitionRef, StoredDefinition
+from orchestrator.store.store import Session
 
 
-@dataclass(frozen=True)
-class DefinitionRef:
-    id: int
-    key: str
-    version: int
+class DefinitionCache:
+    """The process definitions this engine compiled (by id), and what its starts' lookups of
+    a key (and version) found."""
 
-
-class ProcessCache:
     def __init__(self) -> None:
         self._by_id: dict[int, Process] = {}
         self._versions: dict[int, int] = {}
@@ -39,13 +32,13 @@ class ProcessCache:
         ref = self._latest.get(key) if version is None else self._exact.get((key, version))
         return ref if ref is not None and ref.id in self._by_id else None
 
-    async def get(self, conn: asyncpg.Connection, definition_id: int) -> Process:
+    async def get(self, db: Session, definition_id: int) -> Process:
         process = self._by_id.get(definition_id)
         if process is None:
-            row = await conn.fetchrow(Q.definition_by_id, definition_id)
-            if row is None:
+            stored = await db.definition_by_id(definition_id)
+            if stored is None:
                 raise NotFound(f"process definition {definition_id} does not exist")
-            process = self.remember(row)
+            process = self.remember(stored)
         return process
 
     def has(self, definition_id: int) -> bool:
@@ -55,14 +48,14 @@ class ProcessCache:
         """A definition already loaded by `get` or `preload` in this batch."""
         return self._by_id[definition_id]
 
-    async def preload(self, conn: asyncpg.Connection, definition_ids: set[int]) -> None:
+    async def preload(self, db: Session, definition_ids: set[int]) -> None:
         for definition_id in definition_ids - self._by_id.keys():
-            await self.get(conn, definition_id)
+            await self.get(db, definition_id)
 
-    def remember(self, row: asyncpg.Record) -> Process:
-        process = compile_definition(row["graph"])
-        self._by_id[row["id"]] = process
-        self._versions[row["id"]] = row["version"]
+    def remember(self, stored: StoredDefinition) -> Process:
+        process = compile_definition(stored.graph)
+        self._by_id[stored.id] = process
+        self._versions[stored.id] = stored.version
         return process
 
     def version(self, definition_id: int) -> int | None:
