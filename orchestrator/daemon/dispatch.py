@@ -4,9 +4,10 @@ again (see engine/dispatch.py for the rule), or raise a `dispatch_lost` incident
 PostgreSQL knows every open task; RabbitMQ may have lost a message (a purge, a queue policy,
 a worker that acked without claiming). Each pass finds the topics whose longest-waiting
 queued task is past the shortest deadline any of that topic's tasks has, asks the broker how
-many messages wait in each such topic's queue (without a transaction open), and then, in
-one transaction per topic, locks the tasks that are due with their instances (SKIP LOCKED:
-every engine runs this) and writes the re-sends. A re-send is the same attempt
+many reports wait for the engines and how many messages wait in each such topic's queue
+(without a transaction open), and then, unless reports wait, in one transaction per topic,
+locks the tasks that are due with their instances (SKIP LOCKED: every engine runs this) and
+writes the re-sends. A re-send is the same attempt
 (`task_id:attempt`), so whichever copy a worker claims second is refused.
 """
 
@@ -30,7 +31,9 @@ from orchestrator.engine.dispatch import (
     DispatchLost,
     QueueState,
     Redispatch,
+    Since,
     after_waiting,
+    counted_ms,
     due_after_ms,
     lost_message,
 )
@@ -73,8 +76,11 @@ class DispatchWatch:
         #: Topic -> the shortest dispatch deadline of any service task on it.
         self._shortest: dict[str, int] = {}
         self._definitions_seen = 0
-        #: Topic -> when (loop time) a pass last found its queue with no consumer.
-        self._unread_at: dict[str, float] = {}
+        #: Topic -> since when (loop time) its queue has had a consumer.
+        self._read: dict[str, Since] = {}
+        #: Since when no report has waited for the engines. Not before the first look: what
+        #: an engine that just started has taken may still be unread.
+        self._caught_up = Since(holding=False)
 
     async def run(self, stop: asyncio.Event) -> None:
         """A pass every reaper interval until `stop`. Neither a database nor a broker that
@@ -88,39 +94,54 @@ class DispatchWatch:
                 await asyncio.wait_for(stop.wait(), self._interval_s)
 
     async def check_once(self, stop: asyncio.Event | None = None) -> list[PublishedRow]:
-        """One pass; the outbox rows of the re-sends, committed, for the relay to publish."""
+        """One pass; the outbox rows of the re-sends, committed, for the relay to publish.
+
+        While any task is queued, every pass looks at the reports queue (and at the queues of
+        the topics with overdue tasks), whether or not anything can be re-sent this time: a
+        backlog of reports, or a queue without consumers, seen only by a look skipped while
+        the outbox had lapsed rows, would leave a later pass counting that time."""
         async with self._store.session() as db:
             waiting = await db.queued_topics()
-            if not waiting or await db.outbox_lapsed():
+            if not waiting:
                 return []
+            lapsed = await db.outbox_lapsed()
             await self._learn_deadlines(db)
         overdue = {
             row.topic: row.oldest_ms
             for row in waiting
             if row.oldest_ms is not None and row.oldest_ms >= self._floor(row.topic)
         }
-        if not overdue:
-            return []
         try:
             counts = await queue_counts(self._connection, self._topology, sorted(overdue))
         except Exception as exc:  # the broker is away: nothing can be re-sent anyway
-            log.warning("dispatch watch: cannot read the task queues: %r", exc)
+            log.warning("dispatch watch: cannot read the queues: %r", exc)
             return []
-        published: list[PublishedRow] = []
         now = asyncio.get_running_loop().time()
-        for topic, (ready, consumers) in counts.items():
+        self._caught_up.look(counts.reports_ready == 0, now)
+        for topic, (_, consumers) in counts.topics.items():
+            self._read.setdefault(topic, Since()).look(consumers > 0, now)
+        if lapsed or counts.reports_ready > 0:
+            return []  # a message may still be in the outbox, a claim among the reports
+        caught_up_for_ms = self._caught_up.for_ms(now)
+        published: list[PublishedRow] = []
+        for topic, (ready, consumers) in counts.topics.items():
             queue = QueueState(ready, consumers)
             if queue.consumers == 0:
-                self._unread_at[topic] = now
                 continue
-            unread_at = self._unread_at.get(topic)
-            read_for_ms = None if unread_at is None else int((now - unread_at) * 1000)
+            read_for_ms = self._read[topic].for_ms(now)
             floor_ms = due_after_ms(self._floor(topic), 0, queue)
-            waited_ms = overdue[topic] if read_for_ms is None else min(overdue[topic], read_for_ms)
+            waited_ms = counted_ms(
+                overdue[topic], read_for_ms=read_for_ms, caught_up_for_ms=caught_up_for_ms
+            )
             if waited_ms < floor_ms:
                 continue
             resend = partial(
-                self._resend, topic=topic, floor_ms=floor_ms, queue=queue, read_for_ms=read_for_ms
+                self._resend,
+                topic=topic,
+                floor_ms=floor_ms,
+                queue=queue,
+                read_for_ms=read_for_ms,
+                caught_up_for_ms=caught_up_for_ms,
             )
             published += await self._store.in_transaction(resend, stop=stop)
         return published
@@ -133,6 +154,7 @@ class DispatchWatch:
         floor_ms: int,
         queue: QueueState,
         read_for_ms: int | None,
+        caught_up_for_ms: int | None,
     ) -> list[PublishedRow]:
         uow = UnitOfWork()
         limit = BACKLOG_PASS_LIMIT if queue.backlog else PASS_LIMIT
@@ -150,6 +172,7 @@ class DispatchWatch:
                 max_redispatches=most,
                 queue=queue,
                 read_for_ms=read_for_ms,
+                caught_up_for_ms=caught_up_for_ms,
             )
             if isinstance(decision, Redispatch):
                 info = InstanceInfo(task.instance_id, record["process_key"], record["business_key"])

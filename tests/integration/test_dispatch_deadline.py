@@ -4,8 +4,9 @@ A task's lease starts at its claim, so a message that never reaches a worker (a 
 a queue policy that dropped it, a worker that acked it without claiming) left its task queued
 for good. PostgreSQL knows every open task: one that no worker claimed within its dispatch
 deadline is published again, as the same attempt, unless the topic's queue still holds
-ready messages (then it is probably waiting behind them, and waits ten times longer). After
-`max_redispatches` re-sends it raises a `dispatch_lost` incident.
+ready messages (then it is probably waiting behind them, and waits ten times longer) or
+reports wait for the engine (its claim may be among them). After `max_redispatches` re-sends
+it raises a `dispatch_lost` incident.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from orchestrator.broker.topology import Topology
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from orchestrator.model.wire import TaskMessage
+from orchestrator.model.wire import Claimed, Completed, TaskMessage
 from tests.support.harness import (
     counter,
     instance_states,
@@ -68,6 +69,17 @@ async def purge(settings: Settings, topic: str) -> int:
         queue = await channel.get_queue(Topology(settings.namespace).task_queue(topic))
         result = await queue.purge()
         return int(result.message_count or 0)
+
+
+async def reports_ready(settings: Settings) -> int:
+    """Report messages waiting in the reports queue for an engine to take them."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(
+            Topology(settings.namespace).reports_queue, passive=True
+        )
+        return queue.declaration_result.message_count or 0
 
 
 async def ready_in(settings: Settings, topic: str, count: int, db: asyncpg.Pool) -> None:
@@ -410,3 +422,92 @@ async def test_tasks_of_a_deleted_queue_are_sent_again_once_workers_read_it(
             await wait_until(done, timeout=TIMEOUT, what="both instances to complete")
         assert sorted(attempt for _, _, attempt in runs) == [1, 1], runs
         assert await counter(db, "tasks_redispatched") >= 2
+
+
+async def test_nothing_is_sent_again_while_reports_wait_for_the_engine(
+    settings: Settings, db: asyncpg.Pool, topics: set[str]
+) -> None:
+    """A task finished within its claim delay is claimed by its completion: until the engine
+    reads that report the task is queued in PostgreSQL, though a worker took its message long
+    ago and the topic's queue is empty. Reports waiting for the engine are its lag, not lost
+    messages: while any wait nothing is sent again, and a task's clock counts only from when
+    the engine caught up. A message really lost meanwhile is sent again after that."""
+    topic = "reports-behind"
+    topics.add(topic)
+    deadline_ms = 1000
+    # The engine takes two report messages at a time: two that wait for an instance another
+    # session has locked fill its window, and the reports after them wait in the queue.
+    settings = dataclasses.replace(quick(settings, deadline_ms), report_messages_per_batch=1)
+    async with running_engine(settings), Client(settings) as client, RawWorker(settings) as raw:
+        await client.deploy(sequential_process("behind", [topic]))
+        ids = [(await client.start("behind")).instance_id for _ in range(3)]
+        taken: dict[str, TaskMessage] = {}
+        for _ in ids:
+            message = await raw.take(topic)
+            taken[message.instance_id] = message
+        blocked, done, lost = (taken[instance] for instance in ids)
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection, db.acquire() as holder:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(
+                "SELECT 1 FROM process_instances WHERE id = $1 FOR UPDATE", blocked.instance_id
+            )
+            for _ in range(3):
+                await raw.report(Claimed(**ids_of(blocked)), reply=False)
+            # The second task's handler ended at once: its completion is its claim.
+            await raw.report(Completed(**ids_of(done), variables={}), reply=False)
+            # The third task's message was taken and acked, never claimed: it is lost.
+
+            async def behind() -> bool:
+                return await reports_ready(settings) == 2
+
+            await wait_until(behind, timeout=TIMEOUT, what="two reports waiting in the queue")
+            # A worker reads the topic's queue, which is empty.
+            channel = await connection.channel()
+            queue = await channel.get_queue(Topology(settings.namespace).task_queue(topic))
+            copies: list[TaskMessage] = []
+
+            async def copy(message: AbstractIncomingMessage) -> None:
+                copies.append(TaskMessage.model_validate_json(message.body))
+
+            await queue.consume(copy, no_ack=True)
+            assert await queue_counts(settings, topic) == (0, 1)
+            # Four deadlines with the reports waiting: nothing is sent again.
+            await wait_until(
+                lambda: dispatched_before(db, ms=4 * deadline_ms),
+                timeout=TIMEOUT,
+                what="four deadlines",
+            )
+            assert await reports_ready(settings) == 2
+            assert await counter(db, "tasks_redispatched") == 0
+            assert copies == []
+            await transaction.rollback()
+            caught_up = time.monotonic()
+
+            async def read() -> bool:
+                rows = await db.fetch(
+                    "SELECT instance_id::text, status FROM tasks ORDER BY instance_id"
+                )
+                states = {row["instance_id"]: row["status"] for row in rows}
+                return (states[blocked.instance_id], states[done.instance_id]) == (
+                    "claimed",
+                    "completed",
+                )
+
+            await wait_until(read, timeout=TIMEOUT, what="the engine to read its reports")
+
+            # The lost message is sent again, once, a deadline after the engine caught up.
+            async def resent() -> bool:
+                return bool(copies)
+
+            await wait_until(resent, timeout=TIMEOUT, what="the lost task's message again")
+            assert time.monotonic() - caught_up >= deadline_ms / 1000
+            assert [(c.task_id, c.attempt, c.redispatch) for c in copies] == [
+                (lost.task_id, lost.attempt, 1)
+            ]
+            assert await counter(db, "tasks_redispatched") == 1
+
+
+def ids_of(message: TaskMessage) -> dict[str, Any]:
+    return {"task_id": message.task_id, "attempt": message.attempt, "worker_id": "raw"}

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator.config import Settings
 from orchestrator.definitions.loader import content_hash, load_definition
@@ -16,8 +18,10 @@ from orchestrator.engine.dispatch import (
     DispatchLost,
     QueueState,
     Redispatch,
+    Since,
     Wait,
     after_waiting,
+    counted_ms,
     due_after_ms,
     lost_message,
 )
@@ -83,6 +87,122 @@ def test_only_time_with_a_consumer_counts() -> None:
     # Workers back after a long absence, the queue full of what waited for them.
     assert read_for(9_999, BACKLOG) == Wait()
     assert read_for(10_000, BACKLOG) == Redispatch(1)
+
+
+def test_nothing_is_sent_again_while_reports_wait_for_the_engine() -> None:
+    """A fast worker's completion is its claim: until the engine reads it the task stays
+    queued, however long ago its message was taken. Reports waiting in the engine's queue
+    are its lag, not a lost message."""
+
+    def behind(reports_ready: int, redispatches: int = 0, queue: QueueState = EMPTY) -> Any:
+        return after_waiting(
+            10**9,
+            deadline_ms=1000,
+            redispatches=redispatches,
+            max_redispatches=5,
+            queue=queue,
+            reports_ready=reports_ready,
+        )
+
+    assert behind(1) == Wait()
+    assert behind(18_000, queue=BACKLOG) == Wait()
+    # Not even a task out of re-sends is given up on while its claim may be among them.
+    assert behind(1, redispatches=5) == Wait()
+    assert behind(0) == Redispatch(1)
+    assert behind(0, redispatches=5) == DispatchLost(5)
+
+
+def test_only_time_since_the_engine_caught_up_with_its_reports_counts() -> None:
+    def caught_up_for(caught_up_ms: int | None, **kw: Any) -> Any:
+        return after_waiting(
+            60_000,
+            deadline_ms=1000,
+            redispatches=0,
+            max_redispatches=5,
+            queue=kw.pop("queue", EMPTY),
+            caught_up_for_ms=caught_up_ms,
+            **kw,
+        )
+
+    assert caught_up_for(None) == Redispatch(1)
+    # A report read just now may still be in the engine's hands: a deadline from then on.
+    assert caught_up_for(0) == Wait()
+    assert caught_up_for(999) == Wait()
+    assert caught_up_for(1000) == Redispatch(1)
+    assert caught_up_for(9_999, queue=BACKLOG) == Wait()
+    assert caught_up_for(10_000, queue=BACKLOG) == Redispatch(1)
+    # Whichever came last counts: workers back, or the engine caught up.
+    assert caught_up_for(5000, read_for_ms=999) == Wait()
+    assert caught_up_for(999, read_for_ms=5000) == Wait()
+    assert caught_up_for(1000, read_for_ms=1000) == Redispatch(1)
+
+
+def test_the_counted_wait_is_the_shortest_of_the_clocks() -> None:
+    assert counted_ms(60_000) == 60_000
+    assert counted_ms(60_000, read_for_ms=10, caught_up_for_ms=None) == 10
+    assert counted_ms(60_000, read_for_ms=None, caught_up_for_ms=20) == 20
+    assert counted_ms(60_000, read_for_ms=30, caught_up_for_ms=20) == 20
+    assert counted_ms(5, read_for_ms=30, caught_up_for_ms=20) == 5
+
+
+@given(
+    waited=st.integers(0, 10**7),
+    redispatches=st.integers(0, 8),
+    ready=st.integers(0, 10),
+    consumers=st.integers(0, 3),
+    read_for=st.none() | st.integers(0, 10**7),
+    reports_ready=st.integers(0, 3),
+    caught_up_for=st.none() | st.integers(0, 10**7),
+)
+def test_a_resend_needs_a_reader_no_waiting_reports_and_a_full_counted_wait(
+    waited: int,
+    redispatches: int,
+    ready: int,
+    consumers: int,
+    read_for: int | None,
+    reports_ready: int,
+    caught_up_for: int | None,
+) -> None:
+    queue = QueueState(ready, consumers)
+    decision = after_waiting(
+        waited,
+        deadline_ms=1000,
+        redispatches=redispatches,
+        max_redispatches=5,
+        queue=queue,
+        read_for_ms=read_for,
+        reports_ready=reports_ready,
+        caught_up_for_ms=caught_up_for,
+    )
+    counted = counted_ms(waited, read_for_ms=read_for, caught_up_for_ms=caught_up_for)
+    due = due_after_ms(1000, redispatches, queue)
+    acts = consumers > 0 and reports_ready == 0 and counted >= due
+    assert (decision != Wait()) == acts
+    if acts:
+        lost = DispatchLost(redispatches)
+        assert decision == (lost if redispatches >= 5 else Redispatch(redispatches + 1))
+
+
+def test_a_clock_starts_at_the_first_look_that_found_its_condition_holding() -> None:
+    """Between a look that found nobody reading (or reports waiting) and the next, nobody
+    knows when that changed: the time counts from the later look, never from the earlier."""
+    read = Since()
+    assert read.for_ms(5.0) is None  # every look so far found a consumer
+    read.look(True, 1.0)
+    assert read.for_ms(5.0) is None
+    read.look(False, 2.0)
+    assert read.for_ms(9.0) == 0
+    read.look(False, 3.0)
+    read.look(True, 3.2)
+    assert read.for_ms(3.2) == 0
+    assert read.for_ms(4.2) == 1000
+    read.look(True, 4.0)  # still holding: still counted from the first look that found it
+    assert read.for_ms(5.2) == 2000
+    # The engine's own clock starts at its first look, whatever it finds.
+    caught_up = Since(holding=False)
+    assert caught_up.for_ms(1.0) == 0
+    caught_up.look(True, 1.5)
+    assert caught_up.for_ms(2.0) == 500
 
 
 def test_after_the_last_resend_the_task_is_lost_not_sent_again() -> None:
