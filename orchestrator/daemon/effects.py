@@ -63,18 +63,6 @@ def task_message(
     return OutboxMessage(task.topic, f"{task.id}:{task.attempt}", body)
 
 
-def dispatch_next_attempt(
-    uow: UnitOfWork, task: TaskRow, info: InstanceInfo, variables: dict[str, Any]
-) -> None:
-    """Open `task`'s next attempt to any worker and queue its message for after commit.
-    Every road back to the queue goes through here: a release, an expired lease, a due
-    retry, an operator's retry."""
-    task.attempt += 1
-    task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
-    uow.changed_tasks[task.id] = task
-    uow.outbox.append(task_message(task, info, variables))
-
-
 def apply_task_decision(
     uow: UnitOfWork,
     task: TaskRow,
