@@ -190,8 +190,8 @@ def _holds(task: TaskFacts, report: Claimed | ExtendLock | Released) -> bool:
 
 
 def _takes_lease(task: TaskFacts, report: Claimed | ExtendLock | Released) -> bool:
-    """The holder, or anyone while the current attempt's message waits for its first claim
-    (a heartbeat can come before the claim it follows: the two race on the reply queue)."""
+    """The holder, or anyone while nobody holds the current attempt yet: a heartbeat or a
+    release of it then counts as its claim (docs/wire-protocol.md)."""
     return (task.status == "queued" and task.attempt == report.attempt) or _holds(task, report)
 
 
@@ -295,8 +295,9 @@ def claim(task: TaskFacts, report: Claimed, *, instance_cancelled: bool) -> Deci
 
 
 def extend(task: TaskFacts, report: ExtendLock, *, instance_cancelled: bool) -> Decision:
-    """A heartbeat: the holder's lease runs `report.lock_ms` from now. Anyone else is told
-    it does not hold the task, and nothing changes."""
+    """A heartbeat: the lease runs `report.lock_ms` from now for the holder (or for anyone,
+    while nobody holds the current attempt). Anyone else is told it does not hold the task;
+    nothing changes, nothing is counted."""
     held = _takes_lease(task, report)
     answer = _lock_answer(task, report, report.request_id, held, report.lock_ms, instance_cancelled)
     if not held:

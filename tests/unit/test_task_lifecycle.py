@@ -208,7 +208,7 @@ def test_claim(
 EXTENDS = [
     # (row, heartbeat: attempt, worker; instance cancelled) -> holds the lease
     pytest.param(task(), (1, "w1"), False, True, id="holder-renews"),
-    # The heartbeat raced ahead of the claim it follows on the reply queue.
+    # Nobody holds the current attempt yet: the heartbeat counts as its claim.
     pytest.param(task("queued"), (1, "w1"), False, True, id="queued-task-takes-lease"),
     pytest.param(task(), (1, "w2"), False, False, id="other-worker-not-held"),
     pytest.param(task("queued", attempt=2), (1, "w1"), False, False, id="stale-attempt"),
