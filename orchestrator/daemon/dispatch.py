@@ -25,21 +25,17 @@ from orchestrator.broker.probe import queue_counts
 from orchestrator.broker.topology import Topology
 from orchestrator.config import Settings
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.effects import InstanceInfo, task_message
+from orchestrator.daemon.effects import InstanceInfo, apply_task_decision
 from orchestrator.daemon.relay import Relay
+from orchestrator.engine import task as lifecycle
 from orchestrator.engine.dispatch import (
-    DispatchLost,
     QueueState,
-    Redispatch,
     Since,
-    after_waiting,
     counted_ms,
     due_after_ms,
-    lost_message,
 )
 from orchestrator.model.definition import ServiceTask
 from orchestrator.store.errors import RETRYABLE
-from orchestrator.store.rows import Row
 from orchestrator.store.store import Session, Store
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork
 
@@ -165,8 +161,9 @@ class DispatchWatch:
                 task.node_id
             ]
             deadline_ms, most = self._limits(node)
-            decision = after_waiting(
-                record["waited_ms"],
+            decision = lifecycle.redispatch(
+                task,
+                waited_ms=record["waited_ms"],
                 deadline_ms=deadline_ms,
                 redispatches=record["redispatches"],
                 max_redispatches=most,
@@ -174,13 +171,8 @@ class DispatchWatch:
                 read_for_ms=read_for_ms,
                 caught_up_for_ms=caught_up_for_ms,
             )
-            if isinstance(decision, Redispatch):
-                info = InstanceInfo(task.instance_id, record["process_key"], record["business_key"])
-                _redispatch(uow, task, info, record, decision.number, queue)
-            elif isinstance(decision, DispatchLost):
-                task.status = "incident"
-                uow.changed_tasks[task.id] = task
-                uow.task_incident(task, "dispatch_lost", lost_message(decision.redispatches, topic))
+            info = InstanceInfo(task.instance_id, record["process_key"], record["business_key"])
+            apply_task_decision(uow, task, decision, info, record["variables"])
         if uow.redispatched or uow.changed_tasks:
             log.warning(
                 "dispatch watch: topic %s: %d task messages published again, %d tasks lost "
@@ -224,25 +216,3 @@ def _deadlines(graph: dict[str, Any], default_ms: int) -> list[tuple[str, int]]:
         for node in graph.get("nodes", ())
         if node.get("type") == "service_task"
     ]
-
-
-def _redispatch(
-    uow: UnitOfWork,
-    task: TaskRow,
-    info: InstanceInfo,
-    record: Row,
-    number: int,
-    queue: QueueState,
-) -> None:
-    """The same attempt's message again; the task row only restarts its dispatch clock."""
-    uow.redispatched.append((task.id, task.attempt))
-    uow.outbox.append(task_message(task, info, record["variables"], redispatch=number))
-    detail = {
-        "attempt": task.attempt,
-        "redispatch": number,
-        "waited_ms": record["waited_ms"],
-        "queue_ready": queue.ready,
-        "queue_consumers": queue.consumers,
-    }
-    uow.record(task.instance_id, "task_redispatched", task.node_id, task.id, detail)
-    uow.count("tasks_redispatched")

@@ -15,6 +15,7 @@ from orchestrator.engine.state import (
     Record,
     Transition,
 )
+from orchestrator.engine.task import Decision, TaskState
 from orchestrator.model.wire import WIRE_VERSION
 from orchestrator.store.unit_of_work import OutboxMessage, TaskRow, UnitOfWork
 
@@ -62,16 +63,49 @@ def task_message(
     return OutboxMessage(task.topic, f"{task.id}:{task.attempt}", body)
 
 
-def dispatch_next_attempt(
-    uow: UnitOfWork, task: TaskRow, info: InstanceInfo, variables: dict[str, Any]
+def apply_task_decision(
+    uow: UnitOfWork,
+    task: TaskRow,
+    decision: Decision,
+    info: InstanceInfo | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> None:
-    """Open `task`'s next attempt to any worker and queue its message for after commit.
-    Every road back to the queue goes through here: a release, an expired lease, a due
-    retry, an operator's retry."""
-    task.attempt += 1
-    task.status, task.worker_id, task.lease_ms, task.due_ms = "queued", None, None, None
-    uow.changed_tasks[task.id] = task
-    uow.outbox.append(task_message(task, info, variables))
+    """Write what the task's lifecycle decided (engine/task.py) into `uow`, and queue the
+    task message it sends (decision.sends) for after commit: only that message needs `info`
+    and `variables`. The answer and the engine step are the caller's."""
+    if decision.state is not None:
+        _set_state(task, decision.state)
+        uow.changed_tasks[task.id] = task
+    if decision.resolve is not None:
+        uow.resolved_incidents.append((None, task.id, decision.resolve))
+    record = decision.record
+    if record is not None:
+        uow.record(
+            task.instance_id, record.kind, record.node_id, record.task_id, record.detail or None
+        )
+    if decision.incident is not None:
+        incident = decision.incident
+        uow.task_incident(task, incident.kind, incident.message, incident.details)
+    if decision.counter is not None:
+        uow.count(decision.counter)
+    if decision.resend:  # the same attempt again: the row only restarts its dispatch clock
+        uow.redispatched.append((task.id, task.attempt))
+    if decision.sends:
+        if info is None or variables is None:
+            raise ValueError(f"the message of task {task.id} needs its instance and variables")
+        uow.outbox.append(task_message(task, info, variables, redispatch=decision.resend))
+
+
+def _set_state(task: TaskRow, state: TaskState) -> None:
+    task.status = state.status
+    task.attempt = state.attempt
+    task.retries_left = state.retries_left
+    task.worker_id = state.worker_id
+    task.lease_expiries = state.lease_expiries
+    task.lease_ms = state.lease_ms
+    task.due_ms = state.due_ms
+    task.error = state.error
+    task.error_details = state.error_details
 
 
 def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition) -> None:

@@ -13,8 +13,9 @@ import orjson
 
 from orchestrator.broker.topology import Topology
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
+from orchestrator.daemon.effects import InstanceInfo, apply_task_decision, apply_transition
 from orchestrator.daemon.reports import Notice
+from orchestrator.engine import task as lifecycle
 from orchestrator.engine.step import cancel_instance
 from orchestrator.errors import InvalidCommand, InvalidState, NotFound
 from orchestrator.model.wire import (
@@ -59,17 +60,16 @@ async def retry(db: Session, context: EngineContext, command: RetryCommand) -> O
         )
     tasks = await db.tasks_by_id([incident["task_id"]])
     task = tasks[0]
-    if task.status != "incident" or instance["status"] != "active":
-        raise InvalidState(f"task {task.id} is {task.status}, not in an incident")
+    decision = lifecycle.operator_retry(
+        task,
+        retries=command.retries,
+        incident_id=str(incident["id"]),
+        instance_active=instance["status"] == "active",
+    )
     uow = UnitOfWork()
-    task.retries_left, task.lease_expiries = command.retries - 1, 0
     info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
-    dispatch_next_attempt(uow, task, info, instance["variables"])
-    uow.resolved_incidents.append((None, task.id, "retried"))
+    apply_task_decision(uow, task, decision, info, instance["variables"])
     await db.archive_outcome(task.id)
-    detail = {"incident_id": str(incident["id"]), "attempt": task.attempt}
-    uow.record(task.instance_id, "task_retried", task.node_id, task.id, detail)
-    uow.count("incidents_retried")
     publish = await db.write(uow)
     return OperationResult(_retry_result(incident, task, already=False), publish)
 
@@ -125,19 +125,17 @@ async def cancel(
     notices = []
     for record in await db.open_tasks_of_instance(instance["id"]):
         task = TaskRow.from_record(record)
-        if task.status == "claimed" and task.worker_id:
-            notices.append(_revoke_notice(task, topology))
-        task.status, task.worker_id, task.lease_ms, task.due_ms = "cancelled", None, None, None
-        uow.changed_tasks[task.id] = task
-        uow.record(task.instance_id, "task_cancelled", task.node_id, task.id)
+        decision = lifecycle.cancel(task)
+        if isinstance(decision.answer, TaskRevoked):
+            notices.append(_revoke_notice(task, decision.answer, topology))
+        apply_task_decision(uow, task, decision, info, instance["variables"])
     for row in await db.open_incidents_of_instance(instance["id"]):
         uow.resolved_incidents.append((str(row["id"]), None, "instance cancelled"))
     publish = await db.write(uow)
     return OperationResult({**result, "cancelled_tasks": len(uow.changed_tasks)}, publish, notices)
 
 
-def _revoke_notice(task: TaskRow, topology: Topology) -> Notice:
+def _revoke_notice(task: TaskRow, revoked: TaskRevoked, topology: Topology) -> Notice:
     """Best effort: the holder stops now instead of at its next heartbeat or report."""
-    revoked = TaskRevoked(task_id=task.id, attempt=task.attempt, reason="cancelled")
     inbox = topology.worker_inbox(task.worker_id or "")
     return Notice(inbox, orjson.dumps(revoked.model_dump()))

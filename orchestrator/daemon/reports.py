@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Literal
 
 import orjson
 
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.effects import InstanceInfo, apply_transition, dispatch_next_attempt
+from orchestrator.daemon.effects import InstanceInfo, apply_task_decision, apply_transition
 from orchestrator.daemon.last_written import RowCopies, StaleCopy
 from orchestrator.daemon.ledger import BatchLedger, report_fingerprint
 from orchestrator.definitions.loader import Process
-from orchestrator.engine.retry import GiveUp, after_failure
+from orchestrator.engine import task as lifecycle
 from orchestrator.engine.state import InstanceState, Transition
 from orchestrator.engine.step import EngineStepError, complete_task, error_task
 from orchestrator.model.definition import ServiceTask
@@ -183,7 +182,7 @@ class ReportBatch:
                 continue
             if task.instance_id not in self._instances:  # deferred: decided in a later round
                 continue
-            if task.status not in ("queued", "claimed") or task.attempt != report.attempt:
+            if not lifecycle.is_current(task, report.attempt):
                 needed.add(task.id)
         if needed:
             await self._ledger.load(self._db, sorted(needed))
@@ -199,75 +198,23 @@ class ReportBatch:
         elif isinstance(report, ExtendLock):
             self._extend(item, report, task)
         elif isinstance(report, Released):
-            self._release(report, task)
+            self._release(item, report, task)
 
     # --- leases ------------------------------------------------------------------------
 
     def _claim(self, item: IncomingReport, report: Claimed, task: TaskRow) -> None:
-        held = self._holds(task, report)
-        if task.status == "queued" and task.attempt == report.attempt:
-            self._take_lease(task, report.worker_id, task.lock_ms)
-            held = True
-        if not held:
-            self._uow.count("claims_refused")
-        if report.request_id is not None:
-            self._answer_lock(item, task, report.request_id, held, task.lock_ms)
-        elif not held:
-            reason = "not the current holder"
-            if not task.is_open:
-                reason = "cancelled" if self._cancelled(task) else "closed"
-            self._notify(item, TaskRevoked(task_id=task.id, attempt=report.attempt, reason=reason))
+        decision = lifecycle.claim(task, report, instance_cancelled=self._cancelled(task))
+        self._carry_out(item, task, decision)
 
     def _cancelled(self, task: TaskRow) -> bool:
         return self._instances[task.instance_id].status == "cancelled"
 
-    def _holds(self, task: TaskRow, report: Claimed | ExtendLock | Released) -> bool:
-        return (
-            task.status == "claimed"
-            and task.attempt == report.attempt
-            and task.worker_id == report.worker_id
-        )
-
-    def _take_lease(self, task: TaskRow, worker_id: str, lease_ms: int) -> None:
-        task.status, task.worker_id, task.lease_ms = "claimed", worker_id, lease_ms
-        self._uow.changed_tasks[task.id] = task
-
     def _extend(self, item: IncomingReport, report: ExtendLock, task: TaskRow) -> None:
-        queued_same = task.status == "queued" and task.attempt == report.attempt
-        held = queued_same or self._holds(task, report)
-        if held:
-            self._take_lease(task, report.worker_id, report.lock_ms)
-        self._answer_lock(item, task, report.request_id, held, report.lock_ms)
+        decision = lifecycle.extend(task, report, instance_cancelled=self._cancelled(task))
+        self._carry_out(item, task, decision)
 
-    def _answer_lock(
-        self, item: IncomingReport, task: TaskRow, request_id: str, held: bool, lock_ms: int
-    ) -> None:
-        self._notify(
-            item,
-            LockAnswer(
-                task_id=task.id,
-                attempt=item.report.attempt,
-                request_id=request_id,
-                held=held,
-                cancelled=self._cancelled(task),
-                lock_expires_in_ms=lock_ms if held else None,
-            ),
-        )
-
-    def _release(self, report: Released, task: TaskRow) -> None:
-        queued_same = task.status == "queued" and task.attempt == report.attempt
-        if queued_same or self._holds(task, report):
-            self._uow.record(
-                task.instance_id,
-                "task_released",
-                task.node_id,
-                task.id,
-                {"attempt": task.attempt, "worker": report.worker_id},
-            )
-            task.error = f"released unfinished by {report.worker_id} (shutting down)"
-            task.error_details = None
-            variables = self._state(task.instance_id).variables
-            dispatch_next_attempt(self._uow, task, self._info(task.instance_id), variables)
+    def _release(self, item: IncomingReport, report: Released, task: TaskRow) -> None:
+        self._carry_out(item, task, lifecycle.release(task, report))
 
     # --- outcomes ----------------------------------------------------------------------
 
@@ -280,18 +227,9 @@ class ReportBatch:
         if found is None:
             return False, payload_hash
         slot, recorded = found
-        conflict = recorded.payload_hash != payload_hash or recorded.kind != report.type
-        self._uow.repeat(task.id, slot, conflict=conflict)
-        self._notify(
-            item,
-            ReportAnswer(
-                task_id=task.id,
-                attempt=report.attempt,
-                status="conflict" if conflict else "duplicate",
-                recorded_kind=recorded.kind,
-                recorded_attempt=recorded.attempt,
-            ),
-        )
+        repeat = lifecycle.repeat(recorded, report, payload_hash)
+        self._uow.repeat(task.id, slot, conflict=repeat.conflict)
+        self._notify(item, repeat.answer)
         return True, payload_hash
 
     def _outcome_report(
@@ -301,27 +239,16 @@ class ReportBatch:
         if repeated:
             return
         self._ledger.insert(report, payload_hash)
-        if not task.is_open:
-            self._uow.count("reports_after_close")
-            self._answer_closed(item, report, task)
-            return
-        if task.status == "incident":  # a late outcome settles the task's incident
-            self._uow.resolved_incidents.append((None, task.id, f"{report.type} late"))
-        task.status, task.worker_id = "completed", report.worker_id
-        task.lease_ms = task.due_ms = None
-        self._uow.changed_tasks[task.id] = task
+        cancelled = self._cancelled(task)
         if isinstance(report, Completed):
-            self._advance(task, report)
+            decision = lifecycle.complete(task, report, instance_cancelled=cancelled)
         else:
-            self._business_error(task, report)
-
-    def _answer_closed(
-        self, item: IncomingReport, report: Completed | BpmnErrorReport, task: TaskRow
-    ) -> None:
-        """Recorded in the ledger, not applied: the task was withdrawn by a cancel, or
-        closed with no outcome of its own (its instance moved on)."""
-        status: Literal["cancelled", "closed"] = "cancelled" if self._cancelled(task) else "closed"
-        self._notify(item, ReportAnswer(task_id=task.id, attempt=report.attempt, status=status))
+            decision = lifecycle.bpmn_error(task, report, instance_cancelled=cancelled)
+        self._carry_out(item, task, decision)
+        if isinstance(decision.step, Completed):
+            self._advance(task, decision.step)
+        elif decision.step is not None:
+            self._business_error(task, decision.step)
 
     def _advance(self, task: TaskRow, report: Completed) -> None:
         state = self._state(task.instance_id)
@@ -346,14 +273,7 @@ class ReportBatch:
             self._uow.count("business_errors_caught")
             self._apply_transition(task, transition)
             return
-        task.status = "incident"
-        task.error, task.error_details = f"business error {report.code}", report.message
-        self._uow.task_incident(
-            task,
-            "unhandled_bpmn_error",
-            f"business error {report.code!r} has no matching error boundary event",
-            report.message,
-        )
+        apply_task_decision(self._uow, task, lifecycle.uncaught_error(task, report))
 
     def _apply_transition(self, task: TaskRow, transition: Transition) -> None:
         self._states[task.instance_id] = transition.state
@@ -371,39 +291,9 @@ class ReportBatch:
         if repeated:
             return
         self._ledger.insert(report, payload_hash)
-        current = task.status in ("queued", "claimed") and task.attempt == report.attempt
-        if not current:
-            self._uow.count("reports_stale")
-            self._notify(
-                item, ReportAnswer(task_id=task.id, attempt=report.attempt, status="stale")
-            )
-            return
-        node = self._node(task)
-        decision = after_failure(
-            node.retry,
-            attempt=task.attempt,
-            retries_left=task.retries_left,
-            error_code=report.error_code,
-            retries_override=report.retries,
-            delay_override_ms=report.retry_delay_ms,
-            unit_random=random.random(),
-        )
-        task.error, task.error_details = report.error_message, report.error_details
-        task.worker_id, task.lease_ms = None, None
-        self._uow.changed_tasks[task.id] = task
-        detail = {"attempt": task.attempt, "error": report.error_message}
-        self._uow.record(task.instance_id, "task_failed", task.node_id, task.id, detail)
-        if isinstance(decision, GiveUp):
-            task.status, task.retries_left = "incident", 0
-            self._uow.task_incident(
-                task,
-                "failed_task",
-                f"{report.error_message} ({decision.reason})",
-                report.error_details,
-            )
-        else:
-            task.status, task.retries_left = "retry_wait", decision.retries_left
-            task.due_ms = decision.delay_ms
+        policy = self._node(task).retry
+        decision = lifecycle.fail(task, report, policy=policy, unit_random=random.random())
+        self._carry_out(item, task, decision)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -422,6 +312,16 @@ class ReportBatch:
     def _info(self, instance_id: str) -> InstanceInfo:
         row = self._instances[instance_id]
         return InstanceInfo(instance_id, row.process_key, row.business_key)
+
+    def _carry_out(self, item: IncomingReport, task: TaskRow, decision: lifecycle.Decision) -> None:
+        """Write what the task's lifecycle decided; answer the worker."""
+        if decision.sends:  # only a task message needs the instance (claims are half the reports)
+            info, variables = self._info(task.instance_id), self._state(task.instance_id).variables
+            apply_task_decision(self._uow, task, decision, info, variables)
+        else:
+            apply_task_decision(self._uow, task, decision)
+        if decision.answer is not None:
+            self._notify(item, decision.answer)
 
     def _notify(
         self, item: IncomingReport, notice: LockAnswer | TaskRevoked | ReportAnswer

@@ -15,9 +15,10 @@ import asyncpg
 import orjson
 
 from orchestrator.engine.state import InstanceState, Token
+from orchestrator.engine.task import OPEN_STATUSES, TaskStatus
 from orchestrator.store.batch_statement import batch_statement
 
-OPEN_TASK_STATES = frozenset({"queued", "claimed", "retry_wait", "incident"})
+OPEN_TASK_STATES = OPEN_STATUSES
 
 
 @dataclass
@@ -28,7 +29,7 @@ class TaskRow:
     instance_id: str
     node_id: str
     topic: str
-    status: str
+    status: TaskStatus
     attempt: int
     retries_left: int
     lock_ms: int
