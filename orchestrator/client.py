@@ -19,7 +19,6 @@ from typing import Any
 import aio_pika
 import orjson
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -27,6 +26,7 @@ from aio_pika.abc import (
 
 from orchestrator.broker.connection import connect
 from orchestrator.broker.deadline import stamp
+from orchestrator.broker.probe import QueueProbe
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import COMMAND_ROUTING_KEY, Topology, declare_core
 from orchestrator.config import Settings
@@ -115,7 +115,7 @@ class Client:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self._replies: AbstractQueue | None = None
-        self._probe: AbstractChannel | None = None
+        self._probe: QueueProbe | None = None
         self._counting: asyncio.Future[int | None] | None = None
         self._engine_seen_at = float("-inf")
         self._waiting: dict[str, asyncio.Future[CommandReply]] = {}
@@ -269,20 +269,15 @@ class Client:
     async def _count_consumers(self) -> int | None:
         if self._connection is None:
             return None
+        if self._probe is None:
+            self._probe = QueueProbe(self._connection)
         try:
-            if self._probe is None or self._probe.is_closed:
-                self._probe = await self._connection.channel()
-            channel = await self._probe.get_underlay_channel()
-            declared = await channel.queue_declare(
-                self._topology.commands_queue, passive=True, timeout=ENGINE_SEEN_S
-            )
+            _, consumers = await self._probe.look(self._topology.commands_queue, ENGINE_SEEN_S)
         except Exception:  # the broker is away, or the queue is gone: sending will tell
             return None
-        if declared is None:
-            return None
-        if declared.consumer_count:
+        if consumers:
             self._engine_seen_at = asyncio.get_running_loop().time()
-        return int(declared.consumer_count or 0)
+        return consumers
 
     def _timed_out(self, command: Command, total: float, sends: int) -> CommandTimeout:
         if sends == 0:

@@ -23,36 +23,45 @@ class QueueCounts:
     topics: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-async def queue_counts(
-    connection: AbstractConnection, topology: Topology, topics: list[str]
-) -> QueueCounts:
-    """The ready reports, and (ready messages, consumers) of each topic's queue, by passive
-    declares on a channel opened for this call: a robust channel would answer a repeated
-    passive declare from its own memory, and a missing queue closes the channel it was asked
-    about on. A topic queue that does not exist (it was deleted) is declared again, as the
-    relay would before publishing to it; it then has neither messages nor consumers."""
+class QueueProbe:
+    """Passive declares on one channel kept between looks: a channel opened per look cost the
+    broker an open and a close each time (the dispatch watch looks every 200 ms). They go to
+    the underlying channel, so the broker answers, not a robust channel's memory of an earlier
+    declare. A missing queue closes the channel it was asked about on; the next look opens
+    another."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        self._channel: AbstractChannel | None = None
+
+    async def look(self, queue: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[int, int]:
+        """(ready messages, consumers) of `queue`; ChannelNotFoundEntity if there is none."""
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await asyncio.wait_for(self._connection.channel(), timeout)
+        underlay = await self._channel.get_underlay_channel()
+        declared = await underlay.queue_declare(queue, passive=True, timeout=timeout)
+        return declared.message_count or 0, declared.consumer_count or 0
+
+    async def declare_task_queue(self, topology: Topology, topic: str) -> None:
+        """Declare a topic's queue again (it was deleted), as the relay would before
+        publishing to it."""
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._channel.close(), PROBE_TIMEOUT_S)
+        self._channel = await asyncio.wait_for(self._connection.channel(), PROBE_TIMEOUT_S)
+        await asyncio.wait_for(declare_task_queue(self._channel, topology, topic), PROBE_TIMEOUT_S)
+
+
+async def queue_counts(probe: QueueProbe, topology: Topology, topics: list[str]) -> QueueCounts:
+    """The ready reports, and (ready messages, consumers) of each topic's queue. A topic queue
+    that does not exist (it was deleted) is declared again; it then has neither messages nor
+    consumers."""
     counts: dict[str, tuple[int, int]] = {}
-    channel = await asyncio.wait_for(connection.channel(), PROBE_TIMEOUT_S)
-    try:
-        reports_ready, _ = await _passive(channel, topology.reports_queue)
-        for topic in topics:
-            try:
-                counts[topic] = await _passive(channel, topology.task_queue(topic))
-            except ChannelNotFoundEntity:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(channel.close(), PROBE_TIMEOUT_S)
-                channel = await asyncio.wait_for(connection.channel(), PROBE_TIMEOUT_S)
-                await asyncio.wait_for(
-                    declare_task_queue(channel, topology, topic), PROBE_TIMEOUT_S
-                )
-                counts[topic] = (0, 0)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(channel.close(), PROBE_TIMEOUT_S)
+    reports_ready, _ = await probe.look(topology.reports_queue)
+    for topic in topics:
+        try:
+            counts[topic] = await probe.look(topology.task_queue(topic))
+        except ChannelNotFoundEntity:
+            await probe.declare_task_queue(topology, topic)
+            counts[topic] = (0, 0)
     return QueueCounts(reports_ready, counts)
-
-
-async def _passive(channel: AbstractChannel, name: str) -> tuple[int, int]:
-    queue = await asyncio.wait_for(channel.declare_queue(name, passive=True), PROBE_TIMEOUT_S)
-    result = queue.declaration_result
-    return result.message_count or 0, result.consumer_count or 0

@@ -21,7 +21,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
-from orchestrator.broker.probe import queue_counts
+from orchestrator.broker.probe import QueueProbe, queue_counts
 from orchestrator.broker.topology import Topology
 from orchestrator.config import Settings
 from orchestrator.daemon.context import EngineContext
@@ -62,7 +62,7 @@ class DispatchWatch:
         settings: Settings,
     ) -> None:
         self._store = store
-        self._connection = connection
+        self._probe = QueueProbe(connection)
         self._relay = relay
         self._context = context
         self._topology = Topology(settings.namespace)
@@ -108,7 +108,7 @@ class DispatchWatch:
             if row.oldest_ms is not None and row.oldest_ms >= self._floor(row.topic)
         }
         try:
-            counts = await queue_counts(self._connection, self._topology, sorted(overdue))
+            counts = await queue_counts(self._probe, self._topology, sorted(overdue))
         except Exception as exc:  # the broker is away: nothing can be re-sent anyway
             log.warning("dispatch watch: cannot read the queues: %r", exc)
             return []
