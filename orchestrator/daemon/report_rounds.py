@@ -18,7 +18,7 @@ from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.last_written import RowCopies, StaleCopy
 from orchestrator.daemon.parsing import Malformed, parse_reports
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, ReportBatch
-from orchestrator.daemon.round_context import RoundContext
+from orchestrator.daemon.round_context import RoundContext, RoundPart
 from orchestrator.daemon.sender import DeadLetter, Message
 from orchestrator.faults import crash_point
 from orchestrator.store.errors import RETRYABLE, SerializationError, UniqueViolation
@@ -30,19 +30,12 @@ ReportItem = tuple[Message, bytes, IncomingReport]
 HeldReport = tuple[bytes, IncomingReport]
 
 
-class ReportRounds:
+class ReportRounds(RoundPart):
     """The report messages of every round loop of the engine (the held ones are the
     engine's, not a loop's)."""
 
     def __init__(self, rounds: RoundContext) -> None:
-        self._store = rounds.store
-        self._context = rounds.engine
-        self._last_written = rounds.last_written
-        self._sender = rounds.sender
-        self._settings = rounds.settings
-        self._topology = rounds.topology
-        self._stop = rounds.stop
-        self._give_back_s = rounds.give_back_s
+        super().__init__(rounds)
         #: Reports waiting for rows another session has locked (see held.py).
         self.held: HeldMessages[HeldReport] = HeldMessages()
 

@@ -30,3 +30,19 @@ class RoundContext:
         """How long a round retries an unreachable database before it gives its messages
         back to the broker."""
         return self.settings.db_give_back_after_ms / 1000
+
+
+class RoundPart:
+    """A part of the engine's rounds (the loops, the reports' side, the commands' side): it
+    keeps what the RoundContext holds as attributes of its own (read once per use on the hot
+    path, not through the context)."""
+
+    def __init__(self, rounds: RoundContext) -> None:
+        self._store = rounds.store
+        self._context = rounds.engine
+        self._last_written = rounds.last_written
+        self._sender = rounds.sender
+        self._settings = rounds.settings
+        self._topology = rounds.topology
+        self._stop = rounds.stop
+        self._give_back_s = rounds.give_back_s

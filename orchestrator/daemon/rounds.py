@@ -22,7 +22,7 @@ from orchestrator.daemon.commands import OperatorCommands
 from orchestrator.daemon.last_written import StaleCopy
 from orchestrator.daemon.report_rounds import ReportRounds
 from orchestrator.daemon.reports import ReportBatch
-from orchestrator.daemon.round_context import RoundContext
+from orchestrator.daemon.round_context import RoundContext, RoundPart
 from orchestrator.daemon.sender import Message, replies
 from orchestrator.daemon.start_rounds import StartRounds
 from orchestrator.daemon.starts import StartBatch
@@ -37,16 +37,11 @@ log = logging.getLogger(__name__)
 ConsumerPair = tuple[BatchConsumer, BatchConsumer]
 
 
-class Rounds:
+class Rounds(RoundPart):
     """The round loops of one engine (one per pair of consumers)."""
 
     def __init__(self, rounds: RoundContext, commands: OperatorCommands) -> None:
-        self._store = rounds.store
-        self._context = rounds.engine
-        self._last_written = rounds.last_written
-        self._sender = rounds.sender
-        self._settings = rounds.settings
-        self._stop = rounds.stop
+        super().__init__(rounds)
         self._reports = ReportRounds(rounds)
         self._starts = StartRounds(rounds, commands)
 

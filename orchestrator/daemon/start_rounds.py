@@ -19,7 +19,7 @@ from orchestrator.broker.deadline import split_lapsed
 from orchestrator.daemon.commands import OperatorCommands
 from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.parsing import Malformed, parse_command
-from orchestrator.daemon.round_context import RoundContext
+from orchestrator.daemon.round_context import RoundContext, RoundPart
 from orchestrator.daemon.sender import CommandResult, DeadLetter, Message, replies
 from orchestrator.daemon.starts import StartBatch, StartResult
 from orchestrator.errors import CommandTimeout, InvalidCommand, OrchestratorError
@@ -32,20 +32,13 @@ from orchestrator.store.unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 
-class StartRounds:
+class StartRounds(RoundPart):
     """The command messages of every round loop of the engine (the held starts are the
     engine's, not a loop's). This channel's deliveries are acked one by one, never with
     `multiple`: operator commands are acked whenever they are answered."""
 
     def __init__(self, rounds: RoundContext, commands: OperatorCommands) -> None:
-        self._store = rounds.store
-        self._context = rounds.engine
-        self._last_written = rounds.last_written
-        self._sender = rounds.sender
-        self._settings = rounds.settings
-        self._topology = rounds.topology
-        self._stop = rounds.stop
-        self._give_back_s = rounds.give_back_s
+        super().__init__(rounds)
         self._commands = commands
         #: Starts waiting for keys another session has locked (see held.py).
         self.held: HeldMessages[StartCommand] = HeldMessages()
