@@ -7,7 +7,7 @@ element to one node.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -53,24 +53,111 @@ class RetryPolicy(_Strict):
         return parse_duration_ms(value)
 
 
-class StartEvent(_Strict):
+class VariableMapping(_Strict):
+    """One input or output mapping: `target` receives the value of the expression `source`.
+
+    `source` is an expression in any of the three syntaxes (FEEL `=...`, JUEL `${...}`, or the
+    plain condition language); a BPMN literal text arrives here as a quoted string literal.
+    """
+
+    target: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=2000)
+
+
+class MultiInstance(_Strict):
+    """Runs the activity once per element of a collection (or `cardinality` times).
+
+    Parallel unless `sequential`. Each element runs in its own scope holding
+    `element_variable` (the element) and `loopCounter` (1-based). `output_element` (an
+    expression, evaluated in the element's scope when it ends) is gathered, in element order,
+    into `output_collection`. `completion_condition`, checked after each element, ends the
+    rest early (their open tasks are withdrawn).
+    """
+
+    sequential: bool = False
+    collection: str | None = Field(None, max_length=2000)
+    cardinality: str | None = Field(None, max_length=2000)
+    element_variable: str | None = None
+    output_collection: str | None = None
+    output_element: str | None = Field(None, max_length=2000)
+    completion_condition: str | None = Field(None, max_length=2000)
+
+
+class _Element(_Strict):
+    """What every node has: its BPMN id and name, and the embedded subprocess it sits in
+    (`parent`, None at the process level)."""
+
+    id: str
+    name: str | None = None
+    parent: str | None = None
+
+    _omitted_when_unset: ClassVar[tuple[str, ...]]
+
+    @model_serializer(mode="wrap")
+    def _without_unset_options(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Options left unset are not written out: a definition deployed before they existed
+        keeps its content hash (and its version on a redeploy)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self._omitted_when_unset:
+                if name in data and data[name] in (None, [], {}, ()):
+                    del data[name]
+        return data
+
+
+#: Options whose unset value (None or empty) is not written out, under either spelling.
+_OMITTED_WHEN_UNSET = (
+    "dispatch_timeout",
+    "dispatch_timeout_ms",
+    "max_redispatches",
+    "parent",
+    "inputs",
+    "outputs",
+    "multi_instance",
+    "headers",
+    "fetch_variables",
+)
+_Element._omitted_when_unset = _OMITTED_WHEN_UNSET
+
+
+class _Activity(_Element):
+    """An activity: input mappings make local variables of its own scope; output mappings
+    (when given) decide what reaches the enclosing scope."""
+
+    inputs: tuple[VariableMapping, ...] = ()
+    outputs: tuple[VariableMapping, ...] = ()
+    multi_instance: MultiInstance | None = None
+
+
+class StartEvent(_Element):
     type: Literal["start_event"]
-    id: str
-    name: str | None = None
 
 
-class EndEvent(_Strict):
+class EndEvent(_Element):
     type: Literal["end_event"]
-    id: str
-    name: str | None = None
 
 
-class ServiceTask(_Strict):
-    """An external task: the engine publishes it to the topic's queue; a worker does it."""
+class ErrorEndEvent(_Element):
+    """Throws a business error to the nearest enclosing subprocess or call activity with an
+    error boundary event that catches its code; an incident when nothing catches it."""
+
+    type: Literal["error_end_event"]
+    error_code: str = Field(min_length=1, max_length=200)
+    error_message: str | None = None
+
+
+class TerminateEndEvent(_Element):
+    """Ends its scope (the process, or the embedded subprocess it sits in) at once: every
+    other token of that scope is withdrawn with its open tasks and child instances."""
+
+    type: Literal["terminate_end_event"]
+
+
+class ServiceTask(_Activity):
+    """An external task: the engine publishes it to the topic's queue; a worker does it.
+    BPMN service, send and business-rule tasks with an external implementation are these."""
 
     type: Literal["service_task"]
-    id: str
-    name: str | None = None
     topic: str
     lock_ms: int = Field(30_000, alias="lock", ge=500, le=86_400_000)
     retry: RetryPolicy = RetryPolicy()
@@ -82,6 +169,10 @@ class ServiceTask(_Strict):
     #: Re-sends without a claim before the task raises a `dispatch_lost` incident (None: the
     #: engine's setting, ORCH_MAX_REDISPATCHES).
     max_redispatches: int | None = Field(None, ge=0, le=1000)
+    #: Static key/values passed to the worker in the task message (zeebe:taskHeaders).
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Only these variables go to the worker (None: every variable visible from the task).
+    fetch_variables: tuple[str, ...] | None = None
 
     @field_validator("lock_ms", mode="before")
     @classmethod
@@ -93,33 +184,76 @@ class ServiceTask(_Strict):
     def _optional_duration(cls, value: object) -> int | None:
         return None if value is None else parse_duration_ms(value)
 
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """Options left to the engine's settings are not written out: a definition deployed
-        before they existed keeps its content hash (and its version on a redeploy)."""
-        data = handler(self)
-        if isinstance(data, dict):
-            for name in _ENGINE_DEFAULTED:
-                if name in data and data[name] is None:
-                    del data[name]
-        return data
+
+class UserTask(_Activity):
+    """A human task, run as an external task on `topic` (by default `user-task`)
+    so that a tasklist application completes it over the same queues and ledger. Its lease
+    never expires unless `lock` is set."""
+
+    type: Literal["user_task"]
+    topic: str = "user-task"
+    lock_ms: int | None = Field(None, alias="lock", ge=500, le=86_400_000)
+    assignee: str | None = None
+    candidate_groups: tuple[str, ...] = ()
+    candidate_users: tuple[str, ...] = ()
+    form_key: str | None = None
+    due_date: str | None = None
+    retry: RetryPolicy = RetryPolicy()
+
+    @field_validator("lock_ms", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> int | None:
+        return None if value is None else parse_duration_ms(value)
 
 
-#: ServiceTask options whose None means "the engine's setting", under either spelling.
-_ENGINE_DEFAULTED = ("dispatch_timeout", "dispatch_timeout_ms", "max_redispatches")
+class ManualTask(_Activity):
+    """A plain or manual task: the token passes straight through (mappings still apply)."""
+
+    type: Literal["manual_task"]
 
 
-class ExclusiveGateway(_Strict):
+class ExclusiveGateway(_Element):
     """Takes the first outgoing flow whose condition holds, else the default flow."""
 
     type: Literal["exclusive_gateway"]
-    id: str
-    name: str | None = None
     default: str | None = None
 
 
-class ErrorBoundaryEvent(_Strict):
-    """Catches a business error (BpmnError) of the service task it is attached to.
+class ParallelGateway(_Element):
+    """Fork: a token on every outgoing flow. Join: fires once every incoming flow has a token."""
+
+    type: Literal["parallel_gateway"]
+
+
+class InclusiveGateway(_Element):
+    """Fork: a token on every flow whose condition holds, else the default. Join: fires when
+    no token of its scope can still reach it, with the tokens that arrived."""
+
+    type: Literal["inclusive_gateway"]
+    default: str | None = None
+
+
+class SubProcess(_Activity):
+    """An embedded subprocess: its nodes name it as `parent`; it runs in a scope of its own."""
+
+    type: Literal["subprocess"]
+
+
+class CallActivity(_Activity):
+    """Starts an instance of `called_element` (the latest version, or `version`), waits for
+    it to end and maps variables in and out. With `propagate_all_in`/`_out` every variable
+    crosses (Camunda's variables="all"); `inputs`/`outputs` map single ones."""
+
+    type: Literal["call_activity"]
+    called_element: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
+    version: int | None = Field(None, ge=1)
+    propagate_all_in: bool = False
+    propagate_all_out: bool = False
+
+
+class ErrorBoundaryEvent(_Element):
+    """Catches a business error of the activity it is attached to (a task, a subprocess or
+    a call activity), interrupting it.
 
     With `error_code` it catches that code only; without, every code (a catch-all). The
     worker's variables are merged into the instance; `code_variable` and `message_variable`
@@ -127,8 +261,6 @@ class ErrorBoundaryEvent(_Strict):
     """
 
     type: Literal["error_boundary_event"]
-    id: str
-    name: str | None = None
     attached_to: str
     error_code: str | None = Field(None, min_length=1, max_length=200)
     code_variable: str | None = None
@@ -136,13 +268,29 @@ class ErrorBoundaryEvent(_Strict):
 
 
 Node = Annotated[
-    StartEvent | EndEvent | ServiceTask | ExclusiveGateway | ErrorBoundaryEvent,
+    StartEvent
+    | EndEvent
+    | ErrorEndEvent
+    | TerminateEndEvent
+    | ServiceTask
+    | UserTask
+    | ManualTask
+    | ExclusiveGateway
+    | ParallelGateway
+    | InclusiveGateway
+    | SubProcess
+    | CallActivity
+    | ErrorBoundaryEvent,
     Field(discriminator="type"),
 ]
 
+#: Nodes a token waits at for something outside the instance (a worker, a child instance).
+WaitingActivity = ServiceTask | UserTask | CallActivity
 
-class SequenceFlow(_Strict):
-    id: str
+
+class SequenceFlow(_Element):
+    _omitted_when_unset = ("name", "parent")
+
     source: str = Field(alias="from")
     target: str = Field(alias="to")
     condition: str | None = None
