@@ -21,10 +21,15 @@ class DefinitionError(OrchestratorError):
 
     code = "invalid_definition"
 
-    def __init__(self, problems: list[str] | str) -> None:
+    def __init__(
+        self, problems: list[str] | str, located: list[tuple[str | None, str]] | None = None
+    ) -> None:
         if isinstance(problems, str):  # rebuilt from a command reply
             problems = [line.strip(" -") for line in problems.splitlines()[1:]] or [problems]
         self.problems = problems
+        #: The same problems as (element id or None, why), for a front end (BPMN) that can
+        #: say where in its own source each element is.
+        self.located = located if located is not None else [(None, p) for p in problems]
         super().__init__("invalid process definition:\n  - " + "\n  - ".join(problems))
 
 
