@@ -1,0 +1,398 @@
+"""A definition compiled for running: nodes by id, flows by end, every expression parsed.
+
+The checks here are the graph's own (flows that join up, one start per scope, gateways with
+conditions, boundary events on activities); each problem names its element, so a front end
+(YAML or BPMN) can say where that element is in its own source.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from orchestrator.definitions.expressions import Expression, ExpressionError, parse_expression
+from orchestrator.model.definition import (
+    CallActivity,
+    EndEvent,
+    ErrorBoundaryEvent,
+    ErrorEndEvent,
+    ExclusiveGateway,
+    InclusiveGateway,
+    Node,
+    ParallelGateway,
+    ProcessDefinition,
+    SequenceFlow,
+    ServiceTask,
+    StartEvent,
+    SubProcess,
+    TerminateEndEvent,
+    UserTask,
+)
+
+TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ELEMENT_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
+VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+
+#: Nodes an error boundary event may be attached to.
+CATCHING = (ServiceTask, UserTask, SubProcess, CallActivity)
+_ENDS = (EndEvent, ErrorEndEvent, TerminateEndEvent)
+_GATEWAYS = (ExclusiveGateway, ParallelGateway, InclusiveGateway)
+
+
+@dataclass(frozen=True)
+class Process:
+    """A definition ready to run."""
+
+    definition: ProcessDefinition
+    nodes: dict[str, Node]
+    outgoing: dict[str, tuple[SequenceFlow, ...]]
+    incoming: dict[str, tuple[SequenceFlow, ...]]
+    #: Flow id -> its parsed condition.
+    conditions: dict[str, Expression]
+    #: The start event of the process (key None) and of each embedded subprocess.
+    starts: dict[str | None, str]
+    topics: frozenset[str]
+    #: Activity id -> the error boundary events attached to it.
+    boundaries: dict[str, tuple[ErrorBoundaryEvent, ...]]
+    #: Every other expression (mappings, multi-instance), parsed, by its source text.
+    expressions: dict[str, Expression] = field(default_factory=dict)
+    #: Inclusive join id -> the nodes of its scope from which a token can still reach it.
+    reaches: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.definition.key
+
+    @property
+    def start_id(self) -> str:
+        return self.starts[None]
+
+    def is_join(self, node_id: str) -> bool:
+        return len(self.incoming.get(node_id, ())) > 1
+
+    def expression(self, source: str) -> Expression:
+        return self.expressions[source]
+
+    def catching_boundary(self, activity_id: str, code: str) -> ErrorBoundaryEvent | None:
+        """The boundary event that catches `code` on that activity: an exact match wins over
+        a catch-all, as in BPMN."""
+        attached = self.boundaries.get(activity_id, ())
+        exact = next((b for b in attached if b.error_code == code), None)
+        return exact or next((b for b in attached if b.error_code is None), None)
+
+
+class _Problems:
+    """Problems found so far, each with the element it is about."""
+
+    def __init__(self) -> None:
+        self.located: list[tuple[str | None, str]] = []
+        self._texts: list[str] = []
+
+    def add(self, element_id: str | None, why: str) -> None:
+        self.located.append((element_id, why))
+        self._texts.append(f"node '{element_id}': {why}" if element_id else f"definition: {why}")
+
+    def flow(self, flow_id: str, why: str) -> None:
+        self.located.append((flow_id, why))
+        self._texts.append(f"flow '{flow_id}': {why}")
+
+    def texts(self) -> list[str]:
+        return list(self._texts)
+
+
+def compile_process(definition: ProcessDefinition) -> tuple[Process | None, _Problems]:
+    problems = _Problems()
+    nodes = _index_nodes(definition.nodes, problems)
+    outgoing, incoming = _index_flows(definition.flows, nodes, problems)
+    starts = _index_starts(nodes, problems)
+    for node in nodes.values():
+        _check_node(node, nodes, outgoing.get(node.id, ()), incoming.get(node.id, ()), problems)
+    boundaries = _index_boundaries(nodes, problems)
+    conditions = _parse_conditions(definition.flows, nodes, problems)
+    expressions = _parse_expressions(nodes.values(), problems)
+    for scope, start in starts.items():
+        _check_reachable(scope, start, nodes, outgoing, boundaries, problems)
+    if problems.located:
+        return None, problems
+    topics = frozenset(n.topic for n in nodes.values() if isinstance(n, ServiceTask | UserTask))
+    reaches = {
+        node.id: _reaching(node.id, incoming, boundaries)
+        for node in nodes.values()
+        if isinstance(node, InclusiveGateway) and len(incoming.get(node.id, ())) > 1
+    }
+    process = Process(
+        definition,
+        nodes,
+        outgoing,
+        incoming,
+        conditions,
+        starts,
+        topics,
+        boundaries,
+        expressions,
+        reaches,
+    )
+    return process, problems
+
+
+def _index_nodes(all_nodes: Iterable[Node], problems: _Problems) -> dict[str, Node]:
+    nodes: dict[str, Node] = {}
+    for node in all_nodes:
+        if not ELEMENT_ID.match(node.id):
+            problems.add(node.id, "invalid id")
+        if node.id in nodes:
+            problems.add(node.id, "duplicate id")
+        if isinstance(node, ServiceTask | UserTask) and not TOPIC.match(node.topic):
+            problems.add(node.id, f"invalid topic {node.topic!r} (use [A-Za-z0-9._-])")
+        for name in _variable_names(node):
+            if not VARIABLE.match(name):
+                problems.add(node.id, f"invalid variable name {name!r}")
+        nodes[node.id] = node
+    for node in nodes.values():
+        if node.parent is not None and not isinstance(nodes.get(node.parent), SubProcess):
+            problems.add(node.id, f"parent '{node.parent}' is not a subprocess")
+    return nodes
+
+
+def _variable_names(node: Node) -> list[str]:
+    names: list[str | None] = [m.target for m in getattr(node, "inputs", ())]
+    names += [m.target for m in getattr(node, "outputs", ())]
+    if isinstance(node, ErrorBoundaryEvent):
+        names += [node.code_variable, node.message_variable]
+    loop = getattr(node, "multi_instance", None)
+    if loop is not None:
+        names += [loop.element_variable, loop.output_collection]
+    return [name for name in names if name is not None]
+
+
+def _index_flows(
+    flows: Iterable[SequenceFlow], nodes: dict[str, Node], problems: _Problems
+) -> tuple[dict[str, tuple[SequenceFlow, ...]], dict[str, tuple[SequenceFlow, ...]]]:
+    outgoing: dict[str, list[SequenceFlow]] = {}
+    incoming: dict[str, list[SequenceFlow]] = {}
+    seen: set[str] = set(nodes)
+    for flow in flows:
+        if flow.id in seen:
+            problems.flow(flow.id, "duplicate id")
+        seen.add(flow.id)
+        ends = [
+            (end, nodes.get(node_id), node_id)
+            for end, node_id in (("from", flow.source), ("to", flow.target))
+        ]
+        for end, node, node_id in ends:
+            if node is None:
+                problems.flow(flow.id, f"'{end}' names unknown node '{node_id}'")
+        source, target = ends[0][1], ends[1][1]
+        if source is not None and target is not None and source.parent != target.parent:
+            problems.flow(flow.id, "a sequence flow cannot cross a subprocess boundary")
+        outgoing.setdefault(flow.source, []).append(flow)
+        incoming.setdefault(flow.target, []).append(flow)
+    return (
+        {key: tuple(value) for key, value in outgoing.items()},
+        {key: tuple(value) for key, value in incoming.items()},
+    )
+
+
+def _index_starts(nodes: dict[str, Node], problems: _Problems) -> dict[str | None, str]:
+    found: dict[str | None, list[str]] = {None: []}
+    for node in nodes.values():
+        if isinstance(node, SubProcess):
+            found.setdefault(node.id, [])
+    for node in nodes.values():
+        if isinstance(node, StartEvent):
+            found.setdefault(node.parent, []).append(node.id)
+    starts: dict[str | None, str] = {}
+    for scope, ids in found.items():
+        if len(ids) == 1:
+            starts[scope] = ids[0]
+        else:
+            what = "the process" if scope is None else "the subprocess"
+            problems.add(scope, f"{what} needs exactly one start event, found {len(ids)}")
+    return starts
+
+
+def _check_node(
+    node: Node,
+    nodes: dict[str, Node],
+    outgoing: tuple[SequenceFlow, ...],
+    incoming: tuple[SequenceFlow, ...],
+    problems: _Problems,
+) -> None:
+    if isinstance(node, StartEvent | ErrorBoundaryEvent):
+        if incoming:
+            problems.add(node.id, f"a {node.type} cannot have incoming flows")
+        if len(outgoing) != 1:
+            problems.add(node.id, f"a {node.type} needs exactly one outgoing flow")
+        return
+    if not incoming:
+        problems.add(node.id, "has no incoming flow")
+    if isinstance(node, _ENDS):
+        if outgoing:
+            problems.add(node.id, f"an {node.type} cannot have outgoing flows")
+    elif isinstance(node, _GATEWAYS):
+        _check_gateway(node, outgoing, problems)
+    else:
+        if not outgoing:
+            problems.add(node.id, f"a {node.type} needs an outgoing flow")
+        for flow in outgoing:
+            if flow.condition is not None:
+                problems.flow(flow.id, "conditional flows out of an activity are not supported")
+    if isinstance(node, CallActivity | ServiceTask | UserTask | SubProcess):
+        _check_multi_instance(node, problems)
+
+
+def _check_gateway(
+    node: ExclusiveGateway | ParallelGateway | InclusiveGateway,
+    outgoing: tuple[SequenceFlow, ...],
+    problems: _Problems,
+) -> None:
+    if not outgoing:
+        problems.add(node.id, f"a {node.type} needs at least one outgoing flow")
+    if isinstance(node, ParallelGateway):
+        for flow in outgoing:
+            if flow.condition is not None:
+                problems.flow(flow.id, "flows out of a parallel gateway have no conditions")
+        return
+    ids = {flow.id for flow in outgoing}
+    if node.default is not None and node.default not in ids:
+        problems.add(node.id, f"default flow '{node.default}' is not one of its outgoing flows")
+    for flow in outgoing:
+        if flow.condition is None and flow.id != node.default and len(outgoing) > 1:
+            problems.flow(flow.id, "needs a condition or must be the gateway's default flow")
+
+
+def _check_multi_instance(
+    node: CallActivity | ServiceTask | UserTask | SubProcess, problems: _Problems
+) -> None:
+    loop = node.multi_instance
+    if loop is None:
+        return
+    if (loop.collection is None) == (loop.cardinality is None):
+        problems.add(node.id, "multi-instance needs either a collection or a cardinality")
+    if loop.output_collection is not None and loop.output_element is None:
+        problems.add(node.id, "multi-instance output collection needs an output element")
+
+
+def _index_boundaries(
+    nodes: dict[str, Node], problems: _Problems
+) -> dict[str, tuple[ErrorBoundaryEvent, ...]]:
+    attached: dict[str, list[ErrorBoundaryEvent]] = {}
+    for node in nodes.values():
+        if not isinstance(node, ErrorBoundaryEvent):
+            continue
+        host = nodes.get(node.attached_to)
+        if not isinstance(host, CATCHING):
+            problems.add(
+                node.id,
+                f"attached to '{node.attached_to}', which is not a task, subprocess or "
+                "call activity",
+            )
+            continue
+        if host.parent != node.parent:
+            problems.add(node.id, "must sit in the same scope as the activity it is attached to")
+        siblings = attached.setdefault(node.attached_to, [])
+        if any(other.error_code == node.error_code for other in siblings):
+            catches = f"error code {node.error_code!r}" if node.error_code else "every error code"
+            problems.add(
+                node.id,
+                f"another error boundary event on '{node.attached_to}' already catches {catches}",
+            )
+        siblings.append(node)
+    return {task_id: tuple(events) for task_id, events in attached.items()}
+
+
+def _parse_conditions(
+    flows: Iterable[SequenceFlow], nodes: dict[str, Node], problems: _Problems
+) -> dict[str, Expression]:
+    conditions: dict[str, Expression] = {}
+    for flow in flows:
+        if flow.condition is None:
+            continue
+        if not isinstance(nodes.get(flow.source), ExclusiveGateway | InclusiveGateway):
+            continue  # refused by _check_node / _check_gateway, with the node's kind
+        try:
+            conditions[flow.id] = parse_expression(flow.condition)
+        except ExpressionError as exc:
+            problems.flow(flow.id, f"condition: {exc}")
+    return conditions
+
+
+def expression_sources(node: Node) -> list[tuple[str, str]]:
+    """(what, source) of every expression a node carries besides flow conditions."""
+    found: list[tuple[str, str]] = []
+    for mapping in getattr(node, "inputs", ()):
+        found.append((f"input '{mapping.target}'", mapping.source))
+    for mapping in getattr(node, "outputs", ()):
+        found.append((f"output '{mapping.target}'", mapping.source))
+    loop = getattr(node, "multi_instance", None)
+    if loop is not None:
+        for what in ("collection", "cardinality", "output_element", "completion_condition"):
+            source = getattr(loop, what)
+            if source is not None:
+                found.append((f"multi-instance {what.replace('_', ' ')}", source))
+    return found
+
+
+def _parse_expressions(nodes: Iterable[Node], problems: _Problems) -> dict[str, Expression]:
+    parsed: dict[str, Expression] = {}
+    for node in nodes:
+        for what, source in expression_sources(node):
+            if source in parsed:
+                continue
+            try:
+                parsed[source] = parse_expression(source)
+            except ExpressionError as exc:
+                problems.add(node.id, f"{what}: {exc}")
+    return parsed
+
+
+def _check_reachable(
+    scope: str | None,
+    start: str,
+    nodes: dict[str, Node],
+    outgoing: dict[str, tuple[SequenceFlow, ...]],
+    boundaries: dict[str, tuple[ErrorBoundaryEvent, ...]],
+    problems: _Problems,
+) -> None:
+    reached = {start}
+    pending = deque([start])
+    while pending:
+        node_id = pending.popleft()
+        # An activity's boundary events are reached with it; flows reach everything else.
+        targets = [flow.target for flow in outgoing.get(node_id, ())]
+        targets += [event.id for event in boundaries.get(node_id, ())]
+        for target in targets:
+            if target in nodes and target not in reached:
+                reached.add(target)
+                pending.append(target)
+    members = [node_id for node_id, node in nodes.items() if node.parent == scope]
+    for node_id in members:
+        if node_id not in reached:
+            problems.add(node_id, "not reachable from the start event")
+    if not any(isinstance(nodes[node_id], _ENDS) for node_id in reached):
+        problems.add(scope, "no end event is reachable from the start event")
+
+
+def _reaching(
+    join_id: str,
+    incoming: dict[str, tuple[SequenceFlow, ...]],
+    boundaries: dict[str, tuple[ErrorBoundaryEvent, ...]],
+) -> frozenset[str]:
+    """Every node with a path to `join_id` (flows stay inside one scope); an activity whose
+    boundary event has one counts too."""
+    hosts: dict[str, list[str]] = {}
+    for host, events in boundaries.items():
+        for event in events:
+            hosts.setdefault(event.id, []).append(host)
+    found: set[str] = set()
+    pending = deque([join_id])
+    while pending:
+        node_id = pending.popleft()
+        sources = [flow.source for flow in incoming.get(node_id, ())] + hosts.get(node_id, [])
+        for source in sources:
+            if source not in found and source != join_id:
+                found.add(source)
+                pending.append(source)
+    return frozenset(found)
