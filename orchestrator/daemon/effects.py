@@ -11,9 +11,12 @@ import orjson
 from orchestrator.engine.state import (
     CreateTask,
     InstanceEnded,
+    NotifyParent,
     RaiseIncident,
     Record,
+    StartChild,
     Transition,
+    WithdrawTask,
 )
 from orchestrator.engine.task import Decision, TaskState
 from orchestrator.model.wire import WIRE_VERSION
@@ -30,36 +33,42 @@ class InstanceInfo:
 
 
 def task_message(
-    task: TaskRow, info: InstanceInfo, variables: dict[str, Any], *, redispatch: int = 0
+    task: TaskRow,
+    info: InstanceInfo,
+    variables: dict[str, Any],
+    *,
+    redispatch: int = 0,
+    extra: dict[str, Any] | None = None,
 ) -> OutboxMessage:
     """The task message of `task`'s current attempt (its `redispatch`-th re-send, if not 0).
     Built as a plain dict: this runs once per task on the engine's hot path, and the
     TaskMessage model (whose schema a test holds this to) would validate what the engine
     itself just decided."""
-    body = orjson.dumps(
-        {
-            "v": WIRE_VERSION,
-            "type": "task",
-            "task_id": task.id,
-            "attempt": task.attempt,
-            "topic": task.topic,
-            "instance_id": info.id,
-            "process_key": info.process_key,
-            "node_id": task.node_id,
-            "business_key": info.business_key,
-            "variables": variables,
-            "lock_ms": task.lock_ms,
-            "retries_left": task.retries_left,
-            "previous_error": (
-                {"message": task.error, "details": task.error_details}
-                if task.error is not None and task.attempt > 1
-                else None
-            ),
-            "idempotency_key": task.id,
-            "created_at_ms": int(time.time() * 1000),
-            "redispatch": redispatch,
-        }
-    )
+    message = {
+        "v": WIRE_VERSION,
+        "type": "task",
+        "task_id": task.id,
+        "attempt": task.attempt,
+        "topic": task.topic,
+        "instance_id": info.id,
+        "process_key": info.process_key,
+        "node_id": task.node_id,
+        "business_key": info.business_key,
+        "variables": variables,
+        "lock_ms": task.lock_ms,
+        "retries_left": task.retries_left,
+        "previous_error": (
+            {"message": task.error, "details": task.error_details}
+            if task.error is not None and task.attempt > 1
+            else None
+        ),
+        "idempotency_key": task.id,
+        "created_at_ms": int(time.time() * 1000),
+        "redispatch": redispatch,
+    }
+    if extra:  # a service task's headers, a user task's assignment
+        message.update(extra)
+    body = orjson.dumps(message)
     return OutboxMessage(task.topic, f"{task.id}:{task.attempt}", body)
 
 
@@ -109,7 +118,6 @@ def _set_state(task: TaskRow, state: TaskState) -> None:
 
 
 def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition) -> None:
-    state = transition.state
     for effect in transition.effects:
         if isinstance(effect, CreateTask):
             task = TaskRow(
@@ -126,8 +134,12 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
                 lease_expiries=0,
             )
             uow.new_tasks.append(task)
-            uow.outbox.append(task_message(task, info, state.variables))
+            uow.outbox.append(
+                task_message(task, info, effect.variables, extra=effect.message_fields)
+            )
             uow.count("tasks_created")
+        elif isinstance(effect, WithdrawTask):
+            _withdraw(uow, effect.task_id)
         elif isinstance(effect, RaiseIncident):
             uow.incident(info.id, effect.node_id, "process", effect.message, task_id=effect.task_id)
         elif isinstance(effect, InstanceEnded):
@@ -135,3 +147,17 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
             uow.count(f"instances_{effect.status}")
         elif isinstance(effect, Record):
             uow.record(info.id, effect.kind, effect.node_id, effect.task_id, effect.detail or None)
+        elif isinstance(effect, StartChild | NotifyParent):
+            raise NotImplementedError("call activities are refused at deploy for now")
+
+
+def _withdraw(uow: UnitOfWork, task_id: str) -> None:
+    """Cancel an open task whose scope ended; its open incident is resolved with it."""
+    changed = uow.changed_tasks.get(task_id)
+    if changed is not None:  # decided in this batch too (a claim, say): one write of the row
+        changed.status = "cancelled"
+        changed.worker_id, changed.lease_ms, changed.due_ms = None, None, None
+    else:
+        uow.withdrawn_tasks.append(task_id)
+    uow.resolved_incidents.append((None, task_id, "withdrawn: its scope ended"))
+    uow.count("tasks_withdrawn")

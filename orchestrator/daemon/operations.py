@@ -26,7 +26,13 @@ from orchestrator.model.wire import (
 )
 from orchestrator.store.rows import Row
 from orchestrator.store.store import Session
-from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork, state_from_record
+from orchestrator.store.unit_of_work import (
+    PublishedRow,
+    TaskRow,
+    UnitOfWork,
+    state_from_record,
+    variables_for_task,
+)
 
 
 @dataclass
@@ -68,7 +74,7 @@ async def retry(db: Session, context: EngineContext, command: RetryCommand) -> O
     )
     uow = UnitOfWork()
     info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
-    apply_task_decision(uow, task, decision, info, instance["variables"])
+    apply_task_decision(uow, task, decision, info, variables_for_task(instance, task.id))
     await db.archive_outcome(task.id)
     publish = await db.write(uow)
     return OperationResult(_retry_result(incident, task, already=False), publish)
@@ -128,7 +134,7 @@ async def cancel(
         decision = lifecycle.cancel(task)
         if isinstance(decision.answer, TaskRevoked):
             notices.append(_revoke_notice(task, decision.answer, topology))
-        apply_task_decision(uow, task, decision, info, instance["variables"])
+        apply_task_decision(uow, task, decision, info, instance["variables"])  # sends nothing
     for row in await db.open_incidents_of_instance(instance["id"]):
         uow.resolved_incidents.append((str(row["id"]), None, "instance cancelled"))
     publish = await db.write(uow)

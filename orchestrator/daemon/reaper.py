@@ -14,7 +14,7 @@ from orchestrator.engine import task as lifecycle
 from orchestrator.model.definition import ServiceTask
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Session, Store
-from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork
+from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork, variables_for_task
 
 log = logging.getLogger(__name__)
 #: Tasks taken per pass.
@@ -57,7 +57,7 @@ async def reap_once(db: Session, context: EngineContext, *, limit: int) -> list[
         task = TaskRow.from_record(record)
         info = InstanceInfo(task.instance_id, record["process_key"], record["business_key"])
         node = (await processes.get(db, record["definition_id"])).nodes[task.node_id]
-        max_expiries = node.max_lease_expiries if isinstance(node, ServiceTask) else 1
+        max_expiries = node.max_lease_expiries if isinstance(node, ServiceTask) else 5
         decision = lifecycle.due(task, max_expiries=max_expiries)
-        apply_task_decision(uow, task, decision, info, record["variables"])
+        apply_task_decision(uow, task, decision, info, variables_for_task(record, task.id))
     return await db.write(uow)

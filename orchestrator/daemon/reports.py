@@ -20,7 +20,8 @@ from orchestrator.definitions.loader import Process
 from orchestrator.engine import task as lifecycle
 from orchestrator.engine.state import InstanceState, Transition
 from orchestrator.engine.step import EngineStepError, complete_task, error_task
-from orchestrator.model.definition import ServiceTask
+from orchestrator.engine.variables import task_variables
+from orchestrator.model.definition import ServiceTask, UserTask
 from orchestrator.model.wire import (
     BpmnErrorReport,
     Claimed,
@@ -300,10 +301,10 @@ class ReportBatch:
     def _process(self, task: TaskRow) -> Process:
         return self._processes.cached(self._instances[task.instance_id].definition_id)
 
-    def _node(self, task: TaskRow) -> ServiceTask:
+    def _node(self, task: TaskRow) -> ServiceTask | UserTask:
         node = self._process(task).nodes[task.node_id]
-        if not isinstance(node, ServiceTask):
-            raise EngineStepError(f"node {task.node_id} is not a service task")
+        if not isinstance(node, ServiceTask | UserTask):
+            raise EngineStepError(f"node {task.node_id} is not an external task")
         return node
 
     def _state(self, instance_id: str) -> InstanceState:
@@ -316,7 +317,8 @@ class ReportBatch:
     def _carry_out(self, item: IncomingReport, task: TaskRow, decision: lifecycle.Decision) -> None:
         """Write what the task's lifecycle decided; answer the worker."""
         if decision.sends:  # only a task message needs the instance (claims are half the reports)
-            info, variables = self._info(task.instance_id), self._state(task.instance_id).variables
+            info = self._info(task.instance_id)
+            variables = task_variables(self._state(task.instance_id), task.id)
             apply_task_decision(self._uow, task, decision, info, variables)
         else:
             apply_task_decision(self._uow, task, decision)

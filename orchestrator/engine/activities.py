@@ -12,7 +12,15 @@ from typing import Any
 
 from orchestrator.engine import walk
 from orchestrator.engine.run import Run, WorkScope, loop_with
-from orchestrator.engine.state import CalledBy, CreateTask, Loop, RaiseIncident, StartChild, Token
+from orchestrator.engine.state import (
+    CalledBy,
+    CreateTask,
+    Loop,
+    RaiseIncident,
+    Record,
+    StartChild,
+    Token,
+)
 from orchestrator.model.definition import (
     CallActivity,
     ManualTask,
@@ -71,19 +79,19 @@ def _create_task(run: Run, token: Token, node: ServiceTask | UserTask) -> None:
     only = node.fetch_variables if isinstance(node, ServiceTask) else None
     shown = seen if only is None else {name: seen[name] for name in only if name in seen}
     if isinstance(node, ServiceTask):
-        headers: dict[str, Any] | None = dict(node.headers) if node.headers else None
+        fields: dict[str, Any] | None = {"headers": dict(node.headers)} if node.headers else None
         lock_ms = node.lock_ms
     else:
-        headers = _user_task_headers(node)
+        fields = _user_task_fields(node)
         lock_ms = node.lock_ms if node.lock_ms is not None else USER_TASK_LOCK_MS
     create = CreateTask(
-        task_id, node.id, node.topic, lock_ms, node.retry.max_attempts, dict(shown), headers
+        task_id, node.id, node.topic, lock_ms, node.retry.max_attempts, dict(shown), fields
     )
     run.effects.append(create)
-    run.record("task_created", node.id, task=task_id, topic=node.topic)
+    run.effects.append(Record("task_created", node.id, task_id, {"topic": node.topic}))
 
 
-def _user_task_headers(node: UserTask) -> dict[str, Any]:
+def _user_task_fields(node: UserTask) -> dict[str, Any]:
     details = {
         "assignee": node.assignee,
         "candidate_groups": list(node.candidate_groups) or None,

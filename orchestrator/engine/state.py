@@ -103,8 +103,9 @@ class CreateTask:
     max_attempts: int
     #: What its worker sees (see engine/variables.py, task_variables).
     variables: dict[str, Any] = field(default_factory=dict)
-    #: Static headers and user-task details for the task message.
-    headers: dict[str, Any] | None = None
+    #: More fields of the task message: "headers" (a service task's static headers) or
+    #: "user_task" (assignee, candidate groups, form key, due date).
+    message_fields: dict[str, Any] | None = None
     #: True for a call activity's wait: no message, never leased, settled by its child.
     call: bool = False
 

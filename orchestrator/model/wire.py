@@ -58,6 +58,18 @@ class PreviousError(BaseModel):
     details: str | None = Field(None, description="A failure's error_details, if it sent any.")
 
 
+class UserTaskDetails(BaseModel):
+    """A user task's assignment, for a tasklist application (each field absent when unset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    assignee: str | None = Field(None, description="The user it is assigned to.")
+    candidate_groups: list[str] | None = Field(None, description="Groups that may claim it.")
+    candidate_users: list[str] | None = Field(None, description="Users that may claim it.")
+    form_key: str | None = Field(None, description="The form to show.")
+    due_date: str | None = Field(None, description="When it is due (as the model gives it).")
+
+
 class TaskMessage(_Wire):
     """One attempt of an external task. AMQP message_id is `<task_id>:<attempt>`."""
 
@@ -113,6 +125,13 @@ class TaskMessage(_Wire):
             "claimed it within its dispatch deadline. Claim a re-sent message (with a "
             "request_id) before running it: another copy may have been taken meanwhile"
         ),
+    )
+    headers: dict[str, str] | None = Field(
+        None,
+        description="A service task's static headers (zeebe:taskHeaders); absent when none.",
+    )
+    user_task: UserTaskDetails | None = Field(
+        None, description="On a user task's message only: who may do it, and with what form."
     )
 
 

@@ -90,7 +90,7 @@ JOIN unnest($1::text[], $2::text[]) AS u (p, b) ON k.process_key = u.p AND k.bus
 -- Instance rows are locked in id order, so concurrent engines never deadlock. An instance
 -- another session holds is skipped, not waited for: its reports wait for a later round.
 SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq,
-       version
+       scopes, version
 FROM process_instances
 WHERE id IN (SELECT instance_id FROM tasks WHERE id = ANY($1::uuid[]))
 ORDER BY id FOR UPDATE SKIP LOCKED;
@@ -124,7 +124,7 @@ ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excl
 -- Expired leases and due retries, for the reaper. SKIP LOCKED: safe on many engines.
 SELECT t.id, t.instance_id, t.node_id, t.topic, t.status, t.attempt, t.retries_left,
        t.lock_ms, t.worker_id, t.lease_expires_at, t.lease_expiries, t.last_error,
-       t.last_error_details, t.version, i.process_key, i.business_key, i.variables,
+       t.last_error_details, t.version, i.process_key, i.business_key, i.variables, i.tokens, i.scopes,
        i.definition_id
 FROM tasks t JOIN process_instances i ON i.id = t.instance_id
 WHERE (t.status = 'claimed' AND t.lease_expires_at < now())
@@ -159,7 +159,7 @@ SELECT t.id, t.instance_id, t.node_id, t.topic, t.status, t.attempt, t.retries_l
        t.lock_ms, t.worker_id, t.lease_expires_at, t.lease_expiries, t.last_error,
        t.last_error_details, t.version, t.redispatches,
        (extract(epoch FROM now() - t.dispatched_at) * 1000)::bigint AS waited_ms,
-       i.process_key, i.business_key, i.variables, i.definition_id
+       i.process_key, i.business_key, i.variables, i.tokens, i.scopes, i.definition_id
 FROM tasks t JOIN process_instances i ON i.id = t.instance_id
 WHERE t.status = 'queued' AND t.topic = $1
   AND t.dispatched_at <= now() - make_interval(secs => $2::bigint / 1000.0)
@@ -215,7 +215,7 @@ SELECT graph FROM process_definitions;
 
 -- name: lock_instance
 SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq,
-       version
+       scopes, version
 FROM process_instances WHERE id = $1 FOR UPDATE;
 
 -- name: open_tasks_of_instance

@@ -9,14 +9,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
 
-from orchestrator.engine.state import InstanceState, Token
+from orchestrator.engine.state import CalledBy, InstanceState, Loop, Scope, Token
 from orchestrator.engine.task import OPEN_STATUSES, TaskStatus
+from orchestrator.engine.variables import visible
 from orchestrator.store.batch_statement import batch_statement
+from orchestrator.store.rows import Row
 
 OPEN_TASK_STATES = OPEN_STATUSES
 
@@ -101,12 +103,88 @@ class InstanceRow:
 
 
 def state_to_row(state: InstanceState) -> tuple[Any, ...]:
-    tokens = [[t.id, t.node_id, t.task_id] for t in state.tokens]
-    return (state.id, state.status, state.variables, tokens, state.seq)
+    """(id, status, variables, tokens, seq, scopes): a token is a list, its trailing unset
+    fields left off; scopes is None for an instance with none (a flat process)."""
+    tokens = [_token_to_list(t) for t in state.tokens]
+    scopes = scopes_to_json(state)
+    return (state.id, state.status, state.variables, tokens, state.seq, scopes)
+
+
+def _token_to_list(token: Token) -> list[str | None]:
+    if token.joined is not None:
+        return [token.id, token.node_id, token.task_id, token.scope, token.joined]
+    if token.scope is not None:
+        return [token.id, token.node_id, token.task_id, token.scope]
+    return [token.id, token.node_id, token.task_id]
+
+
+def scopes_to_json(state: InstanceState) -> dict[str, Any] | None:
+    if not state.scopes and state.called_by is None:
+        return None
+    data: dict[str, Any] = {"scopes": [_scope_to_json(scope) for scope in state.scopes]}
+    if state.called_by is not None:
+        called = state.called_by
+        data["called_by"] = [called.instance_id, called.task_id, list(called.catches)]
+    return data
+
+
+def _scope_to_json(scope: Scope) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": scope.id,
+        "kind": scope.kind,
+        "node": scope.node_id,
+        "parent": scope.parent,
+        "vars": scope.variables,
+    }
+    if scope.index is not None:
+        data["index"] = scope.index
+    if scope.loop is not None:
+        loop = scope.loop
+        data["loop"] = [loop.total, loop.started, loop.completed, loop.items, loop.outputs]
+    return data
+
+
+def _scope_from_json(data: dict[str, Any]) -> Scope:
+    loop = data.get("loop")
+    return Scope(
+        data["id"],
+        data["kind"],
+        data["node"],
+        data["parent"],
+        data["vars"],
+        data.get("index"),
+        Loop(
+            loop[0],
+            loop[1],
+            loop[2],
+            tuple(loop[3]) if loop[3] is not None else None,
+            tuple(loop[4]) if loop[4] is not None else None,
+        )
+        if loop is not None
+        else None,
+    )
+
+
+def variables_for_task(record: Row, task_id: str) -> dict[str, Any]:
+    """What an open task's worker sees, from an instance row's variables, tokens and scopes
+    (for a message sent again: a retry, a re-send, an operator's retry)."""
+    if record["scopes"] is None:
+        return cast(dict[str, Any], record["variables"])
+    token = next((Token(*t) for t in record["tokens"] if t[2] == task_id), None)
+    scopes = {s["id"]: _scope_from_json(s) for s in record["scopes"]["scopes"]}
+    return visible(record["variables"], scopes, token.scope if token is not None else None)
 
 
 def state_from_record(record: asyncpg.Record) -> InstanceState:
-    tokens = tuple(Token(t[0], t[1], t[2]) for t in record["tokens"])
+    tokens = tuple(Token(*t) for t in record["tokens"])
+    extra = record["scopes"]
+    scopes: tuple[Scope, ...] = ()
+    called_by = None
+    if extra is not None:
+        scopes = tuple(_scope_from_json(scope) for scope in extra["scopes"])
+        if "called_by" in extra:
+            instance_id, task_id, catches = extra["called_by"]
+            called_by = CalledBy(instance_id, task_id, tuple(catches))
     return InstanceState(
         str(record["id"]),
         record["status"],
@@ -114,6 +192,8 @@ def state_from_record(record: asyncpg.Record) -> InstanceState:
         tokens,
         record["seq"],
         record["version"],
+        scopes,
+        called_by,
     )
 
 
@@ -126,6 +206,8 @@ class UnitOfWork:
     #: (task id, attempt) of queued tasks whose message is published again, unchanged
     #: otherwise (a task here is never also in changed_tasks).
     redispatched: list[tuple[str, int]] = field(default_factory=list)
+    #: Open tasks withdrawn because their scope ended (never also in changed_tasks).
+    withdrawn_tasks: list[str] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     incidents: list[tuple[Any, ...]] = field(default_factory=list)
@@ -234,14 +316,16 @@ class UnitOfWork:
         """Instances and tasks: new, and changed from the version they were read at."""
         parts: dict[str, list[Any]] = {}
         if self.new_instances:
-            instances = [_with_json(_new_instance_args(r, s), 5, 6) for r, s in self.new_instances]
-            parts["new_instances"] = _columns(instances, 8)
+            instances = [
+                _with_json(_new_instance_args(r, s), 5, 6, 8) for r, s in self.new_instances
+            ]
+            parts["new_instances"] = _columns(instances, 10)
         if self.changed_instances:
             changed = [
-                (*_with_json(state_to_row(s), 2, 3), s.version)
+                (*_with_json(state_to_row(s), 2, 3, 5), s.version)
                 for s in self.changed_instances.values()
             ]
-            parts["changed_instances"] = _columns(changed, 6)
+            parts["changed_instances"] = _columns(changed, 7)
         if self.ended_instances:
             parts["released_keys"] = [self.ended_instances]
         if self.new_tasks:
@@ -249,6 +333,8 @@ class UnitOfWork:
         if self.changed_tasks:
             tasks = [(*_task_args(t), t.version) for t in self.changed_tasks.values()]
             parts["changed_tasks"] = _columns(tasks, 11)
+        if self.withdrawn_tasks:
+            parts["withdrawn_tasks"] = [self.withdrawn_tasks]
         if self.redispatched:
             parts["redispatched"] = _columns(self.redispatched, 2)
         return parts
@@ -297,7 +383,8 @@ def _with_json(row: tuple[Any, ...], *json_columns: int) -> tuple[Any, ...]:
 
 
 def _new_instance_args(row: InstanceRow, state: InstanceState) -> tuple[Any, ...]:
-    _, status, variables, tokens, seq = state_to_row(state)
+    _, status, variables, tokens, seq, scopes = state_to_row(state)
+    parent = state.called_by.instance_id if state.called_by is not None else None
     return (
         state.id,
         row.definition_id,
@@ -307,6 +394,8 @@ def _new_instance_args(row: InstanceRow, state: InstanceState) -> tuple[Any, ...
         variables,
         tokens,
         seq,
+        scopes,
+        parent,
     )
 
 

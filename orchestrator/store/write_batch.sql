@@ -7,21 +7,25 @@
 
 -- part: new_instances
 INSERT INTO process_instances
-    (id, definition_id, process_key, business_key, status, variables, tokens, seq, ended_at)
+    (id, definition_id, process_key, business_key, status, variables, tokens, seq, ended_at,
+     scopes, parent_id)
 SELECT u.id, u.definition_id, u.process_key, u.business_key, u.status, u.variables::jsonb,
-       u.tokens::jsonb, u.seq, CASE WHEN u.status = 'active' THEN NULL ELSE now() END
+       u.tokens::jsonb, u.seq, CASE WHEN u.status = 'active' THEN NULL ELSE now() END,
+       u.scopes::jsonb, u.parent_id
 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::integer[])
-    AS u (id, definition_id, process_key, business_key, status, variables, tokens, seq)
+            $7::text[], $8::integer[], $9::text[], $10::uuid[])
+    AS u (id, definition_id, process_key, business_key, status, variables, tokens, seq,
+          scopes, parent_id)
 
 -- part: changed_instances
 -- Only a row still at the version the batch read is written (the statement's guard counts
 -- what this returns).
 UPDATE process_instances i SET status = u.status, variables = u.variables::jsonb,
-    tokens = u.tokens::jsonb, seq = u.seq, version = i.version + 1,
+    tokens = u.tokens::jsonb, seq = u.seq, scopes = u.scopes::jsonb, version = i.version + 1,
     ended_at = CASE WHEN u.status = 'active' THEN NULL ELSE coalesce(i.ended_at, now()) END
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::integer[])
-    AS u (id, status, variables, tokens, seq, version)
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::text[],
+            $7::integer[])
+    AS u (id, status, variables, tokens, seq, scopes, version)
 WHERE i.id = u.id AND i.version = u.version
 RETURNING 1
 
@@ -57,6 +61,14 @@ FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::integer[], $5::text[], $6
           error, error_details, version)
 WHERE t.id = u.id AND t.version = u.version
 RETURNING 1
+
+-- part: withdrawn_tasks
+-- Open tasks whose scope ended (a terminate end event, an error caught around them, a loop
+-- whose completion condition held): cancelled, whatever attempt they are at. The instance's
+-- row, written in the same statement, is what guards it.
+UPDATE tasks t SET status = 'cancelled', worker_id = NULL, lease_expires_at = NULL,
+    due_at = NULL, closed_at = now(), version = t.version + 1
+WHERE t.id = ANY($1::uuid[]) AND t.status IN ('queued', 'claimed', 'retry_wait', 'incident')
 
 -- part: redispatched
 -- The same attempt's message published again (no worker claimed it within its dispatch

@@ -60,7 +60,7 @@ def test_valid_definition_compiles() -> None:
     ("change", "expected"),
     [
         ({"flows": definition()["flows"][1:]}, "node 'work': has no incoming flow"),
-        ({"nodes": definition()["nodes"][1:]}, "needs exactly one start_event"),
+        ({"nodes": definition()["nodes"][1:]}, "needs exactly one start event"),
         (
             {"flows": [*definition()["flows"][:3], {"id": "to_b", "from": "gw", "to": "zz"}]},
             "flow 'to_b': 'to' names unknown node 'zz'",
@@ -105,7 +105,7 @@ def test_schema_errors_name_the_element() -> None:
 
 def test_unknown_node_type_and_bad_yaml() -> None:
     nodes = definition()["nodes"]
-    nodes[1] = {"id": "work", "type": "user_task"}
+    nodes[1] = {"id": "work", "type": "script_task"}
     assert any("node 'work'" in p for p in problems(definition(nodes=nodes)))
     with pytest.raises(DefinitionError, match="not valid YAML"):
         load_definition("key: [unclosed")
@@ -168,7 +168,7 @@ def test_error_boundary_events_compile() -> None:
         (
             [boundary("b1", attached_to="gw")],
             [{"id": "f1", "from": "b1", "to": "failed"}],
-            "node 'b1': attached_to 'gw' is not a service_task",
+            "node 'b1': attached to 'gw', which is not a task, subprocess or call activity",
         ),
         ([boundary("b1")], [], "node 'b1': an error_boundary_event needs exactly one outgoing"),
         (
@@ -185,7 +185,7 @@ def test_error_boundary_events_compile() -> None:
                 {"id": "f1", "from": "b1", "to": "failed"},
                 {"id": "f2", "from": "b2", "to": "failed"},
             ],
-            "node 'b2': another error_boundary_event on 'work' already catches error code 'X'",
+            "node 'b2': another error boundary event on 'work' already catches error code 'X'",
         ),
         (
             [boundary("b1"), boundary("b2")],

@@ -23,14 +23,15 @@ from orchestrator.engine.step import complete_task, error_task, start_instance
 
 def process(nodes: list[dict[str, Any]], flows: list[tuple[str, str, str | None]]) -> Process:
     return compile_definition(
-        {
+        calls=True,
+        data={
             "key": "p",
             "nodes": nodes,
             "flows": [
                 {"id": f"f{i}_{a}_{b}", "from": a, "to": b, **({"condition": c} if c else {})}
                 for i, (a, b, c) in enumerate(flows)
             ],
-        }
+        },
     )
 
 
@@ -381,7 +382,7 @@ def test_user_tasks_carry_their_assignment_and_never_expire_by_default() -> None
     )
     made = created(start(proc))["approve"]
     assert made.topic == "user-task"
-    assert made.headers == {
+    assert made.message_fields == {
         "user_task": {
             "assignee": "ann",
             "candidate_groups": ["managers"],
