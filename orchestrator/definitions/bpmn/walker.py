@@ -84,14 +84,10 @@ class ProcessWalker:
         self.dialect.check_extensions(process, self.problems)
         self._walk(process, None)
         self._check_conditions()
-        return _pruned(
-            {
-                "key": process.get("id", ""),
-                "name": process.get("name"),
-                "nodes": self.nodes,
-                "flows": self.flows,
-            }
-        )
+        data: Fields = {"key": process.get("id", ""), "nodes": self.nodes, "flows": self.flows}
+        if process.get("name"):
+            data["name"] = process.get("name")
+        return data
 
     def _walk(self, container: Element, parent: str | None) -> None:
         for element in container:
