@@ -1,0 +1,75 @@
+"""Our own attributes (orch: namespace) for what neither Camunda dialect can say: the lease,
+the retry policy, the topic of user tasks, the variables fetched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from xml.etree.ElementTree import Element
+
+from orchestrator.definitions.bpmn.names import ORCH, split
+from orchestrator.definitions.bpmn.problems import Problems
+
+
+def _whole(text: str) -> int:
+    return int(text.strip())
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+#: orch attribute -> (the field it sets, None for a field of `retry`; how its text is read).
+_Reader = Callable[[str], Any]
+_RETRY: dict[str, tuple[str, _Reader]] = {
+    "maxAttempts": ("max_attempts", _whole),
+    "initialBackoff": ("initial_backoff_ms", _text),
+    "backoffCoefficient": ("backoff_coefficient", float),
+    "maxBackoff": ("max_backoff_ms", _text),
+    "nonRetryableCodes": ("non_retryable_codes", _names),
+}
+_SERVICE: dict[str, tuple[str, _Reader]] = {
+    "lock": ("lock", _text),
+    "maxLeaseExpiries": ("max_lease_expiries", _whole),
+    "fetchVariables": ("fetch_variables", _names),
+    "dispatchTimeout": ("dispatch_timeout", _text),
+    "maxRedispatches": ("max_redispatches", _whole),
+}
+_USER: dict[str, tuple[str, _Reader]] = {
+    "lock": ("lock", _text),
+    "topic": ("topic", _text),
+}
+ALLOWED = {
+    "service_task": _SERVICE | _RETRY,
+    "user_task": _USER | _RETRY,
+}
+
+
+def orch_options(element: Element, node_type: str | None, problems: Problems) -> dict[str, Any]:
+    """The node fields set by the element's orch: attributes (a problem for each one that is
+    unknown, misplaced or unreadable). `retry` is a partial dict of RetryPolicy."""
+    allowed = ALLOWED.get(node_type or "", {})
+    fields: dict[str, Any] = {}
+    for name, text in element.attrib.items():
+        namespace, attribute = split(name)
+        if namespace != ORCH:
+            continue
+        if attribute not in allowed:
+            where = f"on a {node_type}" if node_type else "here"
+            problems.add(element, f"orch:{attribute} is not an option {where}")
+            continue
+        field, read = allowed[attribute]
+        try:
+            value = read(text)
+        except ValueError:
+            problems.add(element, f"orch:{attribute}: {text!r} is not a number")
+            continue
+        if attribute in _RETRY:
+            fields.setdefault("retry", {})[field] = value
+        else:
+            fields[field] = value
+    return fields

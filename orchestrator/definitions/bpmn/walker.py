@@ -1,0 +1,338 @@
+"""Walk one `<process>` element by element into the model's nodes and flows (as dicts),
+adding a problem for every element that cannot be mapped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from xml.etree.ElementTree import Element
+
+from orchestrator.definitions.bpmn.dialect import Dialect
+from orchestrator.definitions.bpmn.events import event_definitions, kind_of, why_refused
+from orchestrator.definitions.bpmn.names import BPMN, CAMUNDA, child, is_bpmn, local
+from orchestrator.definitions.bpmn.names import qname as q
+from orchestrator.definitions.bpmn.orch_attributes import orch_options
+from orchestrator.definitions.bpmn.problems import ElementPlace, Problems, place_of
+
+#: BPMN elements inside a process that carry nothing for execution.
+_IGNORED = {
+    "documentation",
+    "extensionElements",
+    "laneSet",
+    "dataObject",
+    "dataObjectReference",
+    "dataStoreReference",
+    "textAnnotation",
+    "association",
+    "group",
+    "property",
+    "ioSpecification",
+    "incoming",
+    "outgoing",
+}
+_REFUSED = {
+    "scriptTask": "script tasks are not supported",
+    "receiveTask": "receive tasks are not supported yet (messages come in a later version)",
+    "complexGateway": "complex gateways are not supported",
+    "eventBasedGateway": "event-based gateways are not supported yet",
+    "transaction": "transactions are not supported",
+    "adHocSubProcess": "ad-hoc subprocesses are not supported",
+}
+_INTERMEDIATE = {"intermediateCatchEvent": "catch", "intermediateThrowEvent": "throw"}
+#: Flows out of these may have conditions; out of any other node they are refused.
+_CONDITIONAL_SOURCES = {"exclusiveGateway", "inclusiveGateway"}
+_CONDITION_LANGUAGES = {None, "", "juel", "feel", "JUEL", "FEEL"}
+
+Fields = dict[str, Any]
+
+
+def _pruned(fields: Fields) -> Fields:
+    """Leave out options that are unset (None or empty), so model defaults apply."""
+    return {name: value for name, value in fields.items() if value not in (None, [], {})}
+
+
+class ProcessWalker:
+    def __init__(self, problems: Problems, dialect: Dialect, errors: dict[str, Element]) -> None:
+        self.problems = problems
+        self.dialect = dialect
+        self.errors = errors
+        self.nodes: list[Fields] = []
+        self.flows: list[Fields] = []
+        self.places: dict[str, ElementPlace] = {}
+        self.elements: dict[str, Element] = {}
+        self._flow_elements: list[tuple[Element, Fields]] = []
+        self._builders: dict[str, Callable[[Element], Fields | None]] = {
+            "startEvent": self._start_event,
+            "endEvent": self._end_event,
+            "boundaryEvent": self._boundary_event,
+            "serviceTask": self._service_task,
+            "sendTask": self._service_task,
+            "businessRuleTask": self._service_task,
+            "userTask": self._user_task,
+            "task": self._manual_task,
+            "manualTask": self._manual_task,
+            "exclusiveGateway": self._gateway("exclusive_gateway"),
+            "inclusiveGateway": self._gateway("inclusive_gateway"),
+            "parallelGateway": self._gateway("parallel_gateway"),
+            "callActivity": self._call_activity,
+        }
+
+    # -- walking
+
+    def walk_process(self, process: Element) -> Fields:
+        self._remember(process)
+        self.dialect.check_extensions(process, self.problems)
+        self._walk(process, None)
+        self._check_conditions()
+        data: Fields = {"key": process.get("id", ""), "nodes": self.nodes, "flows": self.flows}
+        if process.get("name"):
+            data["name"] = process.get("name")
+        return data
+
+    def _walk(self, container: Element, parent: str | None) -> None:
+        for element in container:
+            if not is_bpmn(element) or local(element) in _IGNORED:
+                continue
+            self._remember(element)
+            self.dialect.check_extensions(element, self.problems)
+            self._element(element, parent)
+
+    def _element(self, element: Element, parent: str | None) -> None:
+        tag = local(element)
+        if tag == "sequenceFlow":
+            self._sequence_flow(element, parent)
+        elif tag == "subProcess":
+            self._subprocess(element, parent)
+        elif tag in self._builders:
+            self._add_node(element, parent, self._builders[tag](element))
+        elif tag in _INTERMEDIATE:
+            kinds = ", ".join(kind_of(found) for found in event_definitions(element))
+            self.problems.add(
+                element,
+                f"intermediate {_INTERMEDIATE[tag]} events are not supported yet"
+                + (f" ({kinds})" if kinds else ""),
+            )
+        else:
+            self.problems.add(element, _REFUSED.get(tag, f"<{tag}> is not supported"))
+
+    def _remember(self, element: Element) -> None:
+        element_id = element.get("id")
+        if not element_id:
+            self.problems.add(element, "has no id")
+            return
+        if element_id in self.places:
+            self.problems.add(
+                element, f"duplicate id (also on line {self.places[element_id].line})"
+            )
+            return
+        self.places[element_id] = place_of(self.problems.document, element)
+        self.elements[element_id] = element
+
+    def _add_node(self, element: Element, parent: str | None, fields: Fields | None) -> None:
+        if fields is None:
+            return
+        options = orch_options(element, fields["type"], self.problems)
+        task_retry, orch_retry = fields.get("retry", {}), options.pop("retry", {})
+        if task_retry.get("max_attempts", orch_retry.get("max_attempts")) != orch_retry.get(
+            "max_attempts", task_retry.get("max_attempts")
+        ):
+            self.problems.add(element, "orch:maxAttempts contradicts the task's retries")
+        retry = {**task_retry, **orch_retry}
+        fields.update(options)
+        if retry:
+            fields["retry"] = retry
+        node = {
+            "id": element.get("id", ""),
+            "name": element.get("name"),
+            "parent": parent,
+            **fields,
+        }
+        self.nodes.append(_pruned(node))
+
+    # -- events
+
+    def _start_event(self, element: Element) -> Fields | None:
+        self._no_event_mappings(element)
+        for definition in event_definitions(element):
+            self.problems.add(element, why_refused(kind_of(definition), "start"))
+            return None
+        return {"type": "start_event"}
+
+    def _end_event(self, element: Element) -> Fields | None:
+        self._no_event_mappings(element)
+        definitions = event_definitions(element)
+        if len(definitions) > 1:
+            self.problems.add(element, "an event with several event definitions is not supported")
+            return None
+        if not definitions:
+            return {"type": "end_event"}
+        kind = kind_of(definitions[0])
+        if kind == "terminate":
+            return {"type": "terminate_end_event"}
+        if kind != "error":
+            self.problems.add(element, why_refused(kind, "end"))
+            return None
+        error = self._error(element, definitions[0], required=True)
+        if error is None:
+            return None
+        code, message = error
+        return {"type": "error_end_event", "error_code": code, "error_message": message}
+
+    def _boundary_event(self, element: Element) -> Fields | None:
+        self._no_event_mappings(element)
+        definitions = event_definitions(element)
+        kinds = [kind_of(definition) for definition in definitions]
+        if kinds != ["error"]:
+            why = (
+                why_refused(kinds[0], "boundary")
+                if len(kinds) == 1
+                else "a boundary event needs exactly one event definition"
+            )
+            self.problems.add(element, why)
+            return None
+        if element.get("cancelActivity", "true") == "false":
+            self.problems.add(element, "non-interrupting error boundary events are not supported")
+            return None
+        if not element.get("attachedToRef"):
+            self.problems.add(element, "a boundary event needs attachedToRef")
+            return None
+        error = self._error(element, definitions[0], required=False)
+        if error is None:
+            return None
+        return {
+            "type": "error_boundary_event",
+            "attached_to": element.get("attachedToRef"),
+            "error_code": error[0],
+            **self.dialect.error_variables(definitions[0]),
+        }
+
+    def _error(
+        self, element: Element, definition: Element, required: bool
+    ) -> tuple[str | None, str | None] | None:
+        """(code, message) of the `<error>` the definition refers to; (None, None) for a
+        catch-all; None (after a problem) when that cannot be read."""
+        reference = definition.get("errorRef")
+        error = self.errors.get(reference or "")
+        code = error.get("errorCode") if error is not None else None
+        if reference and error is None:
+            self.problems.add(element, f"errorRef '{reference}' names no <error> in this file")
+        elif code and code.strip().startswith("="):
+            self.problems.add(element, f"errorCode must be a literal, not an expression ({code!r})")
+        elif code or not required:
+            message = self.dialect.error_message(error) if error is not None else None
+            return code or None, message
+        else:
+            self.problems.add(
+                element, "an error end event needs errorRef to an <error> with an errorCode"
+            )
+        return None
+
+    def _no_event_mappings(self, element: Element) -> None:
+        inputs, outputs = self.dialect.io_mappings(element, self.problems)
+        if inputs or outputs:
+            self.problems.add(element, "input/output mappings on events are not supported")
+
+    # -- activities
+
+    def _activity(self, element: Element) -> Fields:
+        """What every activity may have: mappings and multi-instance."""
+        if element.get("isForCompensation") == "true":
+            self.problems.add(element, "compensation is not supported")
+        inputs, outputs = self.dialect.io_mappings(element, self.problems)
+        fields: Fields = {"inputs": inputs, "outputs": outputs}
+        if child(element, BPMN, "standardLoopCharacteristics") is not None:
+            self.problems.add(element, "loops (standardLoopCharacteristics) are not supported")
+        loop = child(element, BPMN, "multiInstanceLoopCharacteristics")
+        if loop is not None:
+            multi = self.dialect.multi_instance(element, loop, self.problems)
+            if "collection" not in multi and "cardinality" not in multi:
+                self.problems.add(
+                    element, "multi-instance needs a collection or a loop cardinality"
+                )
+            multi["sequential"] = loop.get("isSequential") == "true"
+            fields["multi_instance"] = multi
+        return fields
+
+    def _service_task(self, element: Element) -> Fields | None:
+        common = self._activity(element)
+        implementation = self.dialect.service_task(element, self.problems)
+        if implementation is None:
+            return None
+        return {"type": "service_task", **implementation, **common}
+
+    def _user_task(self, element: Element) -> Fields | None:
+        return {
+            "type": "user_task",
+            **self.dialect.user_task(element, self.problems),
+            **self._activity(element),
+        }
+
+    def _manual_task(self, element: Element) -> Fields | None:
+        return {"type": "manual_task", **self._activity(element)}
+
+    def _call_activity(self, element: Element) -> Fields | None:
+        common = self._activity(element)
+        called = self.dialect.call_activity(element, self.problems)
+        inputs = common.pop("inputs") + called.pop("inputs", [])
+        outputs = common.pop("outputs") + called.pop("outputs", [])
+        return {
+            "type": "call_activity",
+            **called,
+            **common,
+            "inputs": inputs,
+            "outputs": outputs,
+        }
+
+    def _subprocess(self, element: Element, parent: str | None) -> None:
+        if element.get("triggeredByEvent") == "true":
+            self.problems.add(element, "event subprocesses are not supported yet")
+            return
+        self._add_node(element, parent, {"type": "subprocess", **self._activity(element)})
+        self._walk(element, element.get("id"))
+
+    # -- gateways and flows
+
+    def _gateway(self, node_type: str) -> Callable[[Element], Fields | None]:
+        def build(element: Element) -> Fields | None:
+            fields: Fields = {"type": node_type}
+            if node_type != "parallel_gateway":
+                fields["default"] = element.get("default")
+            return fields
+
+        return build
+
+    def _sequence_flow(self, element: Element, parent: str | None) -> None:
+        flow: Fields = {
+            "id": element.get("id", ""),
+            "name": element.get("name"),
+            "parent": parent,
+            "from": element.get("sourceRef", ""),
+            "to": element.get("targetRef", ""),
+            "condition": self._condition(element),
+        }
+        self.flows.append(_pruned(flow))
+        self._flow_elements.append((element, flow))
+
+    def _condition(self, element: Element) -> str | None:
+        condition = child(element, BPMN, "conditionExpression")
+        if condition is None:
+            return None
+        language = condition.get("language")
+        if language not in _CONDITION_LANGUAGES or condition.get(q(CAMUNDA, "resource")):
+            self.problems.add(
+                element, f"script conditions are not supported (language={language!r})"
+            )
+            return None
+        return (condition.text or "").strip() or None
+
+    def _check_conditions(self) -> None:
+        for element, flow in self._flow_elements:
+            if not flow.get("condition"):
+                continue
+            source = self.elements.get(flow["from"])
+            if source is not None and local(source) not in _CONDITIONAL_SOURCES:
+                self.problems.add(
+                    element,
+                    f"a conditional flow out of a {local(source)} is not supported; "
+                    "put an exclusive or inclusive gateway after it",
+                )

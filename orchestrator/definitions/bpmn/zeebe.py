@@ -1,0 +1,156 @@
+"""Camunda 8 (zeebe: namespace): job types, ioMapping, headers, called elements."""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.etree.ElementTree import Element
+
+from orchestrator.definitions.bpmn.dialect import Mapping
+from orchestrator.definitions.bpmn.expressions import feel, zeebe_value
+from orchestrator.definitions.bpmn.names import BPMN, ZEEBE, child, extension, extensions
+from orchestrator.definitions.bpmn.names import qname as q
+from orchestrator.definitions.bpmn.problems import Problems
+
+_LISTENERS = {
+    "executionListeners": "execution listeners are not supported",
+    "taskListeners": "task listeners are not supported",
+}
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _literal(element: Element, problems: Problems, what: str, value: str | None) -> str | None:
+    """A value that must not be a FEEL expression here (the model holds it fixed)."""
+    if value is not None and value.strip().startswith("="):
+        problems.add(element, f"{what} must be a literal value, not an expression ({value!r})")
+        return None
+    return value
+
+
+class Zeebe:
+    name = "Camunda 8"
+
+    def check_extensions(self, element: Element, problems: Problems) -> None:
+        for name, why in _LISTENERS.items():
+            if extensions(element, ZEEBE, name):
+                problems.add(element, why)
+
+    def service_task(self, element: Element, problems: Problems) -> dict[str, Any] | None:
+        if extension(element, ZEEBE, "calledDecision") is not None:
+            problems.add(element, "DMN decisions (zeebe:calledDecision) are not supported")
+            return None
+        definition = extension(element, ZEEBE, "taskDefinition")
+        if definition is None:
+            problems.add(element, "has no implementation: add a zeebe:taskDefinition type")
+            return None
+        topic = _literal(element, problems, "the job type", definition.get("type"))
+        if not topic:
+            if definition.get("type") is None:
+                problems.add(element, "zeebe:taskDefinition needs a type")
+            return None
+        fields: dict[str, Any] = {"topic": topic}
+        retries = definition.get("retries")
+        if retries is not None:
+            if retries.strip().isdigit():
+                fields["retry"] = {"max_attempts": int(retries)}
+            else:
+                problems.add(
+                    element, f"zeebe:taskDefinition retries must be a number ({retries!r})"
+                )
+        headers = extensions(element, ZEEBE, "taskHeaders")
+        found = {
+            header.get("key", ""): header.get("value", "")
+            for block in headers
+            for header in block.findall(q(ZEEBE, "header"))
+        }
+        if found:
+            fields["headers"] = found
+        return fields
+
+    def io_mappings(
+        self, element: Element, problems: Problems
+    ) -> tuple[list[Mapping], list[Mapping]]:
+        inputs: list[Mapping] = []
+        outputs: list[Mapping] = []
+        for io in extensions(element, ZEEBE, "ioMapping"):
+            for kind, found in (("input", inputs), ("output", outputs)):
+                for mapping in io.findall(q(ZEEBE, kind)):
+                    source, target = mapping.get("source"), mapping.get("target")
+                    if not source or not target:
+                        line = problems.document.line(mapping)
+                        problems.add(element, f"zeebe:{kind} (line {line}) needs source and target")
+                        continue
+                    found.append({"target": target, "source": zeebe_value(source)})
+        return inputs, outputs
+
+    def multi_instance(self, element: Element, loop: Element, problems: Problems) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        characteristics = extension(loop, ZEEBE, "loopCharacteristics")
+        if characteristics is not None:
+            for attribute, field, convert in (
+                ("inputCollection", "collection", True),
+                ("inputElement", "element_variable", False),
+                ("outputCollection", "output_collection", False),
+                ("outputElement", "output_element", True),
+            ):
+                value = characteristics.get(attribute)
+                if value:
+                    fields[field] = feel(value) if convert else value
+        for tag, field in (
+            ("loopCardinality", "cardinality"),
+            ("completionCondition", "completion_condition"),
+        ):
+            found = child(loop, BPMN, tag)
+            if found is not None and (found.text or "").strip():
+                fields[field] = feel(found.text or "")
+        return fields
+
+    def user_task(self, element: Element, problems: Problems) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        assignment = extension(element, ZEEBE, "assignmentDefinition")
+        if assignment is not None:
+            fields["assignee"] = assignment.get("assignee")
+            for attribute, field in (
+                ("candidateGroups", "candidate_groups"),
+                ("candidateUsers", "candidate_users"),
+            ):
+                value = _literal(element, problems, attribute, assignment.get(attribute))
+                fields[field] = _split_list(value)
+        form = extension(element, ZEEBE, "formDefinition")
+        if form is not None:
+            fields["form_key"] = (
+                form.get("formKey") or form.get("formId") or form.get("externalReference")
+            )
+        embedded = extension(element, ZEEBE, "userTaskForm")
+        if embedded is not None and "form_key" not in fields:
+            fields["form_key"] = f"camunda-forms:bpmn:{embedded.get('id')}"
+        schedule = extension(element, ZEEBE, "taskSchedule")
+        if schedule is not None:
+            fields["due_date"] = schedule.get("dueDate")
+        return fields
+
+    def call_activity(self, element: Element, problems: Problems) -> dict[str, Any]:
+        called = extension(element, ZEEBE, "calledElement")
+        if called is None:
+            problems.add(element, "a call activity needs zeebe:calledElement processId")
+            return {"called_element": ""}
+        process_id = _literal(element, problems, "processId", called.get("processId"))
+        if called.get("processId") is None:
+            problems.add(element, "zeebe:calledElement needs a processId")
+        binding = called.get("bindingType", "latest")
+        if binding != "latest":
+            problems.add(element, f'bindingType="{binding}" is not supported; use "latest"')
+        return {
+            "called_element": process_id or "",
+            # Camunda 8's defaults: every variable crosses both ways unless turned off.
+            "propagate_all_in": called.get("propagateAllParentVariables", "true") != "false",
+            "propagate_all_out": called.get("propagateAllChildVariables", "true") != "false",
+        }
+
+    def error_variables(self, definition: Element) -> dict[str, Any]:
+        return {}
+
+    def error_message(self, error: Element) -> str | None:
+        return None
