@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_client_commands(commands: Subcommands) -> None:
     """The commands that a client sends to the engine."""
-    deploy = commands.add_parser("deploy", help="deploy a YAML/JSON process definition")
+    deploy = commands.add_parser(
+        "deploy",
+        help="deploy a BPMN 2.0 file or a YAML/JSON definition; one JSON line per process",
+    )
     deploy.add_argument("file", type=Path)
     start = commands.add_parser("start", help="start an instance; prints its id as JSON")
     start.add_argument("key", help="process key")
@@ -131,6 +134,13 @@ async def _retry(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         raise NotFound(message) from None
 
 
+async def _deploy(client: Client, args: argparse.Namespace) -> None:
+    """One JSON object per deployed process (a BPMN file may hold several)."""
+    result = await client.deploy_file(args.file)
+    for item in result.get("deployed", [result]):
+        sys.stdout.write(orjson.dumps(item).decode() + "\n")
+
+
 async def _incidents(client: Client, args: argparse.Namespace) -> None:
     found = await client.incidents(
         process_key=args.process,
@@ -145,7 +155,6 @@ async def _incidents(client: Client, args: argparse.Namespace) -> None:
 
 
 _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any]]] = {
-    "deploy": lambda c, args: c.deploy_file(args.file),
     "start": _start,
     "instance": lambda c, args: c.get_instance(args.id),
     "stats": lambda c, args: c.stats(args.process),
@@ -189,6 +198,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(_with_client(settings, lambda c: action(c, args)))
     elif args.command == "incidents":
         asyncio.run(_with_client_raw(settings, lambda c: _incidents(c, args)))
+    elif args.command == "deploy":
+        asyncio.run(_with_client_raw(settings, lambda c: _deploy(c, args)))
     elif args.command == "demo":
         from orchestrator.demo import run_demo
 

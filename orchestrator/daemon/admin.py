@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from orchestrator.definitions.bpmn.detect import looks_like_bpmn
+from orchestrator.definitions.bpmn.reader import load_bpmn
 from orchestrator.definitions.loader import Process, content_hash, load_definition
 from orchestrator.errors import NotFound
 from orchestrator.store.store import Session, Store
@@ -13,24 +15,37 @@ from orchestrator.store.store import Session, Store
 DEPLOY_LOCK_TIMEOUT_MS = 10_000
 
 
-async def deploy(store: Store, source: str) -> tuple[dict[str, Any], Process]:
-    """Store a definition. Identical content returns the existing version; changed, the next."""
-    process = load_definition(source)
-    definition = process.definition
-    digest = content_hash(definition)
-    graph = definition.model_dump(mode="json", by_alias=True)
+def load_processes(source: str) -> list[Process]:
+    """Every process in a source: BPMN 2.0 XML (told apart by content) holds one or more,
+    YAML or JSON one. Refused whole (DefinitionError) if any of them cannot run."""
+    if looks_like_bpmn(source):
+        return load_bpmn(source)
+    return [load_definition(source)]
+
+
+async def deploy(store: Store, source: str) -> tuple[list[dict[str, Any]], list[Process]]:
+    """Store every process of a source, in one transaction: all or none. Identical content
+    returns the existing version; changed, the next."""
+    processes = load_processes(source)
+    results: list[dict[str, Any]] = []
     async with store.transaction(
         lock_timeout_ms=DEPLOY_LOCK_TIMEOUT_MS, statement_timeout_ms=30_000
     ) as db:
-        saved = await db.save_definition(definition.key, digest, graph, source)
-    result = {
-        "process_key": definition.key,
-        "version": saved.version,
-        "definition_id": saved.id,
-        "created": saved.created,
-        "topics": sorted(process.topics),
-    }
-    return result, process
+        for process in processes:
+            definition = process.definition
+            digest = content_hash(definition)
+            graph = definition.model_dump(mode="json", by_alias=True)
+            saved = await db.save_definition(definition.key, digest, graph, source)
+            results.append(
+                {
+                    "process_key": definition.key,
+                    "version": saved.version,
+                    "definition_id": saved.id,
+                    "created": saved.created,
+                    "topics": sorted(process.topics),
+                }
+            )
+    return results, processes
 
 
 async def deployed_topics(db: Session) -> set[str]:
@@ -39,6 +54,8 @@ async def deployed_topics(db: Session) -> set[str]:
         for node in graph["nodes"]:
             if node.get("type") == "service_task":
                 topics.add(node["topic"])
+            elif node.get("type") == "user_task":
+                topics.add(node.get("topic", "user-task"))
     return topics
 
 

@@ -118,9 +118,10 @@ class OperatorCommands:
     # --- the handlers ----------------------------------------------------------------------
 
     async def _deploy(self, command: DeployCommand) -> dict[str, Any]:
-        result, process = await admin.deploy(self._store, command.source)
-        await self._relay.ensure_queues(process.topics)
-        return result
+        results, processes = await admin.deploy(self._store, command.source)
+        await self._relay.ensure_queues(frozenset().union(*(p.topics for p in processes)))
+        # The first process's fields stay at the top for clients that deploy one process.
+        return {**results[0], "deployed": results}
 
     async def _retry(self, command: RetryCommand) -> dict[str, Any]:
         async with self._operating() as db:
