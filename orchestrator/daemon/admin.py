@@ -75,6 +75,7 @@ async def describe_instance(db: Session, instance_id: str) -> dict[str, Any]:
         "ended_at": _iso(row["ended_at"]),
         "open_tasks": [t for t in tasks if t["status"] not in ("completed", "cancelled")],
         "tasks": tasks,
+        "scopes": describe_scopes(row["tokens"], row["scopes"]),
         "incidents": await db.instance_incidents(instance_id),
         "history": await db.instance_history(instance_id),
     }
@@ -90,6 +91,36 @@ async def stats(db: Session, process_key: str | None) -> dict[str, Any]:
         "conflicting_reports": conflicts,
         "counters": await db.counters(),
     }
+
+
+def describe_scopes(tokens: list[list[Any]], scopes: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The instance's scopes, the process's first, each with the tokens that stand in it:
+    where they wait (a task, a join) and, for a multi-instance body, its progress."""
+    listed: list[dict[str, Any]] = [{"scope": None, "kind": "process", "tokens": []}]
+    for scope in (scopes or {}).get("scopes", []):
+        entry: dict[str, Any] = {
+            "scope": scope["id"],
+            "kind": scope["kind"],
+            "node_id": scope["node"],
+            "parent": scope["parent"],
+            "variables": scope["vars"],
+            "tokens": [],
+        }
+        if "index" in scope:
+            entry["element"] = scope["index"]
+        if "loop" in scope:
+            total, started, completed = scope["loop"][:3]
+            entry["loop"] = {"elements": total, "started": started, "completed": completed}
+        listed.append(entry)
+    by_id = {entry["scope"]: entry for entry in listed}
+    for token in tokens:
+        node_id, task_id = token[1], token[2]
+        scope_id = token[3] if len(token) > 3 else None
+        waiting = {"node_id": node_id, "task_id": task_id}
+        if len(token) > 4 and token[4] is not None:
+            waiting["joined_by"] = token[4]
+        by_id.get(scope_id, listed[0])["tokens"].append(waiting)
+    return listed
 
 
 def _iso(value: datetime | None) -> str | None:

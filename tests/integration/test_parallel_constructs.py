@@ -134,7 +134,11 @@ async def test_cancelling_withdraws_every_open_branch(
             return await db.fetchval("SELECT count(*) FROM tasks WHERE status = 'queued'") == 3
 
         await wait_until(three_open, timeout=10, what="three open branches")
+        seen = await client.get_instance(started.instance_id)
         result = await client.cancel(started.instance_id, reason="test")
+    process_scope = seen["scopes"][0]
+    assert process_scope["kind"] == "process"
+    assert sorted(t["node_id"] for t in process_scope["tokens"]) == ["a", "b", "c"]
     statuses = await db.fetch(
         "SELECT status FROM tasks WHERE instance_id = $1", started.instance_id
     )
