@@ -12,7 +12,7 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.definitions.expression import Expression, ExpressionError, parse_expression
+from orchestrator.definitions.expressions import Expression, ExpressionError, parse_expression
 from orchestrator.errors import DefinitionError
 from orchestrator.model.definition import (
     EndEvent,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from orchestrator.definitions.expression import evaluate_condition
+from orchestrator.definitions.expressions import evaluate_condition
 from orchestrator.definitions.loader import Process
 from orchestrator.engine.state import (
     CreateTask,

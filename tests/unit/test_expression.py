@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from orchestrator.definitions.expression import (
+from orchestrator.definitions.expressions import (
     MAX_DEPTH,
     MAX_LENGTH,
     And,
