@@ -262,7 +262,7 @@ class _Builder:
         low, high = FUNCTIONS.get(name, (0, None)) if self.dialect == "feel" else (0, None)
         if not low <= len(arguments) <= (high if high is not None else len(arguments)):
             expected = f"{low}" if low == high else f"at least {low}"
-            plural = "" if low == high == 1 else "s"
+            plural = "" if low == 1 else "s"
             raise ExpressionError(f"{name}() takes {expected} argument{plural}", position)
         node = Call(name, tuple(argument.node for argument in arguments))
         return _Part(node, position, _nested(opener.start_pos, arguments))
