@@ -112,6 +112,9 @@ def _not_equal(left: Any, right: Any) -> bool:
 
 
 def _feel_equal(left: Any, right: Any) -> bool | None:
+    kind = type(left)
+    if kind is type(right) and kind in _FAST_ORDERED:
+        return bool(left == right)
     if left is None or right is None:
         return left is right
     if _family(left) != _family(right):
@@ -431,6 +434,20 @@ def _juel_logic(operands: tuple[Compiled, ...], decisive: bool) -> Compiled:
 
 def _feel_logic(operands: tuple[Compiled, ...], decisive: bool) -> Compiled:
     """and (decisive False) / or (decisive True): null unless decided or all agree."""
+    if len(operands) == 2:  # the common case, without the loop
+        first, second = operands
+        agreed = not decisive
+
+        def pair(variables: Mapping[str, Any]) -> bool | None:
+            left = first(variables)
+            if left is decisive:
+                return bool(decisive)
+            right = second(variables)
+            if right is decisive:
+                return bool(decisive)
+            return agreed if left is agreed and right is agreed else None
+
+        return pair
 
     def run(variables: Mapping[str, Any]) -> bool | None:
         result: bool | None = not decisive
