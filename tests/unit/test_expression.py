@@ -1,4 +1,7 @@
-"""The gateway-condition expression language: parsing, evaluation and syntax errors."""
+"""The plain condition language (the original one): parsing, evaluation and syntax errors.
+
+JUEL and FEEL, and what plain gained with them, are in test_expression_dialects.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from orchestrator.definitions.expression import (
+from orchestrator.definitions.expressions import (
     MAX_DEPTH,
     MAX_LENGTH,
     And,
@@ -117,6 +120,7 @@ def test_tree_shape() -> None:
         )
     )
     assert expr.source == "a and b or not c == 1"
+    assert expr.dialect == "plain"
 
 
 def test_chains_are_flat() -> None:
