@@ -18,7 +18,9 @@ DEPLOY_LOCK_TIMEOUT_MS = 10_000
 def load_processes(source: str) -> list[Process]:
     """Every process in a source: BPMN 2.0 XML (told apart by content) holds one or more,
     YAML or JSON one. Refused whole (DefinitionError) if any of them cannot run."""
-    if looks_like_bpmn(source):
+    # Anything that starts like XML is read as XML: a file with a DTD is BPMN refused for
+    # its DTD, not YAML refused for not being a mapping.
+    if looks_like_bpmn(source) or source.lstrip("\ufeff \t\r\n").startswith("<"):
         return load_bpmn(source)
     return [load_definition(source)]
 
