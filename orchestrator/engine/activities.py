@@ -141,13 +141,15 @@ def done(
     own = run.scopes.get(token.scope) if token.scope is not None else None
     if own is not None and own.node_id != node.id:
         own = None  # the token runs in the enclosing scope: the activity has none
-    context = {**run.visible(token.scope), **result}
     outer = own.parent if own is not None else token.scope
+    looped = own is not None and own.kind == "mi_element"
+    # Only output mappings and loops read the context: a plain task's completion skips it.
+    context = {**run.visible(token.scope), **result} if node.outputs or looped else result
     if node.outputs:
         run.assign(outer, {m.target: run.value(m.source, context) for m in node.outputs})
     elif propagate and result:
         run.assign(token.scope, result)
-    if own is not None and own.kind == "mi_element":
+    if own is not None and looped:
         _element_done(run, token, node, own, context)
         return
     if own is not None:
