@@ -9,6 +9,8 @@ separate benchmark with `--json`; its result comes back under `against`.
 
 The other checkout may be older than this one: until the benchmark moved out of the package it
 lived in `orchestrator/bench` and ran as `orchestrator bench`. Both layouts are recognised.
+Older benchmarks have no `--shape` either: the default (sequential) workload is asked of them
+as before, with no `--shape`; another shape only of a benchmark whose `--help` offers it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 import orchestrator
+from bench import shapes
 from orchestrator.subprocesses import spawn, stop
 
 if TYPE_CHECKING:  # the runner imports this module
@@ -55,6 +58,40 @@ def bench_command(path: Path) -> list[str]:
     raise AgainstError(f"{path} has no benchmark (neither bench/ nor orchestrator/bench/)")
 
 
+def check_shape(path: Path, shape: str) -> None:
+    """Refuse a shape the benchmark in `path` cannot run. Any benchmark runs the sequential
+    one (before `--shape` existed it was the only one); another needs `--shape` offering it,
+    which the other side's own `--help` tells."""
+    if shape == shapes.SEQUENTIAL:
+        return
+    command = [sys.executable, *bench_command(path), "--help"]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, timeout=60, check=False, env=_env(path), cwd=path
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AgainstError(f"could not ask the benchmark in {path} for its options: {exc}") from exc
+    text = done.stdout.decode(errors="replace")
+    if done.returncode != 0:
+        errors = done.stderr.decode(errors="replace").strip()[-500:]
+        raise AgainstError(
+            f"the benchmark in {path} did not answer --help (exit {done.returncode}): {errors}"
+        )
+    if "--shape" not in text or shape not in text:
+        raise AgainstError(
+            f"the benchmark in {path} has no --shape {shape} (it is older: it runs only the "
+            "sequential workload). Compare --shape sequential against it, or check out a "
+            "version whose benchmark has --shape."
+        )
+
+
+def _env(path: Path) -> dict[str, str]:
+    """Our environment with the checkout in `path` first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
+    return env
+
+
 def label(path: Path) -> str:
     """The other side's name in the table: its commit if it is a git checkout."""
     try:
@@ -71,7 +108,9 @@ def label(path: Path) -> str:
 
 
 def bench_arguments(options: BenchOptions) -> list[str]:
-    """The other side's command line: the same workload, JSON out."""
+    """The other side's command line: the same workload, JSON out. `--shape` only for a
+    shape other than the default, which older benchmarks run without knowing the option."""
+    shape = [] if options.shape == shapes.SEQUENTIAL else ["--shape", options.shape]
     return [
         "--instances", str(options.instances),
         "--steps", str(options.steps),
@@ -80,6 +119,7 @@ def bench_arguments(options: BenchOptions) -> list[str]:
         "--payload-bytes", str(options.payload_bytes),
         "--rate", str(options.rate),
         "--rate-seconds", str(options.rate_seconds),
+        *shape,
         "--json",
     ]  # fmt: skip
 
@@ -93,8 +133,8 @@ class OtherSide:
     @classmethod
     def start(cls, directory: str, options: BenchOptions, workdir: Path) -> OtherSide:
         path = checkout(directory)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
+        check_shape(path, options.shape)
+        env = _env(path)
         output = workdir / "against.out"
         process = spawn(
             [sys.executable, *bench_command(path), *bench_arguments(options)],

@@ -8,7 +8,8 @@ import sys
 
 import orjson
 
-from bench.against import AgainstError, checkout
+from bench import shapes
+from bench.against import AgainstError, check_shape, checkout
 from bench.peers import PEERS
 from bench.report import table
 from bench.run import BenchOptions, bench
@@ -27,7 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--instances", type=int, default=5000)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="tasks per instance: in a row (sequential), or at once (parallel branches)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=shapes.SHAPES,
+        default=shapes.SEQUENTIAL,
+        help="the process each instance runs: sequential (default) start -> the tasks one "
+        "after another -> end; parallel start -> parallel fork -> the tasks at once -> "
+        "parallel join -> end (not with --peers)",
+    )
     parser.add_argument("--worker-processes", type=int, default=2)
     parser.add_argument("--engines", type=int, default=1, help="engine processes (active-active)")
     parser.add_argument("--payload-bytes", type=int, default=0)
@@ -68,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace) -> BenchOptions:
+    if args.shape != shapes.SEQUENTIAL and args.peers is not None:
+        raise SystemExit(
+            f"--shape {args.shape} runs our engine only: the peers (--peers) have the "
+            "sequential workload alone; drop --peers, or use --shape sequential"
+        )
     if args.against is not None:
         _check_against(args)
     peers: tuple[str, ...] = ()
@@ -85,6 +104,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
             payload_bytes=args.payload_bytes,
             rate=args.rate,
             timeout_s=120,
+            shape=args.shape,
         )
     return BenchOptions(
         instances=args.instances,
@@ -97,6 +117,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         peers=peers,
         backlog=args.backlog,
         against=args.against,
+        shape=args.shape,
     )
 
 
@@ -107,7 +128,7 @@ def _check_against(args: argparse.Namespace) -> None:
     if args.peers is not None or args.backlog or args.quick:
         raise SystemExit("--against runs alone: no --peers, --backlog or --quick with it")
     try:
-        checkout(args.against)
+        check_shape(checkout(args.against), args.shape)
     except AgainstError as exc:
         raise SystemExit(f"--against: {exc}") from exc
 

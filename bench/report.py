@@ -43,10 +43,18 @@ def table(result: dict[str, Any]) -> str:
         lines.append([row["name"], *(_cell(_get(row, path)) for _, path in COLUMNS), ratio])
     widths = [max(len(line[i]) for line in lines if i < len(line)) for i in range(len(header))]
     out = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)) for line in lines]
+    shape = result.get("shape")  # none: the sequential workload, as before shapes existed
+    if shape is not None:
+        out.insert(0, _shape_line(shape, result.get("steps")))
     latency = result.get("latency_phase", {})
+    work = (
+        f"{result.get('steps')} steps"
+        if shape is None
+        else f"{result.get('steps')} tasks ({shape} shape)"
+    )
     out.append(
         f"latency columns: open-loop phase at {latency.get('rate')} instances/s; "
-        f"throughput: {result.get('instances')} instances x {result.get('steps')} steps"
+        f"throughput: {result.get('instances')} instances x {work}"
     )
     cpu = result.get("cpu_s_per_1000_tasks")
     if cpu:
@@ -65,7 +73,7 @@ def table(result: dict[str, Any]) -> str:
     )
     floors = result.get("floor_ms")
     if floors:
-        out.append(_floor_line(floors))
+        out.append(_floor_line(floors, longest_path=shape is not None))
     backlog = result.get("backlog")
     if backlog:
         out.append(
@@ -88,15 +96,25 @@ def _latency_cpu_line(latency: dict[str, Any]) -> str | None:
     )
 
 
-def _floor_line(floors: dict[str, dict[str, Any]]) -> str:
+def _shape_line(shape: str, steps: Any) -> str:
+    if shape == "parallel":
+        return (
+            f"shape parallel: start -> parallel fork -> {steps} service tasks at once -> "
+            "parallel join -> end (every figure below is of this shape)"
+        )
+    return f"shape {shape} (every figure below is of this shape)"
+
+
+def _floor_line(floors: dict[str, dict[str, Any]], longest_path: bool = False) -> str:
     """What the broker and the database alone cost an instance here (see bench/floor.py)."""
     some = next(iter(floors.values()))
+    where = "on an instance's longest path" if longest_path else "per instance"
     parts = [
         f"{floor['instance_ms']} ms {name.replace('_', ' ')} "
         f"(hop {floor['broker_hop_ms']}, commit {floor['commit_ms']})"
         for name, floor in floors.items()
     ]
     return (
-        f"latency floor here, {some['hops']} broker hops + {some['commits']} commits per "
-        f"instance: " + "; ".join(parts)
+        f"latency floor here, {some['hops']} broker hops + {some['commits']} commits {where}: "
+        + "; ".join(parts)
     )

@@ -1,8 +1,9 @@
 """The benchmark (`./dev bench`): the fixed workload end to end, on our engine and optionally
 on peers.
 
-Workload: N instances of a sequential process of S no-op external tasks; durable queues,
-persistent messages, publisher confirms, synchronous_commit on. Phases:
+Workload: N instances of a process of S no-op external tasks, one after another (the default
+shape) or all at once between a parallel fork and join (`--shape parallel`, bench/shapes.py);
+durable queues, persistent messages, publisher confirms, synchronous_commit on. Phases:
 1. warm-up (a few hundred instances);
 2. throughput: start N instances as fast as possible; first start to last completion;
 3. latency: open-loop arrivals at a fixed rate (default half the measured maximum).
@@ -24,7 +25,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench import child_env
+from bench import child_env, shapes
 from bench.against import OtherSide, this_checkout
 from bench.breakdown import Entry, TaskTimes, breakdown, worker_entries
 from bench.floor import measure_floors
@@ -60,6 +61,8 @@ class BenchOptions:
     floor_samples: int = 200
     #: Another checkout of the project to run the same workload at the same time (against.py).
     against: str | None = None
+    #: The process each instance runs (bench/shapes.py): S tasks in a row, or S at once.
+    shape: str = shapes.SEQUENTIAL
 
 
 @dataclass
@@ -76,20 +79,10 @@ class Run:
 
     @property
     def topics(self) -> list[str]:
-        return [f"bench-step-{i + 1}" for i in range(self.options.steps)]
+        return shapes.topics(self.options.steps)
 
     def definition(self) -> str:
-        nodes: list[dict[str, Any]] = [{"id": "start", "type": "start_event"}]
-        flows: list[dict[str, Any]] = []
-        previous = "start"
-        for index, topic in enumerate(self.topics):
-            node = f"step{index + 1}"
-            nodes.append({"id": node, "type": "service_task", "topic": topic, "lock": "60s"})
-            flows.append({"id": f"to_{node}", "from": previous, "to": node})
-            previous = node
-        nodes.append({"id": "end", "type": "end_event"})
-        flows.append({"id": "to_end", "from": previous, "to": "end"})
-        return orjson.dumps({"key": "bench", "nodes": nodes, "flows": flows}).decode()
+        return orjson.dumps(shapes.definition(self.options.shape, self.options.steps)).decode()
 
     def _env(self, **extra: str) -> dict[str, str]:
         return child_env(
@@ -341,7 +334,7 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
                 run.settings.amqp_url,
                 url,
                 f"{run.settings.namespace}.floor",
-                steps=options.steps,
+                steps=shapes.path_steps(options.shape, options.steps),
                 samples=options.floor_samples,
             )
             backlog = await _backlog(run, client, pool, full) if options.backlog else None
@@ -354,8 +347,14 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
     half_window = half.pop("_window_ms")
     # The workers wrote their files as they exited.
     half["breakdown"] = breakdown(
-        half.pop("_sent_ms"), half.pop("_task_times"), run.worker_entries()
+        half.pop("_sent_ms"),
+        half.pop("_task_times"),
+        run.worker_entries(),
+        parallel=options.shape == shapes.PARALLEL,
     )
+    # The default shape's result is what it was before shapes existed (no key): only another
+    # shape is labelled.
+    shape = {} if options.shape == shapes.SEQUENTIAL else {"shape": options.shape}
     return {
         "name": "orchestrator",
         "variant": f"{options.engines} engine(s), {options.worker_processes} worker processes, "
@@ -363,6 +362,7 @@ async def run_ours(settings: Settings, options: BenchOptions, workdir: Path) -> 
         "synchronous_commit on",
         "instances": options.instances,
         "steps": options.steps,
+        **shape,
         **full,
         "dispatch_latency_ms_full_load": summary(run.dispatch_latencies(*full_window), (50, 99)),
         "dispatch_latency_ms": summary(run.dispatch_latencies(*half_window), (50, 99)),
@@ -471,7 +471,8 @@ def bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         raise
     result: dict[str, Any] = {**ours, "machine": _machine()}
     if other is not None:
-        result["against"] = _checked(other.result(options.timeout_s * 2), other.path)
+        theirs = other.result(options.timeout_s * 2)
+        result["against"] = _checked(theirs, other.path, options.shape)
     if options.peers:
         rate = ours["latency_phase"]["rate"]
         result["peers"] = {
@@ -480,11 +481,17 @@ def bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     return result
 
 
-def _checked(theirs: dict[str, Any], path: Path) -> dict[str, Any]:
-    """An error instead of figures if the other side did not run the other checkout's code."""
+def _checked(theirs: dict[str, Any], path: Path, shape: str = shapes.SEQUENTIAL) -> dict[str, Any]:
+    """An error instead of figures if the other side did not run the other checkout's code,
+    or not the same shape (a result with no shape is the sequential one: older benchmarks)."""
+    if "error" in theirs:
+        return theirs
     code = theirs.get("code")
     if code is not None and Path(code) != path:
         return {"name": theirs["name"], "error": f"it ran the code in {code}, not {path}"}
+    ran = theirs.get("shape", shapes.SEQUENTIAL)
+    if ran != shape:
+        return {"name": theirs["name"], "error": f"it ran the {ran} shape, not the {shape} one"}
     return theirs
 
 
