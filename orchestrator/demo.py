@@ -25,8 +25,19 @@ from orchestrator.subprocesses import spawn, stop
 WORKER_SPEC = "workers.examples.order:worker"
 
 
+def _example(name: str) -> str:
+    return resources.files("orchestrator.definitions").joinpath(f"examples/{name}").read_text()
+
+
 def example_definition() -> str:
-    return resources.files("orchestrator.definitions").joinpath("examples/order.yaml").read_text()
+    """The order process the demo deploys: BPMN 2.0 XML (Camunda 7 dialect, with a diagram),
+    reserving stock and checking for fraud in parallel."""
+    return _example("order.bpmn")
+
+
+def example_yaml() -> str:
+    """The order process in the YAML form (sequential: no fraud check)."""
+    return _example("order.yaml")
 
 
 def run_demo(settings: Settings, instances: int, workers: int, timeout: float) -> int:
@@ -66,7 +77,7 @@ async def _drive(
     logs: Path,
 ) -> int:
     async with Client(settings, name="orchestrator-demo") as client:
-        deployed = await client.deploy(example_definition(), filename="order.yaml")
+        deployed = await client.deploy(example_definition(), filename="order.bpmn")
         _status(
             f"deployed {deployed['process_key']} v{deployed['version']}; "
             f"engine and workers log to {logs}"

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from orchestrator.definitions.loader import content_hash, load_definition
-from orchestrator.demo import example_definition
+from orchestrator.demo import example_yaml
 from orchestrator.errors import DefinitionError
 from orchestrator.model.definition import ServiceTask, parse_duration_ms
 
@@ -42,8 +42,8 @@ def problems(data: dict[str, Any]) -> list[str]:
     return error.value.problems
 
 
-def test_example_loads() -> None:
-    process = load_definition(example_definition())
+def test_yaml_example_loads() -> None:
+    process = load_definition(example_yaml())
     assert process.topics == {"reserve-stock", "charge-payment", "ship-order"}
     node = process.nodes["ship_order"]
     assert isinstance(node, ServiceTask) and node.lock_ms == 60_000

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.daemon.admin import load_processes
 from orchestrator.definitions.loader import Process, load_definition
 from orchestrator.demo import example_definition
 from orchestrator.engine.state import CreateTask, InstanceEnded, RaiseIncident, Transition
@@ -19,30 +20,59 @@ from orchestrator.engine.step import (
     start_instance,
 )
 
-ORDER = load_definition(example_definition())
+(ORDER,) = load_processes(example_definition())
 
 
 def created(transition: Transition) -> list[CreateTask]:
     return [e for e in transition.effects if isinstance(e, CreateTask)]
 
 
-def run_order(quantity: int) -> list[str]:
-    """Complete every task as the example workers would; return the nodes visited."""
+def worker_result(node_id: str, quantity: int, fraud_score: int) -> dict[str, Any]:
+    """What the example workers would return at this node."""
+    if node_id == "reserve_stock":
+        return {"reserved": quantity <= 10}
+    if node_id == "check_fraud":
+        return {"fraud_score": fraud_score}
+    return {}
+
+
+def run_order(quantity: int, fraud_score: int = 10, *, reverse: bool = False) -> list[set[str]]:
+    """Complete every task as the example workers would, the tasks open at once in creation
+    order (or `reverse`d); return the nodes of the tasks created at each step."""
     transition = start_instance(ORDER, str(uuid.uuid4()), {"quantity": quantity})
-    visited = []
-    while tasks := created(transition):
-        (task,) = tasks
-        visited.append(task.node_id)
-        result = {"reserved": quantity <= 10} if task.node_id == "reserve_stock" else {}
+    steps: list[set[str]] = []
+    open_tasks: list[CreateTask] = []
+    while True:
+        if new := created(transition):
+            steps.append({task.node_id for task in new})
+            open_tasks.extend(new)
+        if not open_tasks:
+            break
+        task = open_tasks.pop(-1 if reverse else 0)
+        result = worker_result(task.node_id, quantity, fraud_score)
         transition = complete_task(ORDER, transition.state, task.task_id, result)
     assert transition.state.status == "completed"
     assert InstanceEnded("completed") in transition.effects
-    return visited
+    return steps
 
 
 def test_order_paths() -> None:
-    assert run_order(3) == ["reserve_stock", "charge_payment", "ship_order"]
-    assert run_order(11) == ["reserve_stock"]
+    both = {"reserve_stock", "check_fraud"}
+    assert run_order(3) == [both, {"charge_payment"}, {"ship_order"}]
+    assert run_order(3, reverse=True) == [both, {"charge_payment"}, {"ship_order"}]
+    assert run_order(11) == [both]
+    assert run_order(3, fraud_score=80) == [both]
+    assert run_order(3, fraud_score=79) == [both, {"charge_payment"}, {"ship_order"}]
+
+
+def test_the_join_waits_for_both_branches() -> None:
+    transition = start_instance(ORDER, str(uuid.uuid4()), {"quantity": 1})
+    first, second = sorted(created(transition), key=lambda task: task.node_id)
+    after_one = complete_task(ORDER, transition.state, first.task_id, {"fraud_score": 5})
+    assert not created(after_one)
+    assert after_one.state.status == "active"
+    after_both = complete_task(ORDER, after_one.state, second.task_id, {"reserved": True})
+    assert [task.node_id for task in created(after_both)] == ["charge_payment"]
 
 
 def test_task_ids_are_deterministic() -> None:
@@ -54,7 +84,7 @@ def test_task_ids_are_deterministic() -> None:
 
 def test_completion_merges_variables() -> None:
     transition = start_instance(ORDER, str(uuid.uuid4()), {"quantity": 1, "keep": True})
-    task = created(transition)[0]
+    task = next(t for t in created(transition) if t.node_id == "reserve_stock")
     after = complete_task(ORDER, transition.state, task.task_id, {"reserved": True})
     assert after.state.variables == {"quantity": 1, "keep": True, "reserved": True}
 
@@ -95,9 +125,10 @@ def test_gateway_takes_exactly_one_branch(x: int) -> None:
 
 
 @given(st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=20))
-def test_any_quantity_finishes_with_at_most_three_tasks(quantities: list[int]) -> None:
+def test_any_quantity_finishes_with_at_most_four_tasks(quantities: list[int]) -> None:
     for quantity in quantities:
-        assert 1 <= len(run_order(quantity)) <= 3
+        steps = run_order(quantity, fraud_score=quantity * 3)
+        assert 2 <= sum(len(step) for step in steps) <= 4
 
 
 def boundary_process(*, catch_all: bool = False) -> Process:

@@ -1,10 +1,11 @@
-"""Example workers for the order process (orchestrator/definitions/examples/order.yaml).
+"""Example workers for the order process (orchestrator/definitions/examples/order.bpmn).
 
 Run them with: orchestrator worker workers.examples.order:worker
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from workers import BpmnError, TaskContext, Worker
@@ -15,12 +16,22 @@ worker = Worker("order-workers")
 STOCK_LIMIT = 10
 #: Payments above this amount are declined in the example.
 CARD_LIMIT = 5_000
+#: Fraud scores are 0 to FRAUD_SCORES - 1; the process refuses an order scored 80 or more.
+FRAUD_SCORES = 90
 
 
 @worker.task("reserve-stock", concurrency=50)
 async def reserve_stock(task: TaskContext) -> dict[str, Any]:
     quantity = int(task.variables.get("quantity", 1))
     return {"reserved": quantity <= STOCK_LIMIT}
+
+
+@worker.task("check-fraud", concurrency=50)
+async def check_fraud(task: TaskContext) -> dict[str, Any]:
+    # A stand-in for a scoring service: the same order always gets the same score, and
+    # about one order in nine scores 80 or more.
+    key = task.business_key or task.info.instance_id
+    return {"fraud_score": zlib.crc32(key.encode()) % FRAUD_SCORES}
 
 
 @worker.task("charge-payment", concurrency=50)
