@@ -14,6 +14,11 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 REPORT_ROUTING_KEY = "report"
 COMMAND_ROUTING_KEY = "command"
 DEAD_REASON_HEADER = "x-orch-dead-reason"
+#: Outbox rows whose message goes to the engines' own queues, not to a task queue: a call
+#: activity's start of its child, the child's outcome for its caller, a child's cancel.
+#: A topic never starts with "~".
+OUTBOX_TO_REPORTS = "~reports"
+OUTBOX_TO_COMMANDS = "~commands"
 #: On task messages: when the engine published them, right after commit (Unix ms as text,
 #: with a fraction).
 PUBLISHED_AT_HEADER = "x-orch-published-at-ms"

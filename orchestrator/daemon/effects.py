@@ -8,10 +8,11 @@ from typing import Any
 
 import orjson
 
+from orchestrator.daemon import calls
+from orchestrator.engine.activities import CALL_TOPIC
 from orchestrator.engine.state import (
     CreateTask,
     InstanceEnded,
-    NotifyParent,
     RaiseIncident,
     Record,
     StartChild,
@@ -30,6 +31,10 @@ class InstanceInfo:
     id: str
     process_key: str
     business_key: str | None
+
+
+#: The worker id a call activity's task is held by while its child runs.
+CALL_HOLDER = "engine"
 
 
 def task_message(
@@ -99,7 +104,7 @@ def apply_task_decision(
         uow.count(decision.counter)
     if decision.resend:  # the same attempt again: the row only restarts its dispatch clock
         uow.redispatched.append((task.id, task.attempt))
-    if decision.sends:
+    if decision.sends and task.topic != CALL_TOPIC:  # a call is started again by its caller
         if info is None or variables is None:
             raise ValueError(f"the message of task {task.id} needs its instance and variables")
         uow.outbox.append(task_message(task, info, variables, redispatch=decision.resend))
@@ -120,26 +125,11 @@ def _set_state(task: TaskRow, state: TaskState) -> None:
 def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition) -> None:
     for effect in transition.effects:
         if isinstance(effect, CreateTask):
-            task = TaskRow(
-                id=effect.task_id,
-                instance_id=info.id,
-                node_id=effect.node_id,
-                topic=effect.topic,
-                status="queued",
-                attempt=1,
-                retries_left=effect.max_attempts - 1,
-                lock_ms=effect.lock_ms,
-                worker_id=None,
-                lease_expires_at=None,
-                lease_expiries=0,
-            )
-            uow.new_tasks.append(task)
-            uow.outbox.append(
-                task_message(task, info, effect.variables, extra=effect.message_fields)
-            )
-            uow.count("tasks_created")
+            _create_task(uow, info, effect)
         elif isinstance(effect, WithdrawTask):
             _withdraw(uow, effect.task_id)
+            if effect.call:
+                uow.outbox.append(calls.cancel_child(effect.task_id, "its call activity ended"))
         elif isinstance(effect, RaiseIncident):
             uow.incident(info.id, effect.node_id, "process", effect.message, task_id=effect.task_id)
         elif isinstance(effect, InstanceEnded):
@@ -147,8 +137,35 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
             uow.count(f"instances_{effect.status}")
         elif isinstance(effect, Record):
             uow.record(info.id, effect.kind, effect.node_id, effect.task_id, effect.detail or None)
-        elif isinstance(effect, StartChild | NotifyParent):
-            raise NotImplementedError("call activities are refused at deploy for now")
+        elif isinstance(effect, StartChild):
+            uow.outbox.append(calls.start_child(effect))
+            uow.count("calls_started")
+        else:
+            uow.outbox.append(calls.notify_parent(effect, info.id))
+
+
+def _create_task(uow: UnitOfWork, info: InstanceInfo, effect: CreateTask) -> None:
+    """A task row; an external task's message, or a call activity's row held by no worker
+    (its child instance settles it: see calls.py)."""
+    task = TaskRow(
+        id=effect.task_id,
+        instance_id=info.id,
+        node_id=effect.node_id,
+        topic=effect.topic,
+        status="claimed" if effect.call else "queued",
+        attempt=1,
+        retries_left=effect.max_attempts - 1,
+        lock_ms=effect.lock_ms,
+        worker_id=CALL_HOLDER if effect.call else None,
+        lease_expires_at=None,
+        lease_expiries=0,
+    )
+    if effect.call:
+        uow.new_waits.append(task)
+        return
+    uow.new_tasks.append(task)
+    uow.outbox.append(task_message(task, info, effect.variables, extra=effect.message_fields))
+    uow.count("tasks_created")
 
 
 def _withdraw(uow: UnitOfWork, task_id: str) -> None:

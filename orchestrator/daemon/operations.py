@@ -12,11 +12,18 @@ from typing import Any
 import orjson
 
 from orchestrator.broker.topology import Topology
+from orchestrator.daemon import calls
 from orchestrator.daemon.context import EngineContext
-from orchestrator.daemon.effects import InstanceInfo, apply_task_decision, apply_transition
+from orchestrator.daemon.effects import (
+    CALL_HOLDER,
+    InstanceInfo,
+    apply_task_decision,
+    apply_transition,
+)
 from orchestrator.daemon.reports import Notice
 from orchestrator.engine import task as lifecycle
-from orchestrator.engine.step import cancel_instance
+from orchestrator.engine.activities import CALL_TOPIC
+from orchestrator.engine.step import cancel_instance, restart_call
 from orchestrator.errors import InvalidCommand, InvalidState, NotFound
 from orchestrator.model.wire import (
     CancelCommand,
@@ -75,9 +82,34 @@ async def retry(db: Session, context: EngineContext, command: RetryCommand) -> O
     uow = UnitOfWork()
     info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
     apply_task_decision(uow, task, decision, info, variables_for_task(instance, task.id))
+    if task.topic == CALL_TOPIC and task.id in uow.changed_tasks and task.status == "queued":
+        await _restart_call(db, context, uow, instance, task)
     await db.archive_outcome(task.id)
     publish = await db.write(uow)
     return OperationResult(_retry_result(incident, task, already=False), publish)
+
+
+async def _restart_call(
+    db: Session, context: EngineContext, uow: UnitOfWork, instance: Row, task: TaskRow
+) -> None:
+    """A call whose child could not start: send its start again, held by the engine."""
+    process = await context.processes.get(db, instance["definition_id"])
+    start = restart_call(process, state_from_record(instance), task.id)
+    task.status, task.worker_id = "claimed", CALL_HOLDER
+    uow.outbox.append(calls.start_child(start, attempt=task.attempt))
+
+
+async def _refuse_cancelling_a_called_instance(db: Session, instance: Row) -> None:
+    """An instance a call activity waits for is cancelled through its caller."""
+    called_by = state_from_record(instance).called_by
+    if called_by is None:
+        return
+    waiting = await db.tasks_by_id([called_by.task_id])
+    if waiting and waiting[0].is_open:
+        raise InvalidState(
+            f"instance {instance['id']} was started by a call activity of instance "
+            f"{called_by.instance_id}: cancel that instance"
+        )
 
 
 async def _find_incident(db: Session, command: RetryCommand) -> Row:
@@ -123,6 +155,7 @@ async def cancel(
         return OperationResult({**result, "already_cancelled": True})
     if instance["status"] != "active":
         raise InvalidState(f"instance {instance['id']} is already {instance['status']}")
+    await _refuse_cancelling_a_called_instance(db, instance)
     uow = UnitOfWork()
     transition = cancel_instance(state_from_record(instance), command.reason)
     uow.changed_instances[transition.state.id] = transition.state
@@ -135,6 +168,8 @@ async def cancel(
         if isinstance(decision.answer, TaskRevoked):
             notices.append(_revoke_notice(task, decision.answer, topology))
         apply_task_decision(uow, task, decision, info, instance["variables"])  # sends nothing
+        if task.topic == CALL_TOPIC:
+            uow.outbox.append(calls.cancel_child(task.id, "its calling instance was cancelled"))
     for row in await db.open_incidents_of_instance(instance["id"]):
         uow.resolved_incidents.append((str(row["id"]), None, "instance cancelled"))
     publish = await db.write(uow)

@@ -10,11 +10,20 @@ from collections.abc import Sequence
 from aio_pika.abc import AbstractChannel
 
 from orchestrator.broker.publisher import Outgoing, Publisher, Sent
-from orchestrator.broker.topology import PUBLISHED_AT_HEADER, Topology, declare_task_queue
+from orchestrator.broker.topology import (
+    COMMAND_ROUTING_KEY,
+    OUTBOX_TO_COMMANDS,
+    OUTBOX_TO_REPORTS,
+    PUBLISHED_AT_HEADER,
+    REPORT_ROUTING_KEY,
+    Topology,
+    declare_task_queue,
+)
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Store
 from orchestrator.store.unit_of_work import OutboxMessage, PublishedRow
 
+_ENGINE_ROUTES = frozenset({OUTBOX_TO_REPORTS, OUTBOX_TO_COMMANDS})
 log = logging.getLogger(__name__)
 
 
@@ -36,14 +45,19 @@ class Relay:
         self._have_confirmed = asyncio.Event()
 
     async def ensure_queues(self, topics: set[str] | frozenset[str]) -> None:
-        for topic in sorted(set(topics) - self._declared):
+        for topic in sorted(set(topics) - self._declared - _ENGINE_ROUTES):
             await declare_task_queue(self._declare_channel, self._topology, topic)
             self._declared.add(topic)
 
     def _outgoing(self, message: OutboxMessage, published_at_ms: str) -> Outgoing:
+        exchange, routing_key = self._topology.tasks_exchange, message.routing_key
+        if routing_key == OUTBOX_TO_REPORTS:
+            exchange, routing_key = self._topology.reports_exchange, REPORT_ROUTING_KEY
+        elif routing_key == OUTBOX_TO_COMMANDS:
+            exchange, routing_key = self._topology.commands_exchange, COMMAND_ROUTING_KEY
         return Outgoing(
-            self._topology.tasks_exchange,
-            message.routing_key,
+            exchange,
+            routing_key,
             message.body,
             message_id=message.message_id,
             headers={PUBLISHED_AT_HEADER: published_at_ms},

@@ -21,7 +21,7 @@ from orchestrator.engine import task as lifecycle
 from orchestrator.engine.state import InstanceState, Transition
 from orchestrator.engine.step import EngineStepError, complete_task, error_task
 from orchestrator.engine.variables import task_variables
-from orchestrator.model.definition import ServiceTask, UserTask
+from orchestrator.model.definition import RetryPolicy, ServiceTask, UserTask
 from orchestrator.model.wire import (
     BpmnErrorReport,
     Claimed,
@@ -39,6 +39,7 @@ from orchestrator.store.store import Session
 from orchestrator.store.unit_of_work import InstanceRow, PublishedRow, TaskRow, UnitOfWork
 
 log = logging.getLogger(__name__)
+NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ class ReportBatch:
         if repeated:
             return
         self._ledger.insert(report, payload_hash)
-        policy = self._node(task).retry
+        policy = self._retry_policy(task)
         decision = lifecycle.fail(task, report, policy=policy, unit_random=random.random())
         self._carry_out(item, task, decision)
 
@@ -301,11 +302,13 @@ class ReportBatch:
     def _process(self, task: TaskRow) -> Process:
         return self._processes.cached(self._instances[task.instance_id].definition_id)
 
-    def _node(self, task: TaskRow) -> ServiceTask | UserTask:
+    def _retry_policy(self, task: TaskRow) -> RetryPolicy:
+        """An external task's policy; a call activity's task fails at once (its child could
+        not start: an operator retries it)."""
         node = self._process(task).nodes[task.node_id]
-        if not isinstance(node, ServiceTask | UserTask):
-            raise EngineStepError(f"node {task.node_id} is not an external task")
-        return node
+        if isinstance(node, ServiceTask | UserTask):
+            return node.retry
+        return NO_RETRIES
 
     def _state(self, instance_id: str) -> InstanceState:
         return self._states[instance_id]

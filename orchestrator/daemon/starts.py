@@ -12,10 +12,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.daemon import calls
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
 from orchestrator.daemon.ledger import fingerprint
 from orchestrator.definitions.loader import Process
+from orchestrator.engine.state import CalledBy
 from orchestrator.engine.step import start_instance
 from orchestrator.errors import (
     BusinessKeyConflict,
@@ -62,6 +64,20 @@ def _payload_hash(command: StartCommand) -> bytes:
     )
 
 
+def _new_start(command: StartCommand) -> _Start:
+    """A call activity's child comes with its id (its call's task id); others get a new one."""
+    if command.instance_id is not None:
+        return _Start(command, instance_id=command.instance_id)
+    return _Start(command)
+
+
+def _called_by(command: StartCommand) -> CalledBy | None:
+    called = command.called_by
+    if called is None:
+        return None
+    return CalledBy(called.instance_id, called.task_id, tuple(called.catches))
+
+
 class StartBatch:
     def __init__(self, db: Session, context: EngineContext, uow: UnitOfWork | None = None):
         self._db = db
@@ -72,7 +88,7 @@ class StartBatch:
         self, starts: list[StartCommand]
     ) -> tuple[list[StartResult], list[PublishedRow], UnitOfWork]:
         """Inside the caller's transaction: look up, record the keys, create the winners."""
-        batch = [_Start(command) for command in starts]
+        batch = [_new_start(command) for command in starts]
         await self._resolve_definitions(batch)
         fresh = await self._record_keys([s for s in batch if s.result is None])
         winners = await self._claim_business_keys(fresh)
@@ -95,7 +111,7 @@ class StartBatch:
         work (which the caller may write together with other work). Raises NeedsLocks if it
         cannot."""
         processes = self._context.processes
-        batch = [_Start(command) for command in starts]
+        batch = [_new_start(command) for command in starts]
         if len({s.key for s in batch}) < len(batch):
             raise NeedsLocks("a key repeats within the batch")
         for start in batch:
@@ -133,9 +149,18 @@ class StartBatch:
             if start.definition is None:
                 suffix = f" version {wanted[1]}" if wanted[1] is not None else ""
                 start.result = NotFound(f"no process definition {wanted[0]!r}{suffix} is deployed")
+                self._tell_caller(start, str(start.result))
                 continue
             start.process = await self._context.processes.get(self._db, start.definition.id)
             start.payload_hash = _payload_hash(start.command)
+
+    def _tell_caller(self, start: _Start, reason: str) -> None:
+        """A call activity's child that cannot start fails its call's task (durably, in this
+        transaction's outbox): the caller holds an incident instead of waiting for ever."""
+        called = start.command.called_by
+        called_by = _called_by(start.command)
+        if called is not None and called_by is not None:
+            self._uow.outbox.append(calls.start_failed(called_by, called.attempt, reason))
 
     async def _definition(self, key: str, version: int | None) -> DefinitionRef | None:
         ref = await self._db.find_definition(key, version)
@@ -230,7 +255,9 @@ class StartBatch:
         if start.process is None or start.definition is None:
             raise RuntimeError("start without a definition")
         command = start.command
-        transition = start_instance(start.process, start.instance_id, command.variables)
+        transition = start_instance(
+            start.process, start.instance_id, command.variables, _called_by(command)
+        )
         row = InstanceRow(
             start.definition.id,
             command.process_key,

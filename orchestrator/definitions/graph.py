@@ -102,21 +102,9 @@ class _Problems:
         return list(self._texts)
 
 
-#: Why a call activity is refused at deploy: the pure core runs them (engine/activities.py),
-#: the engine does not start child instances yet.
-CALLS_NOT_RUN = "call activities are not run by this version of the engine yet"
-
-
-def compile_process(
-    definition: ProcessDefinition, *, calls: bool = False
-) -> tuple[Process | None, _Problems]:
-    """Compile and check; `calls`: accept call activities (for the pure core's own tests)."""
+def compile_process(definition: ProcessDefinition) -> tuple[Process | None, _Problems]:
     problems = _Problems()
     nodes = _index_nodes(definition.nodes, problems)
-    if not calls:
-        for node in nodes.values():
-            if isinstance(node, CallActivity):
-                problems.add(node.id, CALLS_NOT_RUN)
     outgoing, incoming = _index_flows(definition.flows, nodes, problems)
     starts = _index_starts(nodes, problems)
     for node in nodes.values():

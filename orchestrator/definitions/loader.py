@@ -35,13 +35,13 @@ def load_definition(source: str | bytes) -> Process:
     return compile_definition(parse_source(source))
 
 
-def compile_definition(data: dict[str, Any], *, calls: bool = False) -> Process:
+def compile_definition(data: dict[str, Any]) -> Process:
     try:
         definition = ProcessDefinition.model_validate(data)
     except ValidationError as exc:
         located = [_locate(error, data) for error in exc.errors()]
         raise DefinitionError([text for _, text in located], located) from exc
-    process, problems = compile_process(definition, calls=calls)
+    process, problems = compile_process(definition)
     if process is None:
         raise DefinitionError(problems.texts(), problems.located)
     return process

@@ -105,19 +105,22 @@ def _user_task_fields(node: UserTask) -> dict[str, Any]:
 def _call(run: Run, token: Token, node: CallActivity) -> None:
     """The child instance's id is the id of the task row the call waits on."""
     child_id = run.new_id()
-    run.place(Token(token.id, node.id, child_id, token.scope))
+    waiting = run.place(Token(token.id, node.id, child_id, token.scope))
+    run.effects.append(CreateTask(child_id, node.id, CALL_TOPIC, USER_TASK_LOCK_MS, 1, call=True))
+    run.effects.append(child_start(run, waiting, node))
+    run.record("call_started", node.id, child=child_id, process=node.called_element)
+
+
+def child_start(run: Run, token: Token, node: CallActivity) -> StartChild:
+    """The start of the child `token` waits for: the variables it gets, the error codes
+    its caller catches."""
+    assert token.task_id is not None
     seen = run.visible(token.scope)
     given: dict[str, Any] = dict(seen) if node.propagate_all_in else {}
     for mapping in node.inputs:
         given[mapping.target] = seen.get(mapping.target)
-    catches = _catches(run, token.scope, node.id)
-    run.effects.append(CreateTask(child_id, node.id, CALL_TOPIC, USER_TASK_LOCK_MS, 1, call=True))
-    run.effects.append(
-        StartChild(
-            child_id, node.called_element, node.version, given, CalledBy(run.id, child_id, catches)
-        )
-    )
-    run.record("call_started", node.id, child=child_id, process=node.called_element)
+    called_by = CalledBy(run.id, token.task_id, _catches(run, token.scope, node.id))
+    return StartChild(token.task_id, node.called_element, node.version, given, called_by)
 
 
 def _catches(run: Run, scope_id: str | None, node_id: str) -> tuple[str | None, ...]:

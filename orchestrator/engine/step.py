@@ -12,6 +12,7 @@ from orchestrator.engine.state import (
     InstanceEnded,
     InstanceState,
     Record,
+    StartChild,
     Token,
     Transition,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "cancel_instance",
     "complete_task",
     "error_task",
+    "restart_call",
     "start_instance",
 ]
 
@@ -82,6 +84,16 @@ def error_task(
     run.effects.insert(0, Record("task_error", token.node_id, task_id, {"code": code}))
     walk.drain(run)
     return run.finish()
+
+
+def restart_call(process: Process, state: InstanceState, task_id: str) -> StartChild:
+    """The start of the child a call activity waits for, again (its first start failed:
+    the called process was not deployed; an operator retries the call's task)."""
+    token = _waiting(state, task_id)
+    node = process.nodes[token.node_id]
+    if not isinstance(node, CallActivity):
+        raise EngineStepError(f"task {task_id} is not a call activity's")
+    return activities.child_start(Run.of(process, state), token, node)
 
 
 def cancel_instance(state: InstanceState, reason: str | None) -> Transition:

@@ -330,6 +330,19 @@ NOTICE_ADAPTER: TypeAdapter[WorkerNotice] = TypeAdapter(WorkerNotice)
 # --- client -> engine: commands, on exchange <ns>.commands, routing key "command" ----------
 
 
+class CalledByWire(BaseModel):
+    """The call activity that starts an instance (see StartCommand.called_by)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instance_id: Uuid = Field(description="The calling instance.")
+    task_id: Uuid = Field(description="The call activity's task in it (the child's id).")
+    catches: list[str | None] = Field(
+        [], description="Error codes the caller catches around the call (null: every code)."
+    )
+    attempt: int = Field(1, ge=1, description="The call activity task's attempt.")
+
+
 class StartCommand(_Wire):
     """Start an instance. Answered with {instance_id, created}."""
 
@@ -352,6 +365,16 @@ class StartCommand(_Wire):
         "Resend a start whose reply does not come with the same key.",
     )
     variables: Variables = Field({}, description="The instance's initial variables.")
+    instance_id: Uuid | None = Field(
+        None,
+        description="Engine-internal, for a call activity's child: the new instance's id "
+        "(the id of the call activity's task). Clients leave it out.",
+    )
+    called_by: CalledByWire | None = Field(
+        None,
+        description="Engine-internal, for a call activity's child: the calling instance. "
+        "Clients leave it out.",
+    )
 
 
 class DeployCommand(_Wire):

@@ -202,6 +202,8 @@ class UnitOfWork:
     new_instances: list[tuple[InstanceRow, InstanceState]] = field(default_factory=list)
     changed_instances: dict[str, InstanceState] = field(default_factory=dict)
     new_tasks: list[TaskRow] = field(default_factory=list)
+    #: Call activities' task rows: held by the engine, no lease, no message.
+    new_waits: list[TaskRow] = field(default_factory=list)
     changed_tasks: dict[str, TaskRow] = field(default_factory=dict)
     #: (task id, attempt) of queued tasks whose message is published again, unchanged
     #: otherwise (a task here is never also in changed_tasks).
@@ -330,6 +332,8 @@ class UnitOfWork:
             parts["released_keys"] = [self.ended_instances]
         if self.new_tasks:
             parts["new_tasks"] = _columns([_new_task_args(t) for t in self.new_tasks], 6)
+        if self.new_waits:
+            parts["new_waits"] = _columns([_new_task_args(t) for t in self.new_waits], 6)
         if self.changed_tasks:
             tasks = [(*_task_args(t), t.version) for t in self.changed_tasks.values()]
             parts["changed_tasks"] = _columns(tasks, 11)

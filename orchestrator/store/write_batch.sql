@@ -38,6 +38,16 @@ SELECT u.id, u.instance_id, u.node_id, u.topic, 'queued', 1, u.retries_left, u.l
 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::integer[], $6::integer[])
     AS u (id, instance_id, node_id, topic, retries_left, lock_ms)
 
+-- part: new_waits
+-- A call activity's task: held by the engine while its child instance runs, with no lease
+-- (the reaper never expires it) and no message (the dispatch watch never sees it).
+INSERT INTO tasks (id, instance_id, node_id, topic, status, attempt, retries_left, lock_ms,
+                   worker_id)
+SELECT u.id, u.instance_id, u.node_id, u.topic, 'claimed', 1, u.retries_left, u.lock_ms,
+       'engine'
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::integer[], $6::integer[])
+    AS u (id, instance_id, node_id, topic, retries_left, lock_ms)
+
 -- part: changed_tasks
 -- Like changed_instances: only a row still at the version read. A new attempt is a new
 -- dispatch: its dispatch clock starts now, with no re-sends yet.

@@ -23,8 +23,7 @@ from orchestrator.engine.step import complete_task, error_task, start_instance
 
 def process(nodes: list[dict[str, Any]], flows: list[tuple[str, str, str | None]]) -> Process:
     return compile_definition(
-        calls=True,
-        data={
+        {
             "key": "p",
             "nodes": nodes,
             "flows": [
