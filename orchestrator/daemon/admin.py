@@ -78,6 +78,8 @@ async def describe_instance(db: Session, instance_id: str) -> dict[str, Any]:
         "open_tasks": [t for t in tasks if t["status"] not in ("completed", "cancelled")],
         "tasks": tasks,
         "scopes": describe_scopes(row["tokens"], row["scopes"]),
+        "parent_id": str(row["parent_id"]) if row["parent_id"] is not None else None,
+        "children": await db.instance_children(instance_id),
         "incidents": await db.instance_incidents(instance_id),
         "history": await db.instance_history(instance_id),
     }

@@ -254,3 +254,11 @@ UPDATE report_ledger SET slot = 'outcome:' || attempt WHERE task_id = $1 AND slo
 
 -- name: autovacuum_setting
 SELECT current_setting('autovacuum');
+
+-- name: instance_children
+-- The instances a call activity of this one started, with their open incidents: an
+-- incident in a child shows on its parent.
+SELECT c.id AS instance_id, c.process_key, c.status AS state, c.started_at, c.ended_at,
+       (SELECT count(*) FROM incidents n
+        WHERE n.instance_id = c.id AND n.resolved_at IS NULL) AS open_incidents
+FROM process_instances c WHERE c.parent_id = $1 ORDER BY c.started_at, c.id;

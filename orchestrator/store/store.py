@@ -398,6 +398,9 @@ class Session:
     async def instance_tasks(self, instance_id: str) -> list[dict[str, Any]]:
         return [plain(row) for row in await self._conn.fetch(Q.instance_tasks, instance_id)]
 
+    async def instance_children(self, instance_id: str) -> list[dict[str, Any]]:
+        return [plain(row) for row in await self._conn.fetch(Q.instance_children, instance_id)]
+
     async def instance_incidents(self, instance_id: str) -> list[dict[str, Any]]:
         return [plain(row) for row in await self._conn.fetch(Q.instance_incidents, instance_id)]
 
