@@ -34,7 +34,7 @@ from orchestrator.engine.dispatch import (
     counted_ms,
     due_after_ms,
 )
-from orchestrator.model.definition import ServiceTask
+from orchestrator.model.definition import ServiceTask, fetch_list
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Session, Store
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork, variables_for_task
@@ -172,7 +172,8 @@ class DispatchWatch:
                 caught_up_for_ms=caught_up_for_ms,
             )
             info = InstanceInfo(task.instance_id, record["process_key"], record["business_key"])
-            apply_task_decision(uow, task, decision, info, variables_for_task(record, task.id))
+            variables = variables_for_task(record, task.id, fetch_list(node))
+            apply_task_decision(uow, task, decision, info, variables)
         if uow.redispatched or uow.changed_tasks:
             log.warning(
                 "dispatch watch: topic %s: %d task messages published again, %d tasks lost "

@@ -25,6 +25,7 @@ from orchestrator.engine import task as lifecycle
 from orchestrator.engine.activities import CALL_TOPIC
 from orchestrator.engine.step import cancel_instance, restart_call
 from orchestrator.errors import InvalidCommand, InvalidState, NotFound
+from orchestrator.model.definition import fetch_list
 from orchestrator.model.wire import (
     CancelCommand,
     ListIncidentsCommand,
@@ -81,7 +82,9 @@ async def retry(db: Session, context: EngineContext, command: RetryCommand) -> O
     )
     uow = UnitOfWork()
     info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
-    apply_task_decision(uow, task, decision, info, variables_for_task(instance, task.id))
+    process = await context.processes.get(db, instance["definition_id"])
+    only = fetch_list(process.nodes.get(task.node_id))
+    apply_task_decision(uow, task, decision, info, variables_for_task(instance, task.id, only))
     if task.topic == CALL_TOPIC and task.id in uow.changed_tasks and task.status == "queued":
         await _restart_call(db, context, uow, instance, task)
     await db.archive_outcome(task.id)

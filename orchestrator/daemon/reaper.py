@@ -11,7 +11,7 @@ from orchestrator.daemon.effects import InstanceInfo, apply_task_decision
 from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.supervisor import sleep_or_stop
 from orchestrator.engine import task as lifecycle
-from orchestrator.model.definition import ServiceTask
+from orchestrator.model.definition import ServiceTask, fetch_list
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Session, Store
 from orchestrator.store.unit_of_work import PublishedRow, TaskRow, UnitOfWork, variables_for_task
@@ -59,5 +59,6 @@ async def reap_once(db: Session, context: EngineContext, *, limit: int) -> list[
         node = (await processes.get(db, record["definition_id"])).nodes[task.node_id]
         max_expiries = node.max_lease_expiries if isinstance(node, ServiceTask) else 5
         decision = lifecycle.due(task, max_expiries=max_expiries)
-        apply_task_decision(uow, task, decision, info, variables_for_task(record, task.id))
+        variables = variables_for_task(record, task.id, fetch_list(node))
+        apply_task_decision(uow, task, decision, info, variables)
     return await db.write(uow)

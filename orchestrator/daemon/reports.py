@@ -21,7 +21,7 @@ from orchestrator.engine import task as lifecycle
 from orchestrator.engine.state import InstanceState, Transition
 from orchestrator.engine.step import EngineStepError, complete_task, error_task
 from orchestrator.engine.variables import task_variables
-from orchestrator.model.definition import RetryPolicy, ServiceTask, UserTask
+from orchestrator.model.definition import RetryPolicy, ServiceTask, UserTask, fetch_list
 from orchestrator.model.wire import (
     BpmnErrorReport,
     Claimed,
@@ -321,7 +321,8 @@ class ReportBatch:
         """Write what the task's lifecycle decided; answer the worker."""
         if decision.sends:  # only a task message needs the instance (claims are half the reports)
             info = self._info(task.instance_id)
-            variables = task_variables(self._state(task.instance_id), task.id)
+            node = self._process(task).nodes[task.node_id]
+            variables = task_variables(self._state(task.instance_id), task.id, fetch_list(node))
             apply_task_decision(self._uow, task, decision, info, variables)
         else:
             apply_task_decision(self._uow, task, decision)

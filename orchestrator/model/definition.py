@@ -309,3 +309,8 @@ class ProcessDefinition(_Strict):
     business_key: BusinessKeyPolicy = BusinessKeyPolicy()
     nodes: tuple[Node, ...]
     flows: tuple[SequenceFlow, ...]
+
+
+def fetch_list(node: object) -> tuple[str, ...] | None:
+    """The variables a task's worker asked for (None: every visible one)."""
+    return node.fetch_variables if isinstance(node, ServiceTask) else None

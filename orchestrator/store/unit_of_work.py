@@ -165,14 +165,19 @@ def _scope_from_json(data: dict[str, Any]) -> Scope:
     )
 
 
-def variables_for_task(record: Row, task_id: str) -> dict[str, Any]:
+def variables_for_task(
+    record: Row, task_id: str, only: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """What an open task's worker sees, from an instance row's variables, tokens and scopes
-    (for a message sent again: a retry, a re-send, an operator's retry)."""
+    (for a message sent again: a retry, a re-send, an operator's retry); `only`: the task's
+    fetch list."""
     if record["scopes"] is None:
-        return cast(dict[str, Any], record["variables"])
-    token = next((Token(*t) for t in record["tokens"] if t[2] == task_id), None)
-    scopes = {s["id"]: _scope_from_json(s) for s in record["scopes"]["scopes"]}
-    return visible(record["variables"], scopes, token.scope if token is not None else None)
+        seen = cast(dict[str, Any], record["variables"])
+    else:
+        token = next((Token(*t) for t in record["tokens"] if t[2] == task_id), None)
+        scopes = {s["id"]: _scope_from_json(s) for s in record["scopes"]["scopes"]}
+        seen = visible(record["variables"], scopes, token.scope if token is not None else None)
+    return seen if only is None else {name: seen[name] for name in only if name in seen}
 
 
 def state_from_record(record: asyncpg.Record) -> InstanceState:

@@ -389,3 +389,19 @@ def test_user_tasks_carry_their_assignment_and_never_expire_by_default() -> None
         }
     }
     assert made.lock_ms > 86_400_000
+
+
+def test_a_message_sent_again_carries_the_variables_of_its_task_scope() -> None:
+    from orchestrator.store.unit_of_work import state_to_row, variables_for_task
+
+    first = start(SUBPROCESS, outer=1, secret=2)
+    _, _, variables, tokens, _, scopes = state_to_row(first.state)
+    record = {"variables": variables, "tokens": tokens, "scopes": scopes}
+    inner = open_tasks(first.state)["inner_a"]
+    assert variables_for_task(record, inner) == {"outer": 1, "secret": 2, "local": 1}
+    assert variables_for_task(record, inner, ("local", "missing")) == {"local": 1}
+    flat = start(PARALLEL, x=1)
+    _, _, variables, tokens, _, scopes = state_to_row(flat.state)
+    assert scopes is None  # a flat process stores no scopes at all
+    flat_record = {"variables": variables, "tokens": tokens, "scopes": scopes}
+    assert variables_for_task(flat_record, open_tasks(flat.state)["a"]) == {"x": 1}
