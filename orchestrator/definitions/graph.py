@@ -148,12 +148,21 @@ def _index_nodes(all_nodes: Iterable[Node], problems: _Problems) -> dict[str, No
             problems.add(node.id, f"invalid topic {node.topic!r} (use [A-Za-z0-9._-])")
         for name in _variable_names(node):
             if not VARIABLE.match(name):
-                problems.add(node.id, f"invalid variable name {name!r}")
+                problems.add(node.id, _invalid_variable(name))
         nodes[node.id] = node
     for node in nodes.values():
         if node.parent is not None and not isinstance(nodes.get(node.parent), SubProcess):
             problems.add(node.id, f"parent '{node.parent}' is not a subprocess")
     return nodes
+
+
+def _invalid_variable(name: str) -> str:
+    if "." in name and all(VARIABLE.match(part) for part in name.split(".")):
+        return (
+            f"invalid variable name {name!r}: mapping into a field of a variable is not "
+            f"supported; map a whole context to {name.split('.')[0]!r} instead"
+        )
+    return f"invalid variable name {name!r} (use letters, digits and _, not first a digit)"
 
 
 def _variable_names(node: Node) -> list[str]:

@@ -199,6 +199,8 @@ class UserTask(_Activity):
     form_key: str | None = None
     due_date: str | None = None
     retry: RetryPolicy = RetryPolicy()
+    #: Static key/values for the tasklist (zeebe:taskHeaders); not written out when empty.
+    headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("lock_ms", mode="before")
     @classmethod

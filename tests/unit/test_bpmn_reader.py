@@ -486,7 +486,44 @@ def test_refusals_carry_the_element_id() -> None:
             '<bpmn:userTask id="T"><bpmn:extensionElements>'
             '<zeebe:assignmentDefinition candidateGroups="=groups" /></bpmn:extensionElements>'
             "</bpmn:userTask>",
-            "candidateGroups must be a literal value",
+            "expression-valued candidate groups are not supported; list the groups",
+        ),
+        (
+            '<bpmn:userTask id="T" camunda:candidateGroups="${groups}" />',
+            "expression-valued candidate groups are not supported; list the groups",
+        ),
+        (
+            '<bpmn:userTask id="T" camunda:candidateUsers="ann, #{boss}" />',
+            "expression-valued candidate users are not supported; list the users",
+        ),
+        (
+            '<bpmn:userTask id="T"><bpmn:extensionElements>'
+            '<zeebe:assignmentDefinition candidateUsers="=[boss]" /></bpmn:extensionElements>'
+            "</bpmn:userTask>",
+            "expression-valued candidate users are not supported; list the users",
+        ),
+        (
+            '<bpmn:serviceTask id="T"><bpmn:extensionElements>'
+            '<zeebe:taskDefinition type="io.camunda:http-json:1" /></bpmn:extensionElements>'
+            "</bpmn:serviceTask>",
+            "job type 'io.camunda:http-json:1' is a Camunda connector; connectors are not",
+        ),
+        (
+            '<bpmn:serviceTask id="T"><bpmn:extensionElements>'
+            '<zeebe:taskDefinition type="t" /><zeebe:ioMapping><zeebe:output target="x" />'
+            "</zeebe:ioMapping></bpmn:extensionElements></bpmn:serviceTask>",
+            "zeebe:output (line 4) needs source",
+        ),
+        (
+            '<bpmn:serviceTask id="T"><bpmn:extensionElements>'
+            '<zeebe:taskDefinition type="t" /><zeebe:ioMapping><zeebe:input source="=1" />'
+            "</zeebe:ioMapping></bpmn:extensionElements></bpmn:serviceTask>",
+            "zeebe:input (line 4) needs target",
+        ),
+        (
+            '<bpmn:intermediateThrowEvent id="T"><bpmn:signalEventDefinition />'
+            "</bpmn:intermediateThrowEvent>",
+            "intermediate throw events are not supported yet (signal)",
         ),
         (
             '<bpmn:task id="T"><bpmn:multiInstanceLoopCharacteristics /></bpmn:task>',
@@ -626,3 +663,189 @@ def test_load_bpmn_places_graph_problems(monkeypatch: pytest.MonkeyPatch) -> Non
         ("work", "needs exactly one outgoing flow"),
         (None, "no end event"),
     ]
+
+
+# -- found by trying public Modeler files (python -m tools.try_bpmn)
+
+
+def test_web_modeler_bookkeeping_on_the_root_is_not_camunda_7() -> None:
+    """Web Modeler writes camunda:diagramRelationId on the definitions of Camunda 8 files."""
+    text = bpmn(
+        '<bpmn:serviceTask id="T"><bpmn:extensionElements><zeebe:taskDefinition type="work" />'
+        "</bpmn:extensionElements></bpmn:serviceTask>"
+    ).replace('id="D"', 'id="D" camunda:diagramRelationId="0f3c"')
+    (process,) = read_bpmn(text)
+    assert process.data["nodes"][0]["topic"] == "work"
+
+
+def test_mixed_dialects_say_where_each_is_used() -> None:
+    body = """<bpmn:userTask id="U" camunda:assignee="ann" />
+<bpmn:serviceTask id="S">
+  <bpmn:extensionElements><zeebe:taskDefinition type="b" /></bpmn:extensionElements>
+</bpmn:serviceTask>"""
+    (problem,) = refused(bpmn(body))
+    assert problem == (
+        'line 2: definitions id="D": mixes Camunda 7 (camunda:) and Camunda 8 (zeebe:) '
+        "extensions: camunda:assignee on line 4, zeebe:taskDefinition on line 6; "
+        "a file is for one of them"
+    )
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        '<bpmn:multiInstanceLoopCharacteristics camunda:collection="${parts}" '
+        'camunda:elementVariable="part" />',
+        '<bpmn:multiInstanceLoopCharacteristics isSequential="true"><bpmn:extensionElements>'
+        '<zeebe:loopCharacteristics inputCollection="=parts" inputElement="part" />'
+        "</bpmn:extensionElements></bpmn:multiInstanceLoopCharacteristics>",
+    ],
+)
+def test_multi_instance_subprocess_keeps_its_loop_out_of_its_children(loop: str) -> None:
+    body = f"""<bpmn:subProcess id="Each">
+  {loop}
+  <bpmn:startEvent id="In" />
+  <bpmn:task id="Look" />
+  <bpmn:sequenceFlow id="f1" sourceRef="In" targetRef="Look" />
+  <bpmn:dataInputAssociation id="di"><bpmn:targetRef>x</bpmn:targetRef></bpmn:dataInputAssociation>
+</bpmn:subProcess>"""
+    (process,) = read_bpmn(bpmn(body))
+    each = nodes(process)["Each"]
+    assert each.multi_instance is not None
+    assert each.multi_instance.element_variable == "part"
+    assert [node["id"] for node in process.data["nodes"]] == ["Each", "In", "Look"]
+
+
+def test_subprocess_standard_loop_is_refused_once() -> None:
+    body = """<bpmn:subProcess id="T">
+  <bpmn:standardLoopCharacteristics />
+</bpmn:subProcess>"""
+    assert refused(bpmn(body)) == [
+        'line 4: subProcess id="T": loops (standardLoopCharacteristics) are not supported'
+    ]
+
+
+def test_inbound_connector_start_event_is_refused() -> None:
+    body = """<bpmn:startEvent id="T" zeebe:modelerTemplate="some.webhook.v1">
+  <bpmn:extensionElements><zeebe:properties>
+    <zeebe:property name="inbound.type" value="io.camunda:webhook:1" />
+    <zeebe:property name="inbound.context" value="go" />
+  </zeebe:properties></bpmn:extensionElements>
+</bpmn:startEvent>"""
+    assert refused(bpmn(body)) == [
+        "line 4: startEvent id=\"T\": inbound connector 'io.camunda:webhook:1' "
+        "(zeebe:property inbound.type) is not supported: nothing would start or resume the "
+        "process from it; remove it and start instances through the API"
+    ]
+
+
+def test_cleared_zeebe_retries_is_the_default() -> None:
+    body = (
+        '<bpmn:serviceTask id="T"><bpmn:extensionElements>'
+        '<zeebe:taskDefinition type="mail" retries="" /></bpmn:extensionElements>'
+        "</bpmn:serviceTask>"
+    )
+    task = nodes(read_bpmn(bpmn(body))[0])["T"]
+    assert isinstance(task, ServiceTask)
+    assert task.retry == RetryPolicy()
+
+
+def test_zeebe_input_without_source_is_null() -> None:
+    body = """<bpmn:serviceTask id="T"><bpmn:extensionElements>
+  <zeebe:taskDefinition type="mail" />
+  <zeebe:ioMapping><zeebe:input target="cc" /><zeebe:input source="ann" target="to" />
+  </zeebe:ioMapping></bpmn:extensionElements></bpmn:serviceTask>"""
+    task = nodes(read_bpmn(bpmn(body))[0])["T"]
+    assert task.inputs == (mapping("cc", "=null"), mapping("to", '="ann"'))
+
+
+@pytest.mark.parametrize(
+    "mappings",
+    [
+        '<zeebe:ioMapping><zeebe:output source="=true" target="checked" /></zeebe:ioMapping>',
+        '<camunda:inputOutput><camunda:outputParameter name="checked">${true}'
+        "</camunda:outputParameter></camunda:inputOutput>",
+    ],
+)
+def test_none_intermediate_throw_event_passes_through(mappings: str) -> None:
+    body = f"""<bpmn:startEvent id="s" />
+<bpmn:intermediateThrowEvent id="Reached" name="Order checked">
+  <bpmn:extensionElements>{mappings}</bpmn:extensionElements>
+</bpmn:intermediateThrowEvent>
+<bpmn:endEvent id="e" />
+<bpmn:sequenceFlow id="f1" sourceRef="s" targetRef="Reached" />
+<bpmn:sequenceFlow id="f2" sourceRef="Reached" targetRef="e" />"""
+    (process,) = load_bpmn(bpmn(body))
+    reached = process.nodes["Reached"]
+    assert isinstance(reached, ManualTask)
+    assert reached.name == "Order checked"
+    assert [m.target for m in reached.outputs] == ["checked"]
+
+
+def test_nested_mapping_target_says_map_the_whole_variable() -> None:
+    body = """<bpmn:startEvent id="s" />
+<bpmn:serviceTask id="T"><bpmn:extensionElements><zeebe:taskDefinition type="call" />
+  <zeebe:ioMapping><zeebe:input source="basic" target="authentication.type" /></zeebe:ioMapping>
+</bpmn:extensionElements></bpmn:serviceTask>
+<bpmn:endEvent id="e" />
+<bpmn:sequenceFlow id="f1" sourceRef="s" targetRef="T" />
+<bpmn:sequenceFlow id="f2" sourceRef="T" targetRef="e" />"""
+    with pytest.raises(DefinitionError) as error:
+        load_bpmn(bpmn(body))
+    (problem,) = error.value.problems
+    assert problem.startswith('line 5: serviceTask id="T": ')
+    assert problem.endswith(
+        "invalid variable name 'authentication.type': mapping into a field of a variable is "
+        "not supported; map a whole context to 'authentication' instead"
+    )
+
+
+# -- the process's business-key policy and a user task's headers
+
+
+def test_business_key_policy_on_the_process() -> None:
+    (process,) = read_bpmn(
+        bpmn(
+            '<bpmn:startEvent id="s" />',
+            '<bpmn:process id="p" isExecutable="true" orch:businessKeyUnique="true" '
+            'orch:onDuplicateBusinessKey="return_existing">',
+        )
+    )
+    assert process.data["business_key"] == {"unique": True, "on_duplicate": "return_existing"}
+    definition = ProcessDefinition.model_validate(process.data)
+    assert (definition.business_key.unique, definition.business_key.on_duplicate) == (
+        True,
+        "return_existing",
+    )
+    (plain,) = read_bpmn(bpmn('<bpmn:startEvent id="s" />'))
+    assert "business_key" not in plain.data
+
+
+def test_business_key_policy_refusals() -> None:
+    problems = refused(
+        bpmn(
+            '<bpmn:startEvent id="s" />',
+            '<bpmn:process id="p" isExecutable="true" orch:businessKeyUnique="yes" '
+            'orch:onDuplicateBusinessKey="ignore" orch:lock="1s">',
+        )
+    )
+    assert sorted(problems) == [
+        'line 3: process id="p": orch:businessKeyUnique must be "true" or "false" (\'yes\')',
+        'line 3: process id="p": orch:lock is not an option on a process',
+        'line 3: process id="p": orch:onDuplicateBusinessKey must be "return_existing" or '
+        "\"reject\" ('ignore')",
+    ]
+
+
+def test_zeebe_user_task_headers() -> None:
+    body = """<bpmn:userTask id="T"><bpmn:extensionElements>
+  <zeebe:userTask />
+  <zeebe:taskHeaders><zeebe:header key="priority" value="high" />
+    <zeebe:header key="queue" value="claims" /></zeebe:taskHeaders>
+</bpmn:extensionElements></bpmn:userTask>
+<bpmn:userTask id="Plain" />"""
+    (process,) = read_bpmn(bpmn(body))
+    found = nodes(process)
+    assert found["T"].headers == {"priority": "high", "queue": "claims"}
+    assert found["Plain"].headers == {}
+    assert "headers" not in found["Plain"].model_dump(by_alias=True)

@@ -23,6 +23,10 @@ DI = "http://www.omg.org/spec/DD/20100524/DI"
 def test_example_bpmn_deploys_with_a_parallel_fork_and_join() -> None:
     (process,) = load_processes(example_definition())
     assert process.key == "order"
+    # As the YAML example had it: one active instance per order number, a second start
+    # gets the first instance back.
+    policy = process.definition.business_key
+    assert (policy.unique, policy.on_duplicate) == (True, "return_existing")
     assert process.topics == {"reserve-stock", "check-fraud", "charge-payment", "ship-order"}
 
     forks = [

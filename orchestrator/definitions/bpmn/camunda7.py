@@ -6,7 +6,11 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from orchestrator.definitions.bpmn.dialect import Mapping
-from orchestrator.definitions.bpmn.expressions import camunda7_reference, camunda7_value
+from orchestrator.definitions.bpmn.expressions import (
+    camunda7_reference,
+    camunda7_value,
+    candidates_refused,
+)
 from orchestrator.definitions.bpmn.names import BPMN, CAMUNDA, child, extension, extensions
 from orchestrator.definitions.bpmn.names import qname as q
 from orchestrator.definitions.bpmn.problems import Problems
@@ -118,11 +122,18 @@ class Camunda7:
     def user_task(self, element: Element, problems: Problems) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "assignee": _attr(element, "assignee"),
-            "candidate_groups": _split_list(_attr(element, "candidateGroups")),
-            "candidate_users": _split_list(_attr(element, "candidateUsers")),
             "form_key": _attr(element, "formKey") or _attr(element, "formRef"),
             "due_date": _attr(element, "dueDate"),
         }
+        for attribute, field in (
+            ("candidateGroups", "candidate_groups"),
+            ("candidateUsers", "candidate_users"),
+        ):
+            value = _attr(element, attribute)
+            if value is not None and ("${" in value or "#{" in value):
+                problems.add(element, candidates_refused(f"camunda:{attribute}", value))
+                continue
+            fields[field] = _split_list(value)
         return fields
 
     def call_activity(self, element: Element, problems: Problems) -> dict[str, Any]:

@@ -40,3 +40,13 @@ def feel(text: str) -> str:
     """An attribute Zeebe always reads as FEEL, with or without the leading `=`."""
     stripped = text.strip()
     return stripped if stripped.startswith("=") else f"={stripped}"
+
+
+def candidates_refused(attribute: str, value: str) -> str:
+    """Why an expression in candidateGroups/candidateUsers is refused: the model keeps a fixed
+    list (the tasklist matches on it), not one computed per instance."""
+    what = "groups" if attribute.endswith("candidateGroups") else "users"
+    return (
+        f"{attribute}={value!r}: expression-valued candidate {what} are not supported; "
+        f"list the {what}"
+    )

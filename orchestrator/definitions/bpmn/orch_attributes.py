@@ -1,5 +1,6 @@
 """Our own attributes (orch: namespace) for what neither Camunda dialect can say: the lease,
-the retry policy, the topic of user tasks, the variables fetched."""
+the retry policy, the topic of user tasks, the variables fetched; on a process, the
+business-key policy."""
 
 from __future__ import annotations
 
@@ -73,3 +74,31 @@ def orch_options(element: Element, node_type: str | None, problems: Problems) ->
         else:
             fields[field] = value
     return fields
+
+
+_ON_DUPLICATE = ("return_existing", "reject")
+
+
+def process_options(process: Element, problems: Problems) -> dict[str, Any]:
+    """The process fields set by orch: attributes on `<process>`: `business_key` from
+    orch:businessKeyUnique and orch:onDuplicateBusinessKey."""
+    policy: dict[str, Any] = {}
+    for name, text in process.attrib.items():
+        namespace, attribute = split(name)
+        if namespace != ORCH:
+            continue
+        value = text.strip()
+        if attribute == "businessKeyUnique" and value in ("true", "false"):
+            policy["unique"] = value == "true"
+        elif attribute == "businessKeyUnique":
+            problems.add(process, f'orch:businessKeyUnique must be "true" or "false" ({text!r})')
+        elif attribute == "onDuplicateBusinessKey" and value in _ON_DUPLICATE:
+            policy["on_duplicate"] = value
+        elif attribute == "onDuplicateBusinessKey":
+            problems.add(
+                process,
+                f'orch:onDuplicateBusinessKey must be "return_existing" or "reject" ({text!r})',
+            )
+        else:
+            problems.add(process, f"orch:{attribute} is not an option on a process")
+    return {"business_key": policy} if policy else {}

@@ -88,15 +88,26 @@ def load_bpmn(source: bytes | str) -> list[Process]:
 
 def _dialect(root: Element, problems: Problems) -> Dialect:
     """Camunda 8 when the file uses zeebe: extensions (or says it is for Camunda Cloud),
-    else Camunda 7. A file may not mix both."""
-    used: set[str | None] = set()
+    else Camunda 7. A file may not mix both.
+
+    The root's own attributes are the modeler's bookkeeping (Web Modeler writes
+    camunda:diagramRelationId on Camunda 8 files too), so they decide nothing."""
+    first: dict[str, str] = {}
     for element in root.iter():
-        used.add(split(element.tag)[0])
-        used.update(split(name)[0] for name in element.attrib)
-    if CAMUNDA in used and ZEEBE in used:
-        problems.add(root, "mixes Camunda 7 (camunda:) and Camunda 8 (zeebe:) extensions")
+        names = [element.tag] if element is root else [element.tag, *element.attrib]
+        for name in names:
+            namespace = split(name)[0]
+            if namespace in (CAMUNDA, ZEEBE) and namespace not in first:
+                line = problems.document.line(element)
+                first[namespace] = f"{pretty(name)} on line {line}"
+    if CAMUNDA in first and ZEEBE in first:
+        problems.add(
+            root,
+            f"mixes Camunda 7 (camunda:) and Camunda 8 (zeebe:) extensions: {first[CAMUNDA]}, "
+            f"{first[ZEEBE]}; a file is for one of them",
+        )
     cloud = root.get(q(MODELER, "executionPlatform")) == "Camunda Cloud"
-    return Zeebe() if ZEEBE in used or cloud else Camunda7()
+    return Zeebe() if ZEEBE in first or cloud else Camunda7()
 
 
 def _validate(

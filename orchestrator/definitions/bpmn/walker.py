@@ -11,7 +11,7 @@ from orchestrator.definitions.bpmn.dialect import Dialect
 from orchestrator.definitions.bpmn.events import event_definitions, kind_of, why_refused
 from orchestrator.definitions.bpmn.names import BPMN, CAMUNDA, child, is_bpmn, local
 from orchestrator.definitions.bpmn.names import qname as q
-from orchestrator.definitions.bpmn.orch_attributes import orch_options
+from orchestrator.definitions.bpmn.orch_attributes import orch_options, process_options
 from orchestrator.definitions.bpmn.problems import ElementPlace, Problems, place_of
 
 #: BPMN elements inside a process that carry nothing for execution.
@@ -29,6 +29,11 @@ _IGNORED = {
     "ioSpecification",
     "incoming",
     "outgoing",
+    # An embedded subprocess's own settings, among its children: read by _activity.
+    "multiInstanceLoopCharacteristics",
+    "standardLoopCharacteristics",
+    "dataInputAssociation",
+    "dataOutputAssociation",
 }
 _REFUSED = {
     "scriptTask": "script tasks are not supported",
@@ -87,6 +92,7 @@ class ProcessWalker:
         data: Fields = {"key": process.get("id", ""), "nodes": self.nodes, "flows": self.flows}
         if process.get("name"):
             data["name"] = process.get("name")
+        data.update(process_options(process, self.problems))
         return data
 
     def _walk(self, container: Element, parent: str | None) -> None:
@@ -105,6 +111,8 @@ class ProcessWalker:
             self._subprocess(element, parent)
         elif tag in self._builders:
             self._add_node(element, parent, self._builders[tag](element))
+        elif tag == "intermediateThrowEvent" and not event_definitions(element):
+            self._add_node(element, parent, self._none_throw_event(element))
         elif tag in _INTERMEDIATE:
             kinds = ", ".join(kind_of(found) for found in event_definitions(element))
             self.problems.add(
@@ -226,6 +234,12 @@ class ProcessWalker:
                 element, "an error end event needs errorRef to an <error> with an errorCode"
             )
         return None
+
+    def _none_throw_event(self, element: Element) -> Fields:
+        """A none intermediate throw event marks a state reached: the token passes straight
+        through, as at a manual task (its mappings apply, as Camunda 8 applies them)."""
+        inputs, outputs = self.dialect.io_mappings(element, self.problems)
+        return {"type": "manual_task", "inputs": inputs, "outputs": outputs}
 
     def _no_event_mappings(self, element: Element) -> None:
         inputs, outputs = self.dialect.io_mappings(element, self.problems)

@@ -6,11 +6,13 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from orchestrator.definitions.bpmn.dialect import Mapping
-from orchestrator.definitions.bpmn.expressions import feel, zeebe_value
+from orchestrator.definitions.bpmn.expressions import candidates_refused, feel, zeebe_value
 from orchestrator.definitions.bpmn.names import BPMN, ZEEBE, child, extension, extensions
 from orchestrator.definitions.bpmn.names import qname as q
 from orchestrator.definitions.bpmn.problems import Problems
 
+#: Job types of Camunda's own connectors (`io.camunda:http-json:1`, ...).
+_CONNECTOR = "io.camunda:"
 _LISTENERS = {
     "executionListeners": "execution listeners are not supported",
     "taskListeners": "task listeners are not supported",
@@ -19,6 +21,15 @@ _LISTENERS = {
 
 def _split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _headers(element: Element) -> dict[str, str]:
+    """zeebe:taskHeaders: static key/values for whoever does the task."""
+    return {
+        header.get("key", ""): header.get("value", "")
+        for block in extensions(element, ZEEBE, "taskHeaders")
+        for header in block.findall(q(ZEEBE, "header"))
+    }
 
 
 def _literal(element: Element, problems: Problems, what: str, value: str | None) -> str | None:
@@ -36,6 +47,15 @@ class Zeebe:
         for name, why in _LISTENERS.items():
             if extensions(element, ZEEBE, name):
                 problems.add(element, why)
+        for block in extensions(element, ZEEBE, "properties"):
+            for found in block.findall(q(ZEEBE, "property")):
+                if found.get("name") == "inbound.type":
+                    problems.add(
+                        element,
+                        f"inbound connector {found.get('value')!r} (zeebe:property "
+                        "inbound.type) is not supported: nothing would start or resume the "
+                        "process from it; remove it and start instances through the API",
+                    )
 
     def service_task(self, element: Element, problems: Problems) -> dict[str, Any] | None:
         if extension(element, ZEEBE, "calledDecision") is not None:
@@ -50,8 +70,16 @@ class Zeebe:
             if definition.get("type") is None:
                 problems.add(element, "zeebe:taskDefinition needs a type")
             return None
+        if topic.startswith(_CONNECTOR):
+            problems.add(
+                element,
+                f"job type {topic!r} is a Camunda connector; connectors are not supported: "
+                "use a job type of your own and a worker that does the call",
+            )
+            return None
         fields: dict[str, Any] = {"topic": topic}
-        retries = definition.get("retries")
+        # Modeler writes retries="" when the field is cleared: the default then.
+        retries = (definition.get("retries") or "").strip() or None
         if retries is not None:
             if retries.strip().isdigit():
                 fields["retry"] = {"max_attempts": int(retries)}
@@ -59,14 +87,9 @@ class Zeebe:
                 problems.add(
                     element, f"zeebe:taskDefinition retries must be a number ({retries!r})"
                 )
-        headers = extensions(element, ZEEBE, "taskHeaders")
-        found = {
-            header.get("key", ""): header.get("value", "")
-            for block in headers
-            for header in block.findall(q(ZEEBE, "header"))
-        }
-        if found:
-            fields["headers"] = found
+        headers = _headers(element)
+        if headers:
+            fields["headers"] = headers
         return fields
 
     def io_mappings(
@@ -77,13 +100,27 @@ class Zeebe:
         for io in extensions(element, ZEEBE, "ioMapping"):
             for kind, found in (("input", inputs), ("output", outputs)):
                 for mapping in io.findall(q(ZEEBE, kind)):
-                    source, target = mapping.get("source"), mapping.get("target")
-                    if not source or not target:
-                        line = problems.document.line(mapping)
-                        problems.add(element, f"zeebe:{kind} (line {line}) needs source and target")
-                        continue
-                    found.append({"target": target, "source": zeebe_value(source)})
+                    read = self._mapping(element, kind, mapping, problems)
+                    if read is not None:
+                        found.append(read)
         return inputs, outputs
+
+    def _mapping(
+        self, element: Element, kind: str, mapping: Element, problems: Problems
+    ) -> Mapping | None:
+        source, target = (mapping.get("source") or "").strip(), mapping.get("target")
+        if target and source:
+            return {"target": target, "source": zeebe_value(source)}
+        if target and kind == "input":
+            # An input without source makes a local variable that is null (Camunda 8.8;
+            # Modeler writes one for a template field left empty).
+            return {"target": target, "source": "=null"}
+        missing = [name for name, value in (("source", source), ("target", target)) if not value]
+        if kind == "input":
+            missing = ["target"]
+        line = problems.document.line(mapping)
+        problems.add(element, f"zeebe:{kind} (line {line}) needs {' and '.join(missing)}")
+        return None
 
     def multi_instance(self, element: Element, loop: Element, problems: Problems) -> dict[str, Any]:
         fields: dict[str, Any] = {}
@@ -116,7 +153,10 @@ class Zeebe:
                 ("candidateGroups", "candidate_groups"),
                 ("candidateUsers", "candidate_users"),
             ):
-                value = _literal(element, problems, attribute, assignment.get(attribute))
+                value = assignment.get(attribute)
+                if value is not None and value.strip().startswith("="):
+                    problems.add(element, candidates_refused(attribute, value))
+                    continue
                 fields[field] = _split_list(value)
         form = extension(element, ZEEBE, "formDefinition")
         if form is not None:
@@ -129,6 +169,9 @@ class Zeebe:
         schedule = extension(element, ZEEBE, "taskSchedule")
         if schedule is not None:
             fields["due_date"] = schedule.get("dueDate")
+        headers = _headers(element)
+        if headers:
+            fields["headers"] = headers
         return fields
 
     def call_activity(self, element: Element, problems: Problems) -> dict[str, Any]:
