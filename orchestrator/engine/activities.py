@@ -99,7 +99,12 @@ def _user_task_fields(node: UserTask) -> dict[str, Any]:
         "form_key": node.form_key,
         "due_date": node.due_date,
     }
-    return {"user_task": {key: value for key, value in details.items() if value is not None}}
+    fields: dict[str, Any] = {
+        "user_task": {key: value for key, value in details.items() if value is not None}
+    }
+    if node.headers:
+        fields["headers"] = dict(node.headers)
+    return fields
 
 
 def _call(run: Run, token: Token, node: CallActivity) -> None:

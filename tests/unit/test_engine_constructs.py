@@ -374,6 +374,7 @@ def test_user_tasks_carry_their_assignment_and_never_expire_by_default() -> None
                 assignee="ann",
                 candidate_groups=["managers"],
                 form_key="approve-form",
+                headers={"priority": "high"},
             ),
             node("e", "end_event"),
         ],
@@ -386,7 +387,8 @@ def test_user_tasks_carry_their_assignment_and_never_expire_by_default() -> None
             "assignee": "ann",
             "candidate_groups": ["managers"],
             "form_key": "approve-form",
-        }
+        },
+        "headers": {"priority": "high"},
     }
     assert made.lock_ms > 86_400_000
 
