@@ -198,10 +198,10 @@ def _position(run: Run, token: Token, scope: str | None) -> str | None:
 
 
 def _end_empty_scopes(run: Run) -> bool:
+    # A scope an error or a terminate end event closed meanwhile is gone: nothing to end.
+    run.emptied = {s for s in run.emptied if s is None or s in run.scopes}
     for scope_id in sorted(run.emptied, key=lambda s: -_depth(run, s)):
         run.emptied.discard(scope_id)
-        if scope_id is not None and scope_id not in run.scopes:
-            continue
         if not run.has_work_in(scope_id):
             end_scope(run, scope_id)
             return True

@@ -407,3 +407,25 @@ def test_a_message_sent_again_carries_the_variables_of_its_task_scope() -> None:
     assert scopes is None  # a flat process stores no scopes at all
     flat_record = {"variables": variables, "tokens": tokens, "scopes": scopes}
     assert variables_for_task(flat_record, open_tasks(flat.state)["a"]) == {"x": 1}
+
+
+def test_a_scope_closed_by_an_error_after_one_of_its_tokens_ended_ends_once() -> None:
+    proc = process(
+        [
+            node("s", "start_event"),
+            node("sub", "subprocess"),
+            node("sub_s", "start_event", parent="sub"),
+            node("fork", "parallel_gateway", parent="sub"),
+            node("done", "end_event", parent="sub"),
+            node("boom", "error_end_event", parent="sub", error_code="E"),
+            node("caught", "error_boundary_event", attached_to="sub"),
+            node("e", "end_event"),
+            node("e_caught", "end_event"),
+        ],
+        [("s", "sub", None), ("sub_s", "fork", None), ("fork", "done", None),
+         ("fork", "boom", None), ("sub", "e", None), ("caught", "e_caught", None)],
+    )  # fmt: skip
+    first = start(proc)
+    assert ended(first) == "completed"
+    assert kinds(first).count("error_caught") == 1
+    assert "subprocess_ended" not in kinds(first)
