@@ -5,6 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from orchestrator.definitions.graph import Process
 from orchestrator.definitions.loader import compile_definition
 from orchestrator.engine.state import (
@@ -429,3 +432,79 @@ def test_a_scope_closed_by_an_error_after_one_of_its_tokens_ended_ends_once() ->
     assert ended(first) == "completed"
     assert kinds(first).count("error_caught") == 1
     assert "subprocess_ended" not in kinds(first)
+
+
+NESTED = process(
+    [
+        node("s", "start_event"),
+        node("fork", "parallel_gateway"),
+        task("each", multi_instance={"collection": "=items", "element_variable": "item",
+                                     "output_collection": "outs", "output_element": "=out"}),
+        node("sub", "subprocess"),
+        node("sub_s", "start_event", parent="sub"),
+        node("sub_fork", "inclusive_gateway", parent="sub", default="f6_sub_fork_c"),
+        task("a", parent="sub"),
+        task("b", parent="sub"),
+        task("c", parent="sub"),
+        node("sub_join", "inclusive_gateway", parent="sub"),
+        node("sub_e", "end_event", parent="sub"),
+        node("join", "parallel_gateway"),
+        task("after"),
+        node("e", "end_event"),
+    ],
+    [("s", "fork", None), ("fork", "each", None), ("fork", "sub", None),
+     ("sub_s", "sub_fork", None), ("sub_fork", "a", "wants_a == true"),
+     ("sub_fork", "b", "wants_b == true"), ("sub_fork", "c", None), ("a", "sub_join", None),
+     ("b", "sub_join", None), ("c", "sub_join", None), ("sub_join", "sub_e", None),
+     ("each", "join", None), ("sub", "join", None), ("join", "after", None),
+     ("after", "e", None)],
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    items=st.lists(st.integers(-5, 5), max_size=5),
+    wants_a=st.booleans(),
+    wants_b=st.booleans(),
+    order=st.randoms(use_true_random=False),
+)
+def test_any_completion_order_joins_once_and_keeps_loop_outputs_in_order(
+    items: list[int], wants_a: bool, wants_b: bool, order: Any
+) -> None:
+    """Whatever order the open tasks finish in, every join fires once, the loop's outputs
+    follow its items, and the instance ends after exactly one `after` task."""
+    step = start(NESTED, items=items, wants_a=wants_a, wants_b=wants_b)
+    state, made = step.state, all_created(step)
+    for _ in range(100):
+        waiting = [t for t in state.tokens if t.task_id is not None]
+        if not waiting:
+            break
+        token = order.choice(waiting)
+        node_id = token.node_id
+        item = next(t.variables.get("item") for t in made if t.task_id == token.task_id)
+        step = complete_task(NESTED, state, token.task_id, {"out": item, f"did_{node_id}": 1})
+        state, made = step.state, made + all_created(step)
+    assert state.status == "completed"
+    assert [t.node_id for t in made].count("after") == 1
+    assert state.variables["outs"] == items
+    branches = {t.node_id for t in made} & {"a", "b", "c"}
+    expected = {n for n, on in (("a", wants_a), ("b", wants_b)) if on} or {"c"}
+    assert branches == expected
+    assert not state.scopes
+
+
+def test_the_instance_view_shows_tokens_per_scope_and_loop_progress() -> None:
+    from orchestrator.daemon.admin import describe_scopes
+    from orchestrator.store.unit_of_work import state_to_row
+
+    proc = loop_process(collection="=items", element_variable="item")
+    first = start(proc, items=["x", "y"])
+    mid = complete_task(proc, first.state, all_created(first)[0].task_id, {})
+    _, _, _, tokens, _, scopes = state_to_row(mid.state)
+    view = describe_scopes(tokens, scopes)
+    assert [entry["kind"] for entry in view] == ["process", "mi_body", "mi_element"]
+    body, element = view[1], view[2]
+    assert body["loop"] == {"elements": 2, "started": 2, "completed": 1}
+    assert element["element"] == 1 and element["variables"]["item"] == "y"
+    assert [t["node_id"] for t in element["tokens"]] == ["each"]
+    assert view[0]["tokens"] == [] and body["tokens"] == []
