@@ -1,12 +1,14 @@
 """Two engine replicas, one of them killed with -9 again and again (and one dying right
 between committing a batch and publishing its task messages): nothing is lost, nothing is
-applied twice. And the same two replicas without faults, as the suite's baseline."""
+applied twice. The same with a parallel process, killed while instances sit in their branches
+and joins: each join still fires exactly once. And the same two replicas without faults, as
+the suite's baseline."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.faults.workload import Workload, exited
+from tests.faults.workload import PARALLEL, Workload, exited
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -53,3 +55,49 @@ async def test_engine_killed_repeatedly_with_two_replicas(workload: Workload) ->
         workload.engine()
 
     await workload.finish(exact_reports=False)
+
+
+JOIN_INSTANCES = 500
+JOIN_KILLS = 5
+
+
+@pytest.mark.timeout(90)
+async def test_engine_killed_amid_parallel_branches_and_joins(workload: Workload) -> None:
+    # Each task takes 150-250 ms, so an instance's three branches finish within moments of
+    # each other and their completions reach both engines at once: the join is decided under
+    # the instance's row lock by whichever engine gets there, and either may be the one killed.
+    workload.configure(
+        "kill -9 engine amid parallel branches and joins",
+        count=JOIN_INSTANCES,
+        shape=PARALLEL,
+        min_delay_ms=150,
+        max_delay_ms=250,
+    )
+    workload.engine()
+    workload.engine()
+    await workload.deploy()
+    await workload.engines_consuming(2)
+    workload.worker()
+    workload.worker()
+    workload.start(rate=55)  # about 9 s of arrivals, 20-50 instances in branches at any time
+
+    amid: list[tuple[int, int]] = []
+    for _ in range(JOIN_KILLS):
+        await workload.progressed(by=100)
+        # Kill with instances in their branches and some already parked at their join.
+        amid.append(await workload.amid_joins(branching=12, parked=3))
+        victim = workload.live(workload.engines)[0]  # the oldest: alternates between two
+        await workload.kill(victim, "kill -9 engine")
+        workload.engine()
+        # The next kill hits one of two running engines again, not the last one standing.
+        await workload.engines_consuming(2)
+
+    verdict = await workload.finish(exact_reports=False)
+    # With -s: where the kills landed, and how often the engines met on one instance (a
+    # report set aside while the other held the row; a copy the other had changed).
+    print(
+        f"killed amid (in branches, parked at the join): {amid}; joins: {verdict.joins}; "
+        f"reports_deferred {verdict.counter('reports_deferred')}, "
+        f"recent_copies_stale {verdict.counter('recent_copies_stale')}"
+    )
+    assert verdict.joins == JOIN_INSTANCES, verdict

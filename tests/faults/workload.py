@@ -1,5 +1,12 @@
-"""What every fault scenario shares: a 3-step process, engines and recording workers as real
-processes, instances started while the faults happen, and the final accounting.
+"""What every fault scenario shares: a process of a few steps, engines and recording workers as
+real processes, instances started while the faults happen, and the final accounting.
+
+The process has one of two shapes (`configure(shape=...)`):
+
+- sequential (the default): start, 3 service tasks one after another, end;
+- parallel: start, a parallel gateway forking into 3 service tasks, a parallel gateway joining
+  them, one more service task after the join, end: 4 tasks per instance, and one join that
+  must fire exactly once however the branches' completions race across engines.
 
 A scenario:
 
@@ -15,10 +22,11 @@ A scenario:
 
 `finish` waits for every instance, stops the workers so nothing more is reported, and then
 checks the engine's view (every instance completed once, each task completed once in
-`history`, the outbox drained), the workers' view (each task's effect applied once, and once
-per instance and step) and the ledger: the engine's counters agree with `report_ledger`, every
-completion the engine received was applied once or recorded as a repeat, and it received
-every completion the workers sent (counted on a tap queue bound next to the engine's).
+`history`, each join fired once and the task after it made once, the outbox drained), the
+workers' view (each task's effect applied once, and once per instance and step) and the
+ledger: the engine's counters agree with `report_ledger`, every completion the engine
+received was applied once or recorded as a repeat, and it received every completion the
+workers sent (counted on a tap queue bound next to the engine's).
 """
 
 from __future__ import annotations
@@ -46,7 +54,13 @@ from tests.faults.report import ROWS, Row
 from tests.support.fault_workers import SCHEMA, delay_of, recorder_name
 from tests.support.harness import Processes, sequential_process, wait_until
 
+#: The process shapes of a workload.
+SEQUENTIAL = "sequential"
+PARALLEL = "parallel"
+#: Service tasks of the sequential process, and branches of the parallel one.
 STEPS = 3
+#: The parallel process's task after its join (its steps are step1..step3 in the branches).
+AFTER_JOIN = f"step{STEPS + 1}"
 #: Message ids of reports a test injects as malformed: the tap does not count them.
 MALFORMED_PREFIX = "malformed-"
 FAULT_WORKER = "tests.support.fault_workers:worker"
@@ -106,6 +120,14 @@ class Verdict:
     #: Completed reports seen on the tap: what the workers (and the test) sent.
     completions_sent: int
     outbox_left: int
+    #: `joined` history rows in all (the parallel shape: one per instance).
+    joins: int = 0
+    #: Instances whose join fired other than exactly once (never, for the sequential shape).
+    joins_not_once: int = 0
+    #: Instances whose join fired more than once.
+    joined_twice: int = 0
+    #: Instances without exactly one task for the step after the join (parallel shape).
+    after_join_wrong: int = 0
 
     @property
     def completed(self) -> int:
@@ -117,7 +139,7 @@ class Verdict:
 
     @property
     def applied_twice(self) -> int:
-        return self.completed_twice + self.dispatched_twice + self.effects_twice
+        return self.completed_twice + self.dispatched_twice + self.effects_twice + self.joined_twice
 
     @property
     def ledger_repeats(self) -> int:
@@ -137,8 +159,11 @@ class Workload:
     name: str = ""
     count: int = 0
     lock: str = "2s"
-    #: Each task's handler takes up to this long (FAULT_MAX_DELAY_MS of the workers).
+    #: Each task's handler takes up to this long (FAULT_MAX_DELAY_MS of the workers)...
     max_delay_ms: int = 150
+    #: ...and at least this long (FAULT_MIN_DELAY_MS).
+    min_delay_ms: int = 0
+    shape: str = SEQUENTIAL
     key: str = ""
     step_topics: list[str] = field(default_factory=list)
     engines: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -156,12 +181,36 @@ class Workload:
         return f"{self.settings.namespace}.test-tap"
 
     def configure(
-        self, name: str, *, count: int, lock: str = "2s", max_delay_ms: int = 150
+        self,
+        name: str,
+        *,
+        count: int,
+        lock: str = "2s",
+        max_delay_ms: int = 150,
+        min_delay_ms: int = 0,
+        shape: str = SEQUENTIAL,
     ) -> None:
-        self.name, self.count, self.lock, self.max_delay_ms = name, count, lock, max_delay_ms
+        if shape not in (SEQUENTIAL, PARALLEL):
+            raise ValueError(f"unknown shape {shape!r}")
+        self.name, self.count, self.lock, self.shape = name, count, lock, shape
+        self.max_delay_ms, self.min_delay_ms = max_delay_ms, min_delay_ms
         self.key = f"faults-{uuid.uuid4().hex[:6]}"
-        self.step_topics = [f"{self.key}-step{n}" for n in range(1, STEPS + 1)]
+        # One topic per task of an instance: the parallel shape's 4th is the one after the join.
+        self.step_topics = [f"{self.key}-step{n}" for n in range(1, self.tasks_per_instance + 1)]
         self.topics.update(self.step_topics)
+
+    @property
+    def tasks_per_instance(self) -> int:
+        return STEPS + 1 if self.shape == PARALLEL else STEPS
+
+    @property
+    def joins_per_instance(self) -> int:
+        return 1 if self.shape == PARALLEL else 0
+
+    def definition(self) -> str:
+        if self.shape == PARALLEL:
+            return fork_join_process(self.key, self.step_topics, lock=self.lock)
+        return sequential_process(self.key, self.step_topics, lock=self.lock)
 
     # --- processes ---------------------------------------------------------------------
 
@@ -176,6 +225,7 @@ class Workload:
             FAULT_TOPICS=",".join(self.step_topics),
             FAULT_DB_URL=self.settings.database_url,
             FAULT_MAX_DELAY_MS=str(self.max_delay_ms),
+            FAULT_MIN_DELAY_MS=str(self.min_delay_ms),
             **env,
         )
         self.workers.append(proc)
@@ -206,7 +256,7 @@ class Workload:
         await self.db.execute(SCHEMA)
         await self._bind_tap()
         async with Client(self.settings, name="fault-deployer") as client:
-            await client.deploy(sequential_process(self.key, self.step_topics, lock=self.lock))
+            await client.deploy(self.definition())
 
     async def _bind_tap(self) -> None:
         topology = Topology(self.settings.namespace)
@@ -266,6 +316,19 @@ class Workload:
                 counts.append(queue.declaration_result.consumer_count or 0)
         return counts
 
+    async def engines_consuming(self, engines: int, *, timeout: float = 30) -> None:
+        """Wait until `engines` engines consume the reports queue (they finished starting)."""
+        topology = Topology(self.settings.namespace)
+
+        async def ready() -> bool:
+            connection = await aio_pika.connect(self.settings.amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                queue = await channel.declare_queue(topology.reports_queue, passive=True)
+                return queue.declaration_result.consumer_count == engines
+
+        await wait_until(ready, timeout=timeout, what=f"{engines} engines to consume reports")
+
     async def consuming(self, workers: int, *, timeout: float = 30) -> None:
         """Wait until `workers` workers consume every task queue (they finished starting)."""
 
@@ -291,6 +354,44 @@ class Workload:
         )
         self._runs_mark = target
 
+    async def in_parallel(self) -> tuple[int, int]:
+        """(active instances in their branches, those with a token parked at the join): a
+        parallel workload's instances mid-way."""
+        row = await self.db.fetchrow(
+            """
+            SELECT count(*) FILTER (WHERE jsonb_array_length(tokens) > 1) AS branching,
+                   count(*) FILTER (WHERE EXISTS (
+                       SELECT 1 FROM jsonb_array_elements(tokens) token
+                       WHERE token->>1 = 'join')) AS parked
+            FROM process_instances WHERE process_key = $1 AND status = 'active'
+            """,
+            self.key,
+        )
+        assert row is not None
+        return int(row["branching"]), int(row["parked"])
+
+    async def amid_joins(
+        self, *, branching: int, parked: int, timeout: float = 20
+    ) -> tuple[int, int]:
+        """Wait until at least `branching` instances run in their branches and `parked` of
+        them have a token waiting at their join; returns what `in_parallel` saw."""
+        seen = (0, 0)
+
+        async def enough() -> bool:
+            nonlocal seen
+            seen = await self.in_parallel()
+            return seen[0] >= branching and seen[1] >= parked
+
+        try:
+            await wait_until(
+                lambda: tolerant(enough),
+                timeout=timeout,
+                what=f"{branching} instances in branches, {parked} parked at the join",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (last seen {seen})\n{self.processes.logs()}") from None
+        return seen
+
     async def busy_worker(
         self, candidates: list[subprocess.Popen[bytes]], *, left_s: float = 0.04
     ) -> int:
@@ -315,7 +416,9 @@ class Workload:
             long_runs = collections.Counter(
                 row["worker_pid"]
                 for row in rows
-                if delay_of(row["idempotency_key"], self.max_delay_ms) - row["age"] >= left_s
+                if delay_of(row["idempotency_key"], self.max_delay_ms, self.min_delay_ms)
+                - row["age"]
+                >= left_s
             )
             found[:] = [pid for pid, _ in long_runs.most_common(1)]
             if not found and time.monotonic() - began > 1.0:
@@ -526,6 +629,30 @@ class Workload:
             "SELECT coalesce(sum(duplicates), 0) AS duplicates, "
             "coalesce(sum(conflicts), 0) AS conflicts FROM report_ledger"
         )
+        joins = await db.fetchrow(
+            """
+            SELECT coalesce(sum(n), 0) AS joins,
+                   count(*) FILTER (WHERE n <> $2) AS not_once,
+                   count(*) FILTER (WHERE n > $2) AS twice
+            FROM (SELECT p.id, count(h.id) AS n FROM process_instances p
+                  LEFT JOIN history h ON h.instance_id = p.id AND h.kind = 'joined'
+                  WHERE p.process_key = $1 GROUP BY p.id) per_instance
+            """,
+            self.key,
+            self.joins_per_instance,
+        )
+        after_join_wrong = 0
+        if self.shape == PARALLEL:
+            after_join_wrong = await db.fetchval(
+                """
+                SELECT count(*) FROM (SELECT p.id, count(t.id) AS n FROM process_instances p
+                      LEFT JOIN tasks t ON t.instance_id = p.id AND t.node_id = $2
+                      WHERE p.process_key = $1 GROUP BY p.id) per_instance
+                WHERE n <> 1
+                """,
+                self.key,
+                AFTER_JOIN,
+            )
         counters = {
             row["name"]: int(row["value"])
             for row in await db.fetch(
@@ -533,6 +660,7 @@ class Workload:
             )
         }
         assert tasks is not None and runs is not None and ledger is not None
+        assert joins is not None
         return Verdict(
             instances=self.count,
             states=states,
@@ -551,17 +679,25 @@ class Workload:
                 "SELECT count(*) FROM process_instances WHERE process_key = $1 "
                 "AND variables - 'i' <> $2::jsonb",
                 self.key,
-                {f"step{n}": "done" for n in range(1, STEPS + 1)},
+                {f"step{n}": "done" for n in range(1, self.tasks_per_instance + 1)},
             ),
             completions_sent=self._completions_sent,
             outbox_left=await db.fetchval("SELECT count(*) FROM outbox"),
+            joins=int(joins["joins"]),
+            joins_not_once=joins["not_once"],
+            joined_twice=joins["twice"],
+            after_join_wrong=after_join_wrong,
         )
 
     def _assert_verdict(self, verdict: Verdict, exact_reports: bool, details: str) -> None:
-        expected_tasks = self.count * STEPS
+        expected_tasks = self.count * self.tasks_per_instance
         # Nothing lost: every instance completed, each of its steps as exactly one task.
         assert verdict.states == {"completed": self.count}, details
         assert verdict.tasks == expected_tasks, details
+        # Each join fired exactly once (none in the sequential shape), and made one task.
+        assert verdict.joins_not_once == 0, details
+        assert verdict.joins == self.count * self.joins_per_instance, details
+        assert verdict.after_join_wrong == 0, details
         assert verdict.outbox_left == 0, details
         assert verdict.variables_wrong == 0, details
         # Nothing applied twice, by the engine or by the workers.
@@ -589,6 +725,33 @@ class Workload:
             f"scenario {self.name!r}, process {self.key}, faults {dict(self.faults)}\n"
             f"{verdict}\n{self.processes.logs()}"
         )
+
+
+def fork_join_process(key: str, topics: list[str], *, lock: str) -> str:
+    """A JSON definition: start -> fork -> one service task per topic but the last, in
+    parallel -> join -> a service task on the last topic -> end."""
+    *branches, after = topics
+    nodes: list[dict[str, Any]] = [
+        {"id": "start", "type": "start_event"},
+        {"id": "fork", "type": "parallel_gateway"},
+    ]
+    flows: list[dict[str, Any]] = [{"id": "to_fork", "from": "start", "to": "fork"}]
+    for index, topic in enumerate(branches):
+        node = f"step{index + 1}"
+        nodes.append({"id": node, "type": "service_task", "topic": topic, "lock": lock})
+        flows.append({"id": f"to_{node}", "from": "fork", "to": node})
+        flows.append({"id": f"{node}_to_join", "from": node, "to": "join"})
+    node = f"step{len(branches) + 1}"
+    nodes += [
+        {"id": "join", "type": "parallel_gateway"},
+        {"id": node, "type": "service_task", "topic": after, "lock": lock},
+        {"id": "end", "type": "end_event"},
+    ]
+    flows += [
+        {"id": "to_after", "from": "join", "to": node},
+        {"id": "to_end", "from": node, "to": "end"},
+    ]
+    return orjson.dumps({"key": key, "nodes": nodes, "flows": flows}).decode()
 
 
 def count_completed(body: bytes) -> int:

@@ -20,6 +20,7 @@ Configured through the environment:
 - FAULT_MAX_DELAY_MS: a handler takes 0 to this long (default 150), the same for every run
   of a task (derived from its idempotency key), so a task is either always or never done
   before the worker's claim (after FAULT_CLAIM_AFTER_MS, default 20).
+- FAULT_MIN_DELAY_MS: and at least this long (default 0).
 - FAULT_GRACE_S: how long SIGTERM waits for running handlers (default 2).
 
 A handler waits out a database that is away (up to DB_PATIENCE_S) instead of failing the task.
@@ -46,6 +47,7 @@ TOPICS = [topic for topic in os.environ.get("FAULT_TOPICS", "").split(",") if to
 DB_URL = os.environ.get("FAULT_DB_URL", "")
 CONCURRENCY = int(os.environ.get("FAULT_CONCURRENCY", "20"))
 MAX_DELAY_MS = int(os.environ.get("FAULT_MAX_DELAY_MS", "150"))
+MIN_DELAY_MS = int(os.environ.get("FAULT_MIN_DELAY_MS", "0"))
 CLAIM_AFTER_MS = float(os.environ.get("FAULT_CLAIM_AFTER_MS", "20"))
 GRACE_S = float(os.environ.get("FAULT_GRACE_S", "2"))
 DB_PATIENCE_S = 60.0
@@ -145,10 +147,14 @@ async def _patiently(operation: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
         delay = min(delay * 2, 1.0)
 
 
-def delay_of(idempotency_key: str, max_delay_ms: int = MAX_DELAY_MS) -> float:
-    """Seconds the handler takes for this task: fixed per task, spread over 0..max_delay_ms."""
+def delay_of(
+    idempotency_key: str, max_delay_ms: int = MAX_DELAY_MS, min_delay_ms: int = MIN_DELAY_MS
+) -> float:
+    """Seconds the handler takes for this task: fixed per task, spread over
+    min_delay_ms..max_delay_ms."""
     digest = int(uuid.UUID(idempotency_key).hex[:8], 16)
-    return (digest % (max_delay_ms + 1)) / 1000
+    spread = max(max_delay_ms - min_delay_ms, 0)
+    return (min_delay_ms + digest % (spread + 1)) / 1000
 
 
 async def handle(task: TaskContext) -> dict[str, Any]:
