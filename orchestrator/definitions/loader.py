@@ -88,5 +88,11 @@ _NODE_TYPES = frozenset(
         "subprocess",
         "call_activity",
         "error_boundary_event",
+        "timer_catch_event",
+        "message_catch_event",
+        "receive_task",
+        "timer_boundary_event",
+        "message_boundary_event",
+        "event_based_gateway",
     }
 )

@@ -269,6 +269,71 @@ class ErrorBoundaryEvent(_Element):
     message_variable: str | None = None
 
 
+class TimerDefinition(_Strict):
+    """When a timer fires: after a `duration` (ISO 8601, `PT15M`), at a `date` (ISO 8601), or
+    on a `cycle` (`R3/PT10M`, `R/PT1H`, or cron). `value` may be an expression (`${...}`,
+    `=...`) that gives that text when the timer starts."""
+
+    kind: Literal["duration", "date", "cycle"]
+    value: str = Field(min_length=1, max_length=2000)
+
+
+class MessageDefinition(_Strict):
+    """The message a node waits for: its `name`, and the expression whose value (taken when
+    the wait starts) a message's correlation key must equal."""
+
+    name: str = Field(min_length=1, max_length=500)
+    correlation_key: str | None = Field(None, max_length=2000)
+
+
+class TimerCatchEvent(_Element):
+    """Waits until its timer fires."""
+
+    type: Literal["timer_catch_event"]
+    timer: TimerDefinition
+
+
+class MessageCatchEvent(_Element):
+    """Waits until its message is correlated."""
+
+    type: Literal["message_catch_event"]
+    message: MessageDefinition
+
+
+class ReceiveTask(_Activity):
+    """An activity that waits for its message (boundary events may sit on it)."""
+
+    type: Literal["receive_task"]
+    message: MessageDefinition
+
+
+class TimerBoundaryEvent(_Element):
+    """Fires on its timer while the activity it is attached to runs: interrupting, it ends
+    the activity (its task is withdrawn, its worker told); not, it starts a branch of its own,
+    again on each turn of a cycle."""
+
+    type: Literal["timer_boundary_event"]
+    attached_to: str
+    timer: TimerDefinition
+    interrupting: bool = True
+
+
+class MessageBoundaryEvent(_Element):
+    """Like a timer boundary event, on a message."""
+
+    type: Literal["message_boundary_event"]
+    attached_to: str
+    message: MessageDefinition
+    interrupting: bool = True
+
+
+class EventBasedGateway(_Element):
+    """Waits for the first of the events its flows lead to (timer and message catch events,
+    receive tasks); the others are withdrawn."""
+
+    type: Literal["event_based_gateway"]
+
+
 Node = Annotated[
     StartEvent
     | EndEvent
@@ -282,7 +347,13 @@ Node = Annotated[
     | InclusiveGateway
     | SubProcess
     | CallActivity
-    | ErrorBoundaryEvent,
+    | ErrorBoundaryEvent
+    | TimerCatchEvent
+    | MessageCatchEvent
+    | ReceiveTask
+    | TimerBoundaryEvent
+    | MessageBoundaryEvent
+    | EventBasedGateway,
     Field(discriminator="type"),
 ]
 
