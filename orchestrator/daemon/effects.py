@@ -13,15 +13,24 @@ from orchestrator.engine.activities import CALL_TOPIC
 from orchestrator.engine.state import (
     CreateTask,
     InstanceEnded,
+    NotifyParent,
+    OpenSubscription,
     RaiseIncident,
     Record,
     StartChild,
+    StartTimer,
     Transition,
     WithdrawTask,
 )
 from orchestrator.engine.task import Decision, TaskState
 from orchestrator.model.wire import WIRE_VERSION
-from orchestrator.store.unit_of_work import OutboxMessage, TaskRow, UnitOfWork
+from orchestrator.store.unit_of_work import (
+    NewSubscription,
+    NewTimer,
+    OutboxMessage,
+    TaskRow,
+    UnitOfWork,
+)
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,20 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
         elif isinstance(effect, StartChild):
             uow.outbox.append(calls.start_child(effect))
             uow.count("calls_started")
-        else:
+        elif isinstance(effect, NotifyParent):
             uow.outbox.append(calls.notify_parent(effect, info.id))
+        elif isinstance(effect, StartTimer):
+            uow.new_timers.append(NewTimer(effect.wait_id, info.id, effect.node_id, effect.spec))
+        elif isinstance(effect, OpenSubscription):
+            # No correlation key in the model: the instance's business key (Camunda 7).
+            key = (
+                effect.correlation_key if effect.correlation_key is not None else info.business_key
+            )
+            uow.new_subscriptions.append(
+                NewSubscription(effect.wait_id, info.id, effect.node_id, effect.name, key)
+            )
+        else:
+            uow.closed_waits.append((effect.wait_id, effect.kind))
 
 
 def _create_task(uow: UnitOfWork, info: InstanceInfo, effect: CreateTask) -> None:

@@ -11,23 +11,31 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator.definitions.expressions import Expression, ExpressionError, parse_expression
+from orchestrator.definitions.timers import TimerError, is_expression, parse_timer
 from orchestrator.model.definition import (
     CallActivity,
     EndEvent,
     ErrorBoundaryEvent,
     ErrorEndEvent,
+    EventBasedGateway,
     ExclusiveGateway,
     InclusiveGateway,
+    MessageBoundaryEvent,
+    MessageCatchEvent,
     Node,
     ParallelGateway,
     ProcessDefinition,
+    ReceiveTask,
     SequenceFlow,
     ServiceTask,
     StartEvent,
     SubProcess,
     TerminateEndEvent,
+    TimerBoundaryEvent,
+    TimerCatchEvent,
     UserTask,
 )
 
@@ -35,8 +43,10 @@ TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ELEMENT_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
 VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 
-#: Nodes an error boundary event may be attached to.
-CATCHING = (ServiceTask, UserTask, SubProcess, CallActivity)
+#: Nodes a boundary event may be attached to.
+CATCHING = (ServiceTask, UserTask, SubProcess, CallActivity, ReceiveTask)
+AnyBoundary = ErrorBoundaryEvent | TimerBoundaryEvent | MessageBoundaryEvent
+EventBoundary = TimerBoundaryEvent | MessageBoundaryEvent
 _ENDS = (EndEvent, ErrorEndEvent, TerminateEndEvent)
 _GATEWAYS = (ExclusiveGateway, ParallelGateway, InclusiveGateway)
 
@@ -60,6 +70,8 @@ class Process:
     expressions: dict[str, Expression] = field(default_factory=dict)
     #: Inclusive join id -> the nodes of its scope from which a token can still reach it.
     reaches: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: Activity id -> its timer and message boundary events.
+    event_boundaries: dict[str, tuple[EventBoundary, ...]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -108,17 +120,19 @@ def compile_process(definition: ProcessDefinition) -> tuple[Process | None, _Pro
     outgoing, incoming = _index_flows(definition.flows, nodes, problems)
     starts = _index_starts(nodes, problems)
     for node in nodes.values():
-        _check_node(node, nodes, outgoing.get(node.id, ()), incoming.get(node.id, ()), problems)
-    boundaries = _index_boundaries(nodes, problems)
+        _check_node(node, nodes, outgoing, incoming, problems)
+    every_boundary = _index_boundaries(nodes, problems)
+    boundaries = _only(every_boundary, ErrorBoundaryEvent)
+    event_boundaries = _only(every_boundary, TimerBoundaryEvent | MessageBoundaryEvent)
     conditions = _parse_conditions(definition.flows, nodes, problems)
     expressions = _parse_expressions(nodes.values(), problems)
     for scope, start in starts.items():
-        _check_reachable(scope, start, nodes, outgoing, boundaries, problems)
+        _check_reachable(scope, start, nodes, outgoing, every_boundary, problems)
     if problems.located:
         return None, problems
     topics = frozenset(n.topic for n in nodes.values() if isinstance(n, ServiceTask | UserTask))
     reaches = {
-        node.id: _reaching(node.id, incoming, boundaries)
+        node.id: _reaching(node.id, incoming, every_boundary)
         for node in nodes.values()
         if isinstance(node, InclusiveGateway) and len(incoming.get(node.id, ())) > 1
     }
@@ -133,8 +147,16 @@ def compile_process(definition: ProcessDefinition) -> tuple[Process | None, _Pro
         boundaries,
         expressions,
         reaches,
+        event_boundaries,
     )
     return process, problems
+
+
+def _only(every: dict[str, tuple[AnyBoundary, ...]], kind: Any) -> dict[str, tuple[Any, ...]]:
+    found = {
+        host: tuple(e for e in events if isinstance(e, kind)) for host, events in every.items()
+    }
+    return {host: events for host, events in found.items() if events}
 
 
 def _index_nodes(all_nodes: Iterable[Node], problems: _Problems) -> dict[str, Node]:
@@ -225,11 +247,12 @@ def _index_starts(nodes: dict[str, Node], problems: _Problems) -> dict[str | Non
 def _check_node(
     node: Node,
     nodes: dict[str, Node],
-    outgoing: tuple[SequenceFlow, ...],
-    incoming: tuple[SequenceFlow, ...],
+    outgoing_of: dict[str, tuple[SequenceFlow, ...]],
+    incoming_of: dict[str, tuple[SequenceFlow, ...]],
     problems: _Problems,
 ) -> None:
-    if isinstance(node, StartEvent | ErrorBoundaryEvent):
+    outgoing, incoming = outgoing_of.get(node.id, ()), incoming_of.get(node.id, ())
+    if isinstance(node, StartEvent | AnyBoundary):
         if incoming:
             problems.add(node.id, f"{_a(node.type)} cannot have incoming flows")
         if len(outgoing) != 1:
@@ -240,6 +263,8 @@ def _check_node(
     if isinstance(node, _ENDS):
         if outgoing:
             problems.add(node.id, f"{_a(node.type)} cannot have outgoing flows")
+    elif isinstance(node, EventBasedGateway):
+        _check_event_gateway(node, nodes, outgoing, incoming_of, problems)
     elif isinstance(node, _GATEWAYS):
         _check_gateway(node, outgoing, problems)
     else:
@@ -248,8 +273,39 @@ def _check_node(
         for flow in outgoing:
             if flow.condition is not None:
                 problems.flow(flow.id, "conditional flows out of an activity are not supported")
-    if isinstance(node, CallActivity | ServiceTask | UserTask | SubProcess):
+    _check_kind(node, outgoing, problems)
+
+
+def _check_kind(node: Node, outgoing: tuple[SequenceFlow, ...], problems: _Problems) -> None:
+    if isinstance(node, CallActivity | ServiceTask | UserTask | SubProcess | ReceiveTask):
         _check_multi_instance(node, problems)
+    if isinstance(node, TimerCatchEvent | MessageCatchEvent) and len(outgoing) != 1:
+        problems.add(node.id, f"{_a(node.type)} needs exactly one outgoing flow")
+
+
+def _check_event_gateway(
+    node: EventBasedGateway,
+    nodes: dict[str, Node],
+    outgoing: tuple[SequenceFlow, ...],
+    incoming_of: dict[str, tuple[SequenceFlow, ...]],
+    problems: _Problems,
+) -> None:
+    if len(outgoing) < 2:
+        problems.add(node.id, "an event-based gateway needs at least two outgoing flows")
+    for flow in outgoing:
+        target = nodes.get(flow.target)
+        if flow.condition is not None:
+            problems.flow(flow.id, "flows out of an event-based gateway have no conditions")
+        if target is not None and not isinstance(
+            target, TimerCatchEvent | MessageCatchEvent | ReceiveTask
+        ):
+            problems.flow(
+                flow.id,
+                "an event-based gateway leads only to timer or message catch events and "
+                "receive tasks",
+            )
+        elif target is not None and len(incoming_of.get(target.id, ())) != 1:
+            problems.add(target.id, "after an event-based gateway, an event has one incoming flow")
 
 
 def _a(kind: str) -> str:
@@ -277,7 +333,7 @@ def _check_gateway(
 
 
 def _check_multi_instance(
-    node: CallActivity | ServiceTask | UserTask | SubProcess, problems: _Problems
+    node: CallActivity | ServiceTask | UserTask | SubProcess | ReceiveTask, problems: _Problems
 ) -> None:
     loop = node.multi_instance
     if loop is None:
@@ -290,23 +346,27 @@ def _check_multi_instance(
 
 def _index_boundaries(
     nodes: dict[str, Node], problems: _Problems
-) -> dict[str, tuple[ErrorBoundaryEvent, ...]]:
-    attached: dict[str, list[ErrorBoundaryEvent]] = {}
+) -> dict[str, tuple[AnyBoundary, ...]]:
+    attached: dict[str, list[AnyBoundary]] = {}
     for node in nodes.values():
-        if not isinstance(node, ErrorBoundaryEvent):
+        if not isinstance(node, AnyBoundary):
             continue
         host = nodes.get(node.attached_to)
         if not isinstance(host, CATCHING):
             problems.add(
                 node.id,
-                f"attached to '{node.attached_to}', which is not a task, subprocess or "
-                "call activity",
+                f"attached to '{node.attached_to}', which is not a task, subprocess, "
+                "call activity or receive task",
             )
             continue
         if host.parent != node.parent:
             problems.add(node.id, "must sit in the same scope as the activity it is attached to")
         siblings = attached.setdefault(node.attached_to, [])
-        if any(other.error_code == node.error_code for other in siblings):
+        if not isinstance(node, ErrorBoundaryEvent):
+            siblings.append(node)
+            continue
+        errors = [other for other in siblings if isinstance(other, ErrorBoundaryEvent)]
+        if any(other.error_code == node.error_code for other in errors):
             catches = f"error code {node.error_code!r}" if node.error_code else "every error code"
             problems.add(
                 node.id,
@@ -339,6 +399,12 @@ def expression_sources(node: Node) -> list[tuple[str, str]]:
         found.append((f"input '{mapping.target}'", mapping.source))
     for mapping in getattr(node, "outputs", ()):
         found.append((f"output '{mapping.target}'", mapping.source))
+    timer = getattr(node, "timer", None)
+    if timer is not None and is_expression(timer.value):
+        found.append(("timer", timer.value))
+    message = getattr(node, "message", None)
+    if message is not None and message.correlation_key is not None:
+        found.append(("correlation key", message.correlation_key))
     loop = getattr(node, "multi_instance", None)
     if loop is not None:
         for what in ("collection", "cardinality", "output_element", "completion_condition"):
@@ -351,6 +417,12 @@ def expression_sources(node: Node) -> list[tuple[str, str]]:
 def _parse_expressions(nodes: Iterable[Node], problems: _Problems) -> dict[str, Expression]:
     parsed: dict[str, Expression] = {}
     for node in nodes:
+        timer = getattr(node, "timer", None)
+        if timer is not None and not is_expression(timer.value):
+            try:  # a literal timer is checked now; an expression's value when it starts
+                parse_timer(timer.kind, timer.value)
+            except TimerError as exc:
+                problems.add(node.id, f"timer {timer.kind} {timer.value!r}: {exc}")
         for what, source in expression_sources(node):
             if source in parsed:
                 continue
@@ -366,7 +438,7 @@ def _check_reachable(
     start: str,
     nodes: dict[str, Node],
     outgoing: dict[str, tuple[SequenceFlow, ...]],
-    boundaries: dict[str, tuple[ErrorBoundaryEvent, ...]],
+    boundaries: dict[str, tuple[AnyBoundary, ...]],
     problems: _Problems,
 ) -> None:
     reached = {start}
@@ -391,7 +463,7 @@ def _check_reachable(
 def _reaching(
     join_id: str,
     incoming: dict[str, tuple[SequenceFlow, ...]],
-    boundaries: dict[str, tuple[ErrorBoundaryEvent, ...]],
+    boundaries: dict[str, tuple[AnyBoundary, ...]],
 ) -> frozenset[str]:
     """Every node with a path to `join_id` (flows stay inside one scope); an activity whose
     boundary event has one counts too."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.engine import walk
+from orchestrator.engine import events, walk
 from orchestrator.engine.run import Run, WorkScope, loop_with
 from orchestrator.engine.state import (
     CalledBy,
@@ -25,12 +25,13 @@ from orchestrator.model.definition import (
     CallActivity,
     ManualTask,
     Node,
+    ReceiveTask,
     ServiceTask,
     SubProcess,
     UserTask,
 )
 
-Activity = ServiceTask | UserTask | ManualTask | SubProcess | CallActivity
+Activity = ServiceTask | UserTask | ManualTask | SubProcess | CallActivity | ReceiveTask
 #: The topic of the task row a call activity waits on (never published).
 CALL_TOPIC = "call-activity"
 #: A user task's lease, when it sets none: it is held until completed (about 24 days).
@@ -45,8 +46,9 @@ def arrive(run: Run, token: Token, node: Node) -> None:
         _run(run, token, node)
 
 
-def _run(run: Run, token: Token, node: Activity) -> None:
-    """Start one run of the activity (for a loop: one element, in the element's scope)."""
+def _run(run: Run, token: Token, node: Activity, *, boundaries: bool = True) -> None:
+    """Start one run of the activity (for a loop: one element, in the element's scope, whose
+    boundary events belong to the whole loop: `boundaries` False)."""
     if node.inputs:
         context = dict(run.visible(token.scope))
         local: dict[str, Any] = {}
@@ -62,14 +64,23 @@ def _run(run: Run, token: Token, node: Activity) -> None:
         _create_task(run, token, node)
     elif isinstance(node, CallActivity):
         _call(run, token, node)
+    elif isinstance(node, ReceiveTask):
+        run.place(Token(token.id, node.id, scope=token.scope))
+        events.receive(run, token, node)
     elif isinstance(node, SubProcess):
         run.drop(token)
         inner = run.open_scope("subprocess", node.id, token.scope)
         run.record("subprocess_started", node.id)
+        if boundaries:
+            events.open_boundaries(run, node.id, inner.id, inner.id)
         start = run.spawn(run.process.starts[node.id], inner.id)
         run.send(start, start.node_id, None)
+        return
     else:
         done(run, token, node, {})
+        return
+    if boundaries:
+        events.open_boundaries(run, node.id, token.id, token.scope)
 
 
 def _create_task(run: Run, token: Token, node: ServiceTask | UserTask) -> None:
@@ -146,6 +157,7 @@ def done(
 ) -> None:
     """One run of the activity ended with `result`: map its outputs, close its scope, and
     leave (or, in a loop, hand the element's output to the loop)."""
+    run.close_waits_of(token.id)  # its boundary events
     own = run.scopes.get(token.scope) if token.scope is not None else None
     if own is not None and own.node_id != node.id:
         own = None  # the token runs in the enclosing scope: the activity has none
@@ -198,6 +210,7 @@ def _start_loop(run: Run, token: Token, node: Activity) -> None:
     run.drop(token)
     body = run.open_scope("mi_body", node.id, token.scope, loop=Loop(total, 0, 0, items, outputs))
     run.record("loop_started", node.id, elements=total)
+    events.open_boundaries(run, node.id, body.id, token.scope)
     if total == 0:
         _finish_loop(run, body, node)
         return
@@ -218,7 +231,7 @@ def _start_element(run: Run, body: WorkScope, node: Activity, index: int) -> Non
         values[loop_def.element_variable] = loop.items[index]
     element = run.open_scope("mi_element", node.id, body.id, values, index=index)
     run.set_loop(body, loop_with(loop, started=loop.started + 1))
-    _run(run, run.spawn(node.id, element.id), node)
+    _run(run, run.spawn(node.id, element.id), node, boundaries=False)
 
 
 def _element_done(

@@ -16,6 +16,7 @@ from orchestrator.definitions.graph import Process
 from orchestrator.engine import variables
 from orchestrator.engine.state import (
     CalledBy,
+    CloseWait,
     Effect,
     InstanceState,
     InstanceStatus,
@@ -25,6 +26,8 @@ from orchestrator.engine.state import (
     ScopeKind,
     Token,
     Transition,
+    Wait,
+    WaitKind,
     WithdrawTask,
 )
 from orchestrator.model.definition import CallActivity
@@ -70,6 +73,7 @@ class Run:
     seq: int
     version: int
     called_by: CalledBy | None
+    waits: dict[str, Wait] = field(default_factory=dict)
     effects: list[Effect] = field(default_factory=list)
     arrivals: deque[Arrival] = field(default_factory=deque)
     #: Scopes that lost a token to an end event: they end if nothing is left in them.
@@ -92,9 +96,11 @@ class Run:
             state.seq,
             state.version,
             state.called_by,
+            {w.id: w for w in state.waits},
         )
 
     def finish(self) -> Transition:
+        self._close_orphaned_waits()
         state = InstanceState(
             self.id,
             self.status,
@@ -104,8 +110,31 @@ class Run:
             self.version,
             tuple(scope.frozen() for scope in self.scopes.values()),
             self.called_by,
+            tuple(self.waits.values()),
         )
         return Transition(state, tuple(self.effects))
+
+    # --- waits ---------------------------------------------------------------------------
+
+    def open_wait(self, kind: WaitKind, node_id: str, owner: str) -> Wait:
+        wait = Wait(self.new_id(), kind, node_id, owner)
+        self.waits[wait.id] = wait
+        return wait
+
+    def close_wait(self, wait_id: str) -> None:
+        wait = self.waits.pop(wait_id, None)
+        if wait is not None:
+            self.effects.append(CloseWait(wait.id, wait.kind))
+
+    def close_waits_of(self, owner: str, *, but: str | None = None) -> None:
+        for wait in [w for w in self.waits.values() if w.owner == owner and w.id != but]:
+            self.close_wait(wait.id)
+
+    def _close_orphaned_waits(self) -> None:
+        """A wait whose token or scope is gone (withdrawn, interrupted, ended) ends too."""
+        for wait in list(self.waits.values()):
+            if wait.owner not in self.tokens and wait.owner not in self.scopes:
+                self.close_wait(wait.id)
 
     # --- ids, variables, expressions -------------------------------------------------
 
@@ -174,6 +203,10 @@ class Run:
         for scope in list(self.scopes.values()):
             if scope.id != outer and self.inside(scope.id, outer):
                 del self.scopes[scope.id]
+
+    def withdraw(self, token: Token) -> None:
+        """Take `token` away, withdrawing the task or child it waits for."""
+        self._withdraw(token)
 
     def _withdraw(self, token: Token) -> None:
         self.drop(token)

@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from orchestrator.definitions.timers import TimerSpec
+
 InstanceStatus = Literal["active", "completed", "cancelled"]
 
 
@@ -55,6 +57,22 @@ class Scope:
     loop: Loop | None = None
 
 
+WaitKind = Literal["timer", "message"]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A timer or message subscription the instance waits on. `node_id` is the event (a
+    catch event, a receive task, a boundary event, an event-based gateway's target);
+    `owner` is the token waiting there, or, for a boundary event, the token or scope of the
+    activity it is attached to (it ends with that activity)."""
+
+    id: str
+    kind: WaitKind
+    node_id: str
+    owner: str
+
+
 @dataclass(frozen=True)
 class CalledBy:
     """The call activity that started this instance, and the error codes its instance can
@@ -80,6 +98,7 @@ class InstanceState:
     version: int = 0
     scopes: tuple[Scope, ...] = ()
     called_by: CalledBy | None = None
+    waits: tuple[Wait, ...] = ()
 
     def derive_id(self, seq: int) -> str:
         return InstanceState.derive_id_of(self.id, seq)
@@ -163,8 +182,47 @@ class Record:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StartTimer:
+    """Start the timer `wait_id`: the shell sets its due time (definitions/timers.py,
+    first_due) from its own clock, and fires it through step.timer_fired."""
+
+    wait_id: str
+    node_id: str
+    spec: TimerSpec
+
+
+@dataclass(frozen=True)
+class OpenSubscription:
+    """Wait for the message `name` whose correlation key equals `correlation_key`; a
+    message correlated to it comes back through step.message_correlated."""
+
+    wait_id: str
+    node_id: str
+    name: str
+    correlation_key: str | None
+
+
+@dataclass(frozen=True)
+class CloseWait:
+    """A timer or subscription no longer waited on (its event fired, or what it was part of
+    ended): the shell deletes it."""
+
+    wait_id: str
+    kind: WaitKind
+
+
 Effect = (
-    CreateTask | WithdrawTask | StartChild | NotifyParent | RaiseIncident | InstanceEnded | Record
+    CreateTask
+    | WithdrawTask
+    | StartChild
+    | NotifyParent
+    | RaiseIncident
+    | InstanceEnded
+    | Record
+    | StartTimer
+    | OpenSubscription
+    | CloseWait
 )
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.definitions.graph import Process
-from orchestrator.engine import activities, walk
+from orchestrator.engine import activities, events, walk
 from orchestrator.engine.run import Run
 from orchestrator.engine.state import (
     CalledBy,
+    CloseWait,
+    Effect,
     InstanceEnded,
     InstanceState,
     Record,
@@ -23,8 +25,10 @@ __all__ = [
     "cancel_instance",
     "complete_task",
     "error_task",
+    "message_correlated",
     "restart_call",
     "start_instance",
+    "timer_fired",
 ]
 
 
@@ -86,6 +90,33 @@ def error_task(
     return run.finish()
 
 
+def timer_fired(
+    process: Process, state: InstanceState, wait_id: str, *, repeats: bool = False
+) -> Transition:
+    """The timer `wait_id` is due. `repeats`: the shell keeps it for another turn of its
+    cycle (a non-interrupting boundary event fires again; any other wait ends anyway)."""
+    return _fire(process, state, wait_id, {}, repeats=repeats)
+
+
+def message_correlated(
+    process: Process, state: InstanceState, wait_id: str, variables: dict[str, Any]
+) -> Transition:
+    """A message was correlated to the subscription `wait_id`; its variables come along."""
+    return _fire(process, state, wait_id, variables, repeats=False)
+
+
+def _fire(
+    process: Process, state: InstanceState, wait_id: str, values: dict[str, Any], *, repeats: bool
+) -> Transition:
+    wait = next((w for w in state.waits if w.id == wait_id), None)
+    if state.status != "active" or wait is None:
+        raise EngineStepError(f"nothing in instance {state.id} waits on {wait_id}")
+    run = Run.of(process, state)
+    events.fired(run, wait, values, repeats=repeats)
+    walk.drain(run)
+    return run.finish()
+
+
 def restart_call(process: Process, state: InstanceState, task_id: str) -> StartChild:
     """The start of the child a call activity waits for, again (its first start failed:
     the called process was not deployed; an operator retries the call's task)."""
@@ -101,9 +132,10 @@ def cancel_instance(state: InstanceState, reason: str | None) -> Transition:
     child instance of each call activity's task (topic activities.CALL_TOPIC) with them."""
     if state.status != "active":
         raise EngineStepError(f"instance {state.id} is {state.status}, not active")
-    effects = (
+    effects: tuple[Effect, ...] = (
         Record("instance_cancelled", detail={"reason": reason} if reason else {}),
         InstanceEnded("cancelled"),
+        *(CloseWait(wait.id, wait.kind) for wait in state.waits),
     )
     ended = InstanceState(
         state.id, "cancelled", state.variables, (), state.seq, state.version, (), state.called_by

@@ -8,19 +8,24 @@ still reach and ends the scopes left empty, and goes on until nothing moves.
 from __future__ import annotations
 
 from orchestrator.definitions.expressions import evaluate_condition
-from orchestrator.engine import activities
+from orchestrator.engine import activities, events
 from orchestrator.engine.run import Arrival, Run
 from orchestrator.engine.state import InstanceEnded, NotifyParent, RaiseIncident, Token
 from orchestrator.model.definition import (
     EndEvent,
     ErrorBoundaryEvent,
     ErrorEndEvent,
+    EventBasedGateway,
     ExclusiveGateway,
     InclusiveGateway,
+    MessageBoundaryEvent,
+    MessageCatchEvent,
     ParallelGateway,
     SequenceFlow,
     StartEvent,
     TerminateEndEvent,
+    TimerBoundaryEvent,
+    TimerCatchEvent,
 )
 
 
@@ -49,8 +54,14 @@ def leave(run: Run, token: Token, flows: tuple[SequenceFlow, ...] | None = None)
 def _enter(run: Run, arrival: Arrival) -> None:
     token = arrival.token
     node = run.process.nodes[token.node_id]
-    if isinstance(node, StartEvent | ErrorBoundaryEvent):
+    if isinstance(
+        node, StartEvent | ErrorBoundaryEvent | TimerBoundaryEvent | MessageBoundaryEvent
+    ):
         leave(run, token)
+    elif isinstance(node, TimerCatchEvent | MessageCatchEvent):
+        events.catch(run, token, node)
+    elif isinstance(node, EventBasedGateway):
+        events.gateway(run, token, node)
     elif isinstance(node, EndEvent):
         run.record("end_event", node.id)
         _consume(run, token)

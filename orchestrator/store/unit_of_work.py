@@ -14,7 +14,8 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
-from orchestrator.engine.state import CalledBy, InstanceState, Loop, Scope, Token
+from orchestrator.definitions.timers import TimerSpec
+from orchestrator.engine.state import CalledBy, InstanceState, Loop, Scope, Token, Wait
 from orchestrator.engine.task import OPEN_STATUSES, TaskStatus
 from orchestrator.engine.variables import visible
 from orchestrator.store.batch_statement import batch_statement
@@ -79,6 +80,27 @@ class OutboxMessage:
 
 
 @dataclass(frozen=True)
+class NewTimer:
+    """A timer to keep: its due time comes from `spec` and the engine's clock at write."""
+
+    id: str
+    instance_id: str
+    node_id: str
+    spec: TimerSpec
+
+
+@dataclass(frozen=True)
+class NewSubscription:
+    """A message subscription: `name` and the correlation key (None: none to match)."""
+
+    id: str
+    instance_id: str
+    node_id: str
+    name: str
+    correlation_key: str | None
+
+
+@dataclass(frozen=True)
 class PublishedRow:
     """An outbox row after insert: the relay publishes it, then deletes it by id."""
 
@@ -119,9 +141,11 @@ def _token_to_list(token: Token) -> list[str | None]:
 
 
 def scopes_to_json(state: InstanceState) -> dict[str, Any] | None:
-    if not state.scopes and state.called_by is None:
+    if not state.scopes and state.called_by is None and not state.waits:
         return None
     data: dict[str, Any] = {"scopes": [_scope_to_json(scope) for scope in state.scopes]}
+    if state.waits:
+        data["waits"] = [[w.id, w.kind, w.node_id, w.owner] for w in state.waits]
     if state.called_by is not None:
         called = state.called_by
         data["called_by"] = [called.instance_id, called.task_id, list(called.catches)]
@@ -185,8 +209,10 @@ def state_from_record(record: asyncpg.Record) -> InstanceState:
     extra = record["scopes"]
     scopes: tuple[Scope, ...] = ()
     called_by = None
+    waits: tuple[Wait, ...] = ()
     if extra is not None:
         scopes = tuple(_scope_from_json(scope) for scope in extra["scopes"])
+        waits = tuple(Wait(*w) for w in extra.get("waits", ()))
         if "called_by" in extra:
             instance_id, task_id, catches = extra["called_by"]
             called_by = CalledBy(instance_id, task_id, tuple(catches))
@@ -199,6 +225,7 @@ def state_from_record(record: asyncpg.Record) -> InstanceState:
         record["version"],
         scopes,
         called_by,
+        waits,
     )
 
 
@@ -215,6 +242,10 @@ class UnitOfWork:
     redispatched: list[tuple[str, int]] = field(default_factory=list)
     #: Open tasks withdrawn because their scope ended (never also in changed_tasks).
     withdrawn_tasks: list[str] = field(default_factory=list)
+    new_timers: list[NewTimer] = field(default_factory=list)
+    new_subscriptions: list[NewSubscription] = field(default_factory=list)
+    #: (wait id, "timer" | "message") of timers and subscriptions no longer waited on.
+    closed_waits: list[tuple[str, str]] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     incidents: list[tuple[Any, ...]] = field(default_factory=list)
