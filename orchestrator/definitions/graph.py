@@ -72,6 +72,8 @@ class Process:
     reaches: dict[str, frozenset[str]] = field(default_factory=dict)
     #: Activity id -> its timer and message boundary events.
     event_boundaries: dict[str, tuple[EventBoundary, ...]] = field(default_factory=dict)
+    #: The event subprocesses of the process (key None) and of each embedded subprocess.
+    event_subprocesses: dict[str | None, tuple[SubProcess, ...]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -121,6 +123,7 @@ def compile_process(definition: ProcessDefinition) -> tuple[Process | None, _Pro
     starts = _index_starts(nodes, problems)
     for node in nodes.values():
         _check_node(node, nodes, outgoing, incoming, problems)
+    _check_starts(nodes, problems)
     every_boundary = _index_boundaries(nodes, problems)
     boundaries = _only(every_boundary, ErrorBoundaryEvent)
     event_boundaries = _only(every_boundary, TimerBoundaryEvent | MessageBoundaryEvent)
@@ -148,6 +151,7 @@ def compile_process(definition: ProcessDefinition) -> tuple[Process | None, _Pro
         expressions,
         reaches,
         event_boundaries,
+        _event_subprocesses(nodes),
     )
     return process, problems
 
@@ -252,11 +256,8 @@ def _check_node(
     problems: _Problems,
 ) -> None:
     outgoing, incoming = outgoing_of.get(node.id, ()), incoming_of.get(node.id, ())
-    if isinstance(node, StartEvent | AnyBoundary):
-        if incoming:
-            problems.add(node.id, f"{_a(node.type)} cannot have incoming flows")
-        if len(outgoing) != 1:
-            problems.add(node.id, f"{_a(node.type)} needs exactly one outgoing flow")
+    if _is_event_sub(node) or isinstance(node, StartEvent | AnyBoundary):
+        _check_flowless_entry(node, outgoing, incoming, problems)
         return
     if not incoming:
         problems.add(node.id, "has no incoming flow")
@@ -274,6 +275,23 @@ def _check_node(
             if flow.condition is not None:
                 problems.flow(flow.id, "conditional flows out of an activity are not supported")
     _check_kind(node, outgoing, problems)
+
+
+def _check_flowless_entry(
+    node: Node,
+    outgoing: tuple[SequenceFlow, ...],
+    incoming: tuple[SequenceFlow, ...],
+    problems: _Problems,
+) -> None:
+    """Where a token appears without a flow: a start or boundary event, an event subprocess."""
+    if _is_event_sub(node):
+        if outgoing or incoming:
+            problems.add(node.id, "an event subprocess has no incoming or outgoing flows")
+        return
+    if incoming:
+        problems.add(node.id, f"{_a(node.type)} cannot have incoming flows")
+    if len(outgoing) != 1:
+        problems.add(node.id, f"{_a(node.type)} needs exactly one outgoing flow")
 
 
 def _check_kind(node: Node, outgoing: tuple[SequenceFlow, ...], problems: _Problems) -> None:
@@ -452,12 +470,46 @@ def _check_reachable(
             if target in nodes and target not in reached:
                 reached.add(target)
                 pending.append(target)
-    members = [node_id for node_id, node in nodes.items() if node.parent == scope]
+    members = [
+        node_id
+        for node_id, node in nodes.items()
+        if node.parent == scope and not _is_event_sub(node)
+    ]
     for node_id in members:
         if node_id not in reached:
             problems.add(node_id, "not reachable from the start event")
     if not any(isinstance(nodes[node_id], _ENDS) for node_id in reached):
         problems.add(scope, "no end event is reachable from the start event")
+
+
+def _is_event_sub(node: Node) -> bool:
+    return isinstance(node, SubProcess) and node.triggered_by_event
+
+
+def _check_starts(nodes: dict[str, Node], problems: _Problems) -> None:
+    """A start event with a trigger starts an event subprocess; a process or an embedded
+    subprocess starts with a none start event."""
+    for node in nodes.values():
+        if not isinstance(node, StartEvent):
+            continue
+        parent = nodes.get(node.parent) if node.parent is not None else None
+        in_event_sub = parent is not None and _is_event_sub(parent)
+        if in_event_sub and not node.triggered:
+            problems.add(node.id, "an event subprocess starts with a timer, message or error")
+        elif not in_event_sub and node.triggered:
+            what = "timer" if node.timer else "message" if node.message else "error"
+            problems.add(node.id, f"{what} start events are supported in event subprocesses only")
+        if node.error and (node.timer or node.message):
+            problems.add(node.id, "a start event has one trigger")
+
+
+def _event_subprocesses(nodes: dict[str, Node]) -> dict[str | None, tuple[SubProcess, ...]]:
+    """Event subprocesses by the subprocess they sit in (None: the process)."""
+    found: dict[str | None, list[SubProcess]] = {}
+    for node in nodes.values():
+        if isinstance(node, SubProcess) and node.triggered_by_event:
+            found.setdefault(node.parent, []).append(node)
+    return {parent: tuple(subs) for parent, subs in found.items()}
 
 
 def _reaching(

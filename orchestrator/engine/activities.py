@@ -73,6 +73,7 @@ def _run(run: Run, token: Token, node: Activity, *, boundaries: bool = True) -> 
         run.record("subprocess_started", node.id)
         if boundaries:
             events.open_boundaries(run, node.id, inner.id, inner.id)
+        events.open_event_subprocesses(run, node.id, inner.id)
         start = run.spawn(run.process.starts[node.id], inner.id)
         run.send(start, start.node_id, None)
         return
@@ -181,6 +182,10 @@ def subprocess_done(run: Run, scope_id: str) -> None:
     inner = run.scopes.pop(scope_id)
     node = run.process.nodes[inner.node_id]
     assert isinstance(node, SubProcess)
+    if node.triggered_by_event:  # no flows out: the scope it ran in may end now
+        run.record("event_subprocess_ended", node.id)
+        run.emptied.add(inner.parent)
+        return
     run.record("subprocess_ended", node.id)
     # Its own variables stay its own: only its output mappings can read them.
     done(run, run.spawn(node.id, inner.parent), node, inner.variables, propagate=False)

@@ -29,6 +29,7 @@ from orchestrator.model.definition import (
     MessageDefinition,
     Node,
     ReceiveTask,
+    StartEvent,
     TimerBoundaryEvent,
     TimerCatchEvent,
     TimerDefinition,
@@ -68,6 +69,34 @@ def open_boundaries(run: Run, host_id: str, owner: str, scope: str | None) -> No
     for event in run.process.event_boundaries.get(host_id, ()):
         if not _open(run, event, owner, scope):
             return
+
+
+def open_event_subprocesses(run: Run, container: str | None, scope: str | None) -> None:
+    """A scope starts (the process, container None, or a subprocess): open the timer and
+    message waits of the event subprocesses in it, owned by the scope (the process: by the
+    instance's id)."""
+    owner = scope if scope is not None else run.id
+    for sub in run.process.event_subprocesses.get(container, ()):
+        start = run.process.nodes[run.process.starts[sub.id]]
+        if isinstance(start, StartEvent) and (start.timer or start.message):
+            _open(run, start, owner, scope)
+
+
+def start_event_subprocess(
+    run: Run, start: StartEvent, scope: str | None, values: dict[str, Any]
+) -> None:
+    """Run the event subprocess of `start` inside `scope`; an interrupting one first ends
+    everything else there (and the other event subprocesses' waits)."""
+    sub = run.process.nodes[start.parent or ""]
+    if start.interrupting:
+        run.cut(scope)
+        run.close_waits_of(scope if scope is not None else run.id)
+    inner = run.open_scope("subprocess", sub.id, scope)
+    run.record("event_subprocess_started", sub.id, interrupting=start.interrupting)
+    if values:
+        run.assign(inner.id, values)
+    open_event_subprocesses(run, sub.id, inner.id)
+    walk.leave(run, run.place(Token(run.new_id(), start.id, scope=inner.id)))
 
 
 def _open(run: Run, node: Node, owner: str, scope: str | None) -> bool:
@@ -124,6 +153,13 @@ def _hold(run: Run, token: Token, node: Node) -> None:
 
 def fired(run: Run, wait: Wait, values: dict[str, Any], *, repeats: bool) -> None:
     node = run.process.nodes[wait.node_id]
+    if isinstance(node, StartEvent):  # an event subprocess's
+        scope = wait.owner if wait.owner in run.scopes else None
+        keeps = not node.interrupting and (repeats or node.message is not None)
+        if not keeps:  # a non-interrupting message start takes every message that comes
+            run.close_wait(wait.id)
+        start_event_subprocess(run, node, scope, values)
+        return
     if isinstance(node, TimerBoundaryEvent | MessageBoundaryEvent):
         _boundary_fired(run, wait, node, values, repeats=repeats)
         return

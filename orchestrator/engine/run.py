@@ -132,8 +132,11 @@ class Run:
 
     def _close_orphaned_waits(self) -> None:
         """A wait whose token or scope is gone (withdrawn, interrupted, ended) ends too."""
+        alive = set(self.tokens) | set(self.scopes)
+        if self.status == "active":
+            alive.add(self.id)  # the process scope's own (its event subprocesses')
         for wait in list(self.waits.values()):
-            if wait.owner not in self.tokens and wait.owner not in self.scopes:
+            if wait.owner not in alive:
                 self.close_wait(wait.id)
 
     # --- ids, variables, expressions -------------------------------------------------

@@ -45,6 +45,7 @@ def start_instance(
     state = InstanceState(instance_id, "active", dict(variables), (), 1, called_by=called_by)
     run = Run.of(process, state)
     run.record("instance_started", process.start_id)
+    events.open_event_subprocesses(run, None, None)
     token = run.place(Token(state.derive_id(0), process.start_id))
     run.send(token, process.start_id, None)
     walk.drain(run)

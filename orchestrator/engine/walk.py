@@ -23,6 +23,7 @@ from orchestrator.model.definition import (
     ParallelGateway,
     SequenceFlow,
     StartEvent,
+    SubProcess,
     TerminateEndEvent,
     TimerBoundaryEvent,
     TimerCatchEvent,
@@ -248,9 +249,14 @@ def throw(
     values: dict[str, object],
 ) -> bool:
     """Throw the business error `code` from `activity_id` (a task) or from inside `scope_id`
-    to the nearest error boundary event that catches it, interrupting what it is attached
-    to; else to the calling instance if it catches it. False: nothing catches it."""
-    for host_id, interrupted in _hosts(run, scope_id, activity_id):
+    to the nearest catcher: an error event subprocess of a scope it is in, or an error
+    boundary event, interrupting what it is attached to; else to the calling instance if it
+    catches it. False: nothing catches it."""
+    for host_id, interrupted, is_container in _catchers(run, scope_id, activity_id):
+        if is_container:
+            if _to_event_subprocess(run, host_id, interrupted, code, values):
+                return True
+            continue
         boundary = run.process.catching_boundary(host_id, code)
         if boundary is None:
             continue
@@ -266,27 +272,60 @@ def throw(
         run.record("error_caught", boundary.id, code=code, activity=host_id)
         leave(run, run.spawn(boundary.id, outer))
         return True
+    return _to_caller(run, code, message, values)
+
+
+def _to_caller(run: Run, code: str, message: str | None, values: dict[str, object]) -> bool:
     called_by = run.called_by
-    if called_by is not None and (code in called_by.catches or None in called_by.catches):
-        run.cut(None)
-        run.status = "cancelled"
-        run.record("error_thrown_to_caller", None, code=code)
-        run.effects.append(InstanceEnded("cancelled"))
-        run.effects.append(NotifyParent(called_by, dict(values), code, message))
-        return True
-    return False
+    if called_by is None or (code not in called_by.catches and None not in called_by.catches):
+        return False
+    run.cut(None)
+    run.status = "cancelled"
+    run.record("error_thrown_to_caller", None, code=code)
+    run.effects.append(InstanceEnded("cancelled"))
+    run.effects.append(NotifyParent(called_by, dict(values), code, message))
+    return True
 
 
-def _hosts(run: Run, scope_id: str | None, activity_id: str | None) -> list[tuple[str, str | None]]:
-    """(activity, the scope to close when its boundary event catches), innermost first."""
-    hosts: list[tuple[str, str | None]] = []
+def _to_event_subprocess(
+    run: Run, container: str, scope: str | None, code: str, values: dict[str, object]
+) -> bool:
+    """Start the error event subprocess of `container` (a subprocess's id, or "" for the
+    process) that catches `code`, in `scope`: an exact code wins over a catch-all."""
+    subs = run.process.event_subprocesses.get(container or None, ())
+    starts = [run.process.nodes[run.process.starts[sub.id]] for sub in subs]
+    errors = [s for s in starts if isinstance(s, StartEvent) and s.error]
+    start = next((s for s in errors if s.error_code == code), None)
+    start = start or next((s for s in errors if s.error_code is None), None)
+    if start is None:
+        return False
+    run.record("error_caught", start.id, code=code, activity=container or None)
+    events.start_event_subprocess(run, start, scope, dict(values))
+    return True
+
+
+def _catchers(
+    run: Run, scope_id: str | None, activity_id: str | None
+) -> list[tuple[str, str | None, bool]]:
+    """Innermost first: (activity, the scope to close when its boundary event catches,
+    False), and for each subprocess scope and the process, (its id or "", that scope, True)
+    for its error event subprocesses. An error thrown inside an event subprocess is not
+    caught by the event subprocesses beside it."""
+    found: list[tuple[str, str | None, bool]] = []
     if activity_id is not None:
-        hosts.append((activity_id, None))
+        found.append((activity_id, None, False))
+    came_from_event_sub = False
     while scope_id is not None:
         scope = run.scopes[scope_id]
-        if hosts and hosts[-1][0] == scope.node_id:
-            hosts[-1] = (scope.node_id, scope.id)  # the outermost scope of that activity
-        else:
-            hosts.append((scope.node_id, scope.id))
+        node = run.process.nodes[scope.node_id]
+        if scope.kind == "subprocess" and not came_from_event_sub:
+            found.append((scope.node_id, scope.id, True))
+        came_from_event_sub = isinstance(node, SubProcess) and node.triggered_by_event
+        if found and not found[-1][2] and found[-1][0] == scope.node_id:
+            found[-1] = (scope.node_id, scope.id, False)  # the outermost scope of that activity
+        elif not came_from_event_sub:
+            found.append((scope.node_id, scope.id, False))
         scope_id = scope.parent
-    return hosts
+    if not came_from_event_sub:
+        found.append(("", None, True))
+    return found

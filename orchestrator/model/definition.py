@@ -102,6 +102,9 @@ class _Element(_Strict):
             for name in self._omitted_when_unset:
                 if name in data and data[name] in (None, [], {}, ()):
                     del data[name]
+            for name, default in _OMITTED_AT_DEFAULT.items():
+                if name in data and data[name] is default:
+                    del data[name]
         return data
 
 
@@ -116,8 +119,12 @@ _OMITTED_WHEN_UNSET = (
     "multi_instance",
     "headers",
     "fetch_variables",
+    "timer",
+    "message",
 )
 _Element._omitted_when_unset = _OMITTED_WHEN_UNSET
+#: Flags not written out at their default, for the same reason.
+_OMITTED_AT_DEFAULT = {"error": False, "interrupting": True, "triggered_by_event": False}
 
 
 class _Activity(_Element):
@@ -130,7 +137,22 @@ class _Activity(_Element):
 
 
 class StartEvent(_Element):
+    """A none start event; in an event subprocess, the event that starts it: a `timer`, a
+    `message`, or a business error (`error`, with `error_code` or, without, any code)."""
+
+    _omitted_when_unset = (*_OMITTED_WHEN_UNSET, "error_code")
+
     type: Literal["start_event"]
+    timer: TimerDefinition | None = None
+    message: MessageDefinition | None = None
+    error: bool = False
+    error_code: str | None = Field(None, min_length=1, max_length=200)
+    #: An event subprocess's start: whether it ends what its scope was doing.
+    interrupting: bool = True
+
+    @property
+    def triggered(self) -> bool:
+        return self.timer is not None or self.message is not None or self.error
 
 
 class EndEvent(_Element):
@@ -236,9 +258,14 @@ class InclusiveGateway(_Element):
 
 
 class SubProcess(_Activity):
-    """An embedded subprocess: its nodes name it as `parent`; it runs in a scope of its own."""
+    """An embedded subprocess: its nodes name it as `parent`; it runs in a scope of its own.
+
+    With `triggered_by_event` it is an event subprocess: no flows; its start event's
+    timer, message or error starts it inside the scope it sits in, ending what that scope
+    was doing if the start event is interrupting."""
 
     type: Literal["subprocess"]
+    triggered_by_event: bool = False
 
 
 class CallActivity(_Activity):

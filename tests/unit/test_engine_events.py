@@ -15,6 +15,7 @@ from orchestrator.engine.state import (
     InstanceState,
     OpenSubscription,
     RaiseIncident,
+    Record,
     StartTimer,
     Transition,
     WithdrawTask,
@@ -22,6 +23,7 @@ from orchestrator.engine.state import (
 from orchestrator.engine.step import (
     cancel_instance,
     complete_task,
+    error_task,
     message_correlated,
     start_instance,
     timer_fired,
@@ -209,3 +211,80 @@ def test_a_message_boundary_on_a_subprocess_interrupts_everything_in_it() -> Non
     assert [w.task_id for w in of(stopped, WithdrawTask)] == [task_of(first.state, "inner")]
     assert {c.wait_id for c in of(stopped, CloseWait)} == set(waits.values())
     assert ended(stopped) == "completed" and stopped.state.variables["why"] == "customer"
+
+
+def with_event_subprocess(start: dict[str, Any]) -> Process:
+    return process(
+        [
+            {"id": "s", "type": "start_event"},
+            {"id": "work", "type": "service_task", "topic": "work"},
+            {"id": "e", "type": "end_event"},
+            {"id": "on_event", "type": "subprocess", "triggered_by_event": True},
+            {"id": "es_start", "type": "start_event", "parent": "on_event", **start},
+            {"id": "handle", "type": "service_task", "topic": "handle", "parent": "on_event"},
+            {"id": "es_end", "type": "end_event", "parent": "on_event"},
+        ],
+        [("s", "work"), ("work", "e"), ("es_start", "handle"), ("handle", "es_end")],
+    )
+
+
+def test_an_interrupting_timer_event_subprocess_ends_the_process_work_and_runs() -> None:
+    proc = with_event_subprocess({"timer": timer("PT1H")})
+    first = start(proc)
+    (started,) = of(first, StartTimer)
+    assert started.node_id == "es_start"
+    fired = timer_fired(proc, first.state, started.wait_id)
+    assert [w.task_id for w in of(fired, WithdrawTask)] == [task_of(first.state, "work")]
+    assert [t.node_id for t in of(fired, CreateTask)] == ["handle"]
+    done = complete_task(proc, fired.state, task_of(fired.state, "handle"), {})
+    assert ended(done) == "completed"
+
+
+def test_a_non_interrupting_message_event_subprocess_runs_beside_and_keeps_listening() -> None:
+    proc = with_event_subprocess(
+        {"message": {"name": "ping", "correlation_key": "=id"}, "interrupting": False}
+    )
+    first = start(proc, id="k")
+    (subscribed,) = of(first, OpenSubscription)
+    state = first.state
+    for _ in range(2):
+        step = message_correlated(proc, state, subscribed.wait_id, {"n": 1})
+        assert not of(step, WithdrawTask) and not of(step, CloseWait)
+        state = step.state
+    handles = [t for t in state.tokens if t.node_id == "handle"]
+    assert len(handles) == 2 and task_of(state, "work")
+    state = complete_task(proc, state, task_of(state, "work"), {}).state
+    for token in handles:
+        step = complete_task(proc, state, token.task_id or "", {})
+        state = step.state
+    # The process ends when its last event subprocess has: its subscription closes then.
+    assert ended(step) == "completed" and of(step, CloseWait)
+
+
+def test_an_error_event_subprocess_in_a_subprocess_catches_before_its_boundary() -> None:
+    proc = process(
+        [
+            {"id": "s", "type": "start_event"},
+            {"id": "sub", "type": "subprocess"},
+            {"id": "in_s", "type": "start_event", "parent": "sub"},
+            {"id": "inner", "type": "service_task", "topic": "inner", "parent": "sub"},
+            {"id": "in_e", "type": "end_event", "parent": "sub"},
+            {"id": "on_error", "type": "subprocess", "parent": "sub", "triggered_by_event": True},
+            {"id": "err_s", "type": "start_event", "parent": "on_error", "error": True,
+             "error_code": "E"},
+            {"id": "err_e", "type": "end_event", "parent": "on_error"},
+            {"id": "boundary", "type": "error_boundary_event", "attached_to": "sub"},
+            {"id": "e", "type": "end_event"},
+            {"id": "e_boundary", "type": "end_event"},
+        ],
+        [("s", "sub"), ("in_s", "inner"), ("inner", "in_e"), ("err_s", "err_e"), ("sub", "e"),
+         ("boundary", "e_boundary")],
+    )  # fmt: skip
+    first = start(proc)
+    caught = error_task(proc, first.state, task_of(first.state, "inner"), "E", None, {})
+    assert caught is not None and ended(caught) == "completed"
+    history = [(r.kind, r.node_id) for r in of(caught, Record)]
+    assert ("error_caught", "err_s") in history and ("end_event", "e") in history
+    other = error_task(proc, first.state, task_of(first.state, "inner"), "OTHER", None, {})
+    assert other is not None
+    assert ("end_event", "e_boundary") in [(r.kind, r.node_id) for r in of(other, Record)]
