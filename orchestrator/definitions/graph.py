@@ -130,7 +130,8 @@ def compile_process(definition: ProcessDefinition) -> tuple[Process | None, _Pro
     conditions = _parse_conditions(definition.flows, nodes, problems)
     expressions = _parse_expressions(nodes.values(), problems)
     for scope, start in starts.items():
-        _check_reachable(scope, start, nodes, outgoing, every_boundary, problems)
+        entries = [n.id for n in nodes.values() if isinstance(n, StartEvent) and n.parent == scope]
+        _check_reachable(scope, entries or [start], nodes, outgoing, every_boundary, problems)
     if problems.located:
         return None, problems
     topics = frozenset(n.topic for n in nodes.values() if isinstance(n, ServiceTask | UserTask))
@@ -231,6 +232,8 @@ def _index_flows(
 
 
 def _index_starts(nodes: dict[str, Node], problems: _Problems) -> dict[str | None, str]:
+    """The start event of each scope. The process may have timer and message start events
+    besides (or instead of) its none start event: a start by a client takes the none one."""
     found: dict[str | None, list[str]] = {None: []}
     for node in nodes.values():
         if isinstance(node, SubProcess):
@@ -240,12 +243,21 @@ def _index_starts(nodes: dict[str, Node], problems: _Problems) -> dict[str | Non
             found.setdefault(node.parent, []).append(node.id)
     starts: dict[str | None, str] = {}
     for scope, ids in found.items():
-        if len(ids) == 1:
+        if scope is None and ids:
+            plain = [i for i in ids if not _triggered(nodes[i])]
+            if len(plain) > 1:
+                problems.add(None, f"the process has {len(plain)} none start events")
+            starts[None] = (plain or ids)[0]
+        elif len(ids) == 1:
             starts[scope] = ids[0]
         else:
             what = "the process" if scope is None else "the subprocess"
             problems.add(scope, f"{what} needs exactly one start event, found {len(ids)}")
     return starts
+
+
+def _triggered(node: Node) -> bool:
+    return isinstance(node, StartEvent) and node.triggered
 
 
 def _check_node(
@@ -453,14 +465,14 @@ def _parse_expressions(nodes: Iterable[Node], problems: _Problems) -> dict[str, 
 
 def _check_reachable(
     scope: str | None,
-    start: str,
+    entries: list[str],
     nodes: dict[str, Node],
     outgoing: dict[str, tuple[SequenceFlow, ...]],
     boundaries: dict[str, tuple[AnyBoundary, ...]],
     problems: _Problems,
 ) -> None:
-    reached = {start}
-    pending = deque([start])
+    reached = set(entries)
+    pending = deque(entries)
     while pending:
         node_id = pending.popleft()
         # An activity's boundary events are reached with it; flows reach everything else.
@@ -487,8 +499,8 @@ def _is_event_sub(node: Node) -> bool:
 
 
 def _check_starts(nodes: dict[str, Node], problems: _Problems) -> None:
-    """A start event with a trigger starts an event subprocess; a process or an embedded
-    subprocess starts with a none start event."""
+    """A start event with a trigger starts an event subprocess, or (a timer or a message)
+    the process; an embedded subprocess starts with a none start event."""
     for node in nodes.values():
         if not isinstance(node, StartEvent):
             continue
@@ -496,11 +508,21 @@ def _check_starts(nodes: dict[str, Node], problems: _Problems) -> None:
         in_event_sub = parent is not None and _is_event_sub(parent)
         if in_event_sub and not node.triggered:
             problems.add(node.id, "an event subprocess starts with a timer, message or error")
-        elif not in_event_sub and node.triggered:
-            what = "timer" if node.timer else "message" if node.message else "error"
-            problems.add(node.id, f"{what} start events are supported in event subprocesses only")
-        if node.error and (node.timer or node.message):
+        elif parent is not None and not in_event_sub and node.triggered:
+            problems.add(node.id, "an embedded subprocess starts with a none start event")
+        elif parent is None and node.error:
+            problems.add(node.id, "error start events belong in event subprocesses")
+        if sum((node.error, node.timer is not None, node.message is not None)) > 1:
             problems.add(node.id, "a start event has one trigger")
+
+
+def process_starts(process: Process) -> list[StartEvent]:
+    """The process's timer and message start events (not its event subprocesses')."""
+    return [
+        node
+        for node in process.nodes.values()
+        if isinstance(node, StartEvent) and node.parent is None and node.triggered
+    ]
 
 
 def _event_subprocesses(nodes: dict[str, Node]) -> dict[str | None, tuple[SubProcess, ...]]:

@@ -41,13 +41,17 @@ def start_instance(
     instance_id: str,
     variables: dict[str, Any],
     called_by: CalledBy | None = None,
+    start_id: str | None = None,
 ) -> Transition:
+    """A new instance, from its none start event (or `start_id`: the timer or message start
+    event that fired)."""
+    start_id = start_id or process.start_id
     state = InstanceState(instance_id, "active", dict(variables), (), 1, called_by=called_by)
     run = Run.of(process, state)
-    run.record("instance_started", process.start_id)
+    run.record("instance_started", start_id)
     events.open_event_subprocesses(run, None, None)
-    token = run.place(Token(state.derive_id(0), process.start_id))
-    run.send(token, process.start_id, None)
+    token = run.place(Token(state.derive_id(0), start_id))
+    run.send(token, start_id, None)
     walk.drain(run)
     return run.finish()
 
