@@ -5,7 +5,7 @@ model.
     names           namespaces and element names
     problems        where elements are; every problem gathered, said with its line
     expressions     expression text as the model keeps it (FEEL, JUEL, quoted literals)
-    events          event definitions and why the unsupported ones are refused
+    events          event definitions, timer definitions, why the unsupported ones are refused
     dialect         what a Camunda dialect reads (a protocol)
     camunda7, zeebe the two dialects
     orch_attributes our own orch: attributes (lease, retry policy, user task topic)

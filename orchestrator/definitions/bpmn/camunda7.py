@@ -1,4 +1,19 @@
-"""Camunda 7 (camunda: namespace): external tasks, inputOutput, call activity in/out."""
+"""Camunda 7 (camunda: namespace): external tasks, inputOutput, call activity in/out, messages.
+
+Messages and correlation. A Camunda 7 model says no correlation key: the application that
+correlates a message names the instance (by business key, process variables or instance
+id) in its API call. Here a message waits for one key, fixed when the wait starts:
+
+- by default none (correlation_key None): the message is correlated by the instance's
+  business key;
+- our extension `orch:correlationKey`, an expression (`${orderId}` or FEEL `=orderId`), on
+  the `<bpmn:message>` (for every wait on that message) or on the catch event, receive task
+  or boundary event itself (the element's wins): the value of that expression, taken when
+  the wait starts, is the key a message must carry.
+
+A literal `orch:correlationKey` is refused (every instance would wait for the same key),
+as is a message name that is an expression (`${...}`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +26,14 @@ from orchestrator.definitions.bpmn.expressions import (
     camunda7_value,
     candidates_refused,
 )
-from orchestrator.definitions.bpmn.names import BPMN, CAMUNDA, child, extension, extensions
+from orchestrator.definitions.bpmn.names import (
+    BPMN,
+    CAMUNDA,
+    ORCH,
+    child,
+    extension,
+    extensions,
+)
 from orchestrator.definitions.bpmn.names import qname as q
 from orchestrator.definitions.bpmn.problems import Problems
 
@@ -196,3 +218,32 @@ class Camunda7:
 
     def error_message(self, error: Element) -> str | None:
         return _attr(error, "errorMessage")
+
+    def message(
+        self, element: Element, message: Element, name: str, problems: Problems
+    ) -> dict[str, Any] | None:
+        reference = message.get("id", "")
+        where = f"<message> '{reference}' (line {problems.document.line(message)})"
+        if "${" in name or "#{" in name:
+            problems.add(
+                element,
+                f"message names that are expressions are not supported ({where}: "
+                f"name={name!r}); use a fixed name",
+            )
+            return None
+        key = element.get(q(ORCH, "correlationKey"))
+        said = "orch:correlationKey"
+        if key is None:
+            key = message.get(q(ORCH, "correlationKey"))
+            said = f"orch:correlationKey of {where}"
+        if key is None:
+            return {"name": name}  # correlated by the instance's business key
+        key = key.strip()
+        if not key.startswith(("${", "#{", "=")):
+            problems.add(
+                element,
+                f"{said}={key!r} must be an expression such as ${{orderId}} or =orderId "
+                "(its value when the wait starts is the key a message must carry)",
+            )
+            return None
+        return {"name": name, "correlation_key": key}

@@ -43,3 +43,10 @@ class Dialect(Protocol):
 
     def error_message(self, error: Element) -> str | None:
         """The message an `<error>` carries, if the dialect has one."""
+
+    def message(
+        self, element: Element, message: Element, name: str, problems: Problems
+    ) -> dict[str, Any] | None:
+        """The model's MessageDefinition (a dict) for `element` (a catch event, receive task
+        or boundary event) waiting for `message` (its `<message>`, whose non-empty `name` is
+        given): the name and the correlation key expression, if any."""

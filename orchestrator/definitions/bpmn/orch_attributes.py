@@ -1,6 +1,7 @@
 """Our own attributes (orch: namespace) for what neither Camunda dialect can say: the lease,
 the retry policy, the topic of user tasks, the variables fetched; on a process, the
-business-key policy."""
+business-key policy. (`orch:correlationKey`, on a message wait in a Camunda 7 file, is read
+with the message by the dialect: see camunda7.)"""
 
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ ALLOWED = {
     "service_task": _SERVICE | _RETRY,
     "user_task": _USER | _RETRY,
 }
+#: orch attributes of a node type that the dialect reads (and judges) itself.
+READ_BY_DIALECT = {
+    "message_catch_event": {"correlationKey"},
+    "receive_task": {"correlationKey"},
+    "message_boundary_event": {"correlationKey"},
+}
 
 
 def orch_options(element: Element, node_type: str | None, problems: Problems) -> dict[str, Any]:
@@ -57,7 +64,7 @@ def orch_options(element: Element, node_type: str | None, problems: Problems) ->
     fields: dict[str, Any] = {}
     for name, text in element.attrib.items():
         namespace, attribute = split(name)
-        if namespace != ORCH:
+        if namespace != ORCH or attribute in READ_BY_DIALECT.get(node_type or "", ()):
             continue
         if attribute not in allowed:
             where = f"on a {node_type}" if node_type else "here"

@@ -53,11 +53,12 @@ def read_bpmn(source: bytes | str) -> list[BpmnProcess]:
     problems = Problems(document)
     dialect = _dialect(root, problems)
     errors = {error.get("id", ""): error for error in root.findall(q(BPMN, "error"))}
+    messages = {message.get("id", ""): message for message in root.findall(q(BPMN, "message"))}
     walked: list[tuple[Element, ProcessWalker, dict[str, Any]]] = []
     for process in root.findall(q(BPMN, "process")):
         if process.get("isExecutable", "true").strip() == "false":
             continue
-        walker = ProcessWalker(problems, dialect, errors)
+        walker = ProcessWalker(problems, dialect, errors, messages)
         walked.append((process, walker, walker.walk_process(process)))
     if not walked:
         problems.add_general('no executable process: set isExecutable="true" on a process')

@@ -1,5 +1,11 @@
 """Walk one `<process>` element by element into the model's nodes and flows (as dicts),
-adding a problem for every element that cannot be mapped."""
+adding a problem for every element that cannot be mapped.
+
+Waits: an intermediate catch event with a timer or a message, a receive task, a timer or
+message boundary event (interrupting unless cancelActivity="false") and an event-based
+gateway map one to one onto the model's nodes. A message is the `<message>` its messageRef
+names, at the level of `<definitions>`; the dialect reads its correlation key.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,12 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from orchestrator.definitions.bpmn.dialect import Dialect
-from orchestrator.definitions.bpmn.events import event_definitions, kind_of, why_refused
+from orchestrator.definitions.bpmn.events import (
+    event_definitions,
+    kind_of,
+    timer_of,
+    why_refused,
+)
 from orchestrator.definitions.bpmn.names import BPMN, CAMUNDA, child, is_bpmn, local
 from orchestrator.definitions.bpmn.names import qname as q
 from orchestrator.definitions.bpmn.orch_attributes import orch_options, process_options
@@ -37,13 +48,14 @@ _IGNORED = {
 }
 _REFUSED = {
     "scriptTask": "script tasks are not supported",
-    "receiveTask": "receive tasks are not supported yet (messages come in a later version)",
     "complexGateway": "complex gateways are not supported",
-    "eventBasedGateway": "event-based gateways are not supported yet",
     "transaction": "transactions are not supported",
     "adHocSubProcess": "ad-hoc subprocesses are not supported",
 }
 _INTERMEDIATE = {"intermediateCatchEvent": "catch", "intermediateThrowEvent": "throw"}
+#: Event definitions an intermediate catch event may have, and the node it then is.
+_CATCH_TYPES = {"timer": "timer_catch_event", "message": "message_catch_event"}
+_BOUNDARY_TYPES = {"timer": "timer_boundary_event", "message": "message_boundary_event"}
 #: Flows out of these may have conditions; out of any other node they are refused.
 _CONDITIONAL_SOURCES = {"exclusiveGateway", "inclusiveGateway"}
 _CONDITION_LANGUAGES = {None, "", "juel", "feel", "JUEL", "FEEL"}
@@ -57,10 +69,18 @@ def _pruned(fields: Fields) -> Fields:
 
 
 class ProcessWalker:
-    def __init__(self, problems: Problems, dialect: Dialect, errors: dict[str, Element]) -> None:
+    def __init__(
+        self,
+        problems: Problems,
+        dialect: Dialect,
+        errors: dict[str, Element],
+        messages: dict[str, Element] | None = None,
+    ) -> None:
         self.problems = problems
         self.dialect = dialect
         self.errors = errors
+        #: `<message>` elements of the file by id.
+        self.messages = messages or {}
         self.nodes: list[Fields] = []
         self.flows: list[Fields] = []
         self.places: dict[str, ElementPlace] = {}
@@ -70,6 +90,8 @@ class ProcessWalker:
             "startEvent": self._start_event,
             "endEvent": self._end_event,
             "boundaryEvent": self._boundary_event,
+            "intermediateCatchEvent": self._catch_event,
+            "receiveTask": self._receive_task,
             "serviceTask": self._service_task,
             "sendTask": self._service_task,
             "businessRuleTask": self._service_task,
@@ -79,6 +101,7 @@ class ProcessWalker:
             "exclusiveGateway": self._gateway("exclusive_gateway"),
             "inclusiveGateway": self._gateway("inclusive_gateway"),
             "parallelGateway": self._gateway("parallel_gateway"),
+            "eventBasedGateway": self._event_gateway,
             "callActivity": self._call_activity,
         }
 
@@ -190,7 +213,7 @@ class ProcessWalker:
         self._no_event_mappings(element)
         definitions = event_definitions(element)
         kinds = [kind_of(definition) for definition in definitions]
-        if kinds != ["error"]:
+        if len(kinds) != 1 or kinds[0] not in ("error", *_BOUNDARY_TYPES):
             why = (
                 why_refused(kinds[0], "boundary")
                 if len(kinds) == 1
@@ -198,12 +221,23 @@ class ProcessWalker:
             )
             self.problems.add(element, why)
             return None
-        if element.get("cancelActivity", "true") == "false":
+        interrupting = element.get("cancelActivity", "true").strip() != "false"
+        if kinds[0] == "error" and not interrupting:
             self.problems.add(element, "non-interrupting error boundary events are not supported")
             return None
         if not element.get("attachedToRef"):
             self.problems.add(element, "a boundary event needs attachedToRef")
             return None
+        if kinds[0] != "error":
+            wait = self._wait(element, definitions[0])
+            if wait is None:
+                return None
+            return {
+                "type": _BOUNDARY_TYPES[kinds[0]],
+                "attached_to": element.get("attachedToRef"),
+                "interrupting": interrupting,
+                **wait,
+            }
         error = self._error(element, definitions[0], required=False)
         if error is None:
             return None
@@ -234,6 +268,58 @@ class ProcessWalker:
                 element, "an error end event needs errorRef to an <error> with an errorCode"
             )
         return None
+
+    def _catch_event(self, element: Element) -> Fields | None:
+        """An intermediate catch event: a timer or a message to wait for."""
+        definitions = event_definitions(element)
+        kinds = [kind_of(definition) for definition in definitions]
+        if len(kinds) > 1:
+            self.problems.add(element, "an event with several event definitions is not supported")
+            return None
+        if not kinds or kinds[0] not in _CATCH_TYPES:
+            self.problems.add(
+                element,
+                "intermediate catch events are not supported yet"
+                + (f" ({kinds[0]})" if kinds else ""),
+            )
+            return None
+        self._no_event_mappings(element)
+        wait = self._wait(element, definitions[0])
+        if wait is None:
+            return None
+        return {"type": _CATCH_TYPES[kinds[0]], **wait}
+
+    def _wait(self, element: Element, definition: Element) -> Fields | None:
+        """`{"timer": ...}` or `{"message": ...}` of a timer or message event definition."""
+        if kind_of(definition) == "timer":
+            timer = timer_of(element, definition, self.problems)
+            return None if timer is None else {"timer": timer}
+        message = self._message(element, definition)
+        return None if message is None else {"message": message}
+
+    def _message(self, element: Element, holder: Element) -> Fields | None:
+        """The MessageDefinition (a dict) of the `<message>` that `holder` (a
+        messageEventDefinition or a receive task) names with messageRef."""
+        reference = (holder.get("messageRef") or "").strip()
+        message = self.messages.get(reference)
+        if not reference:
+            self.problems.add(
+                element, f"{local(holder)} needs messageRef to a <message> with a name"
+            )
+            return None
+        if message is None:
+            self.problems.add(element, f"messageRef '{reference}' names no <message> in this file")
+            return None
+        name = (message.get("name") or "").strip()
+        if not name:
+            line = self.problems.document.line(message)
+            self.problems.add(
+                element,
+                f"messageRef '{reference}': the <message> (line {line}) has no name; "
+                "a message is correlated by its name",
+            )
+            return None
+        return self.dialect.message(element, message, name, self.problems)
 
     def _none_throw_event(self, element: Element) -> Fields:
         """A none intermediate throw event marks a state reached: the token passes straight
@@ -284,6 +370,19 @@ class ProcessWalker:
     def _manual_task(self, element: Element) -> Fields | None:
         return {"type": "manual_task", **self._activity(element)}
 
+    def _receive_task(self, element: Element) -> Fields | None:
+        common = self._activity(element)
+        if element.get("instantiate", "false").strip() == "true":
+            self.problems.add(
+                element,
+                'receive tasks that start the process (instantiate="true") are not supported',
+            )
+            return None
+        message = self._message(element, element)
+        if message is None:
+            return None
+        return {"type": "receive_task", "message": message, **common}
+
     def _call_activity(self, element: Element) -> Fields | None:
         common = self._activity(element)
         called = self.dialect.call_activity(element, self.problems)
@@ -314,6 +413,21 @@ class ProcessWalker:
             return fields
 
         return build
+
+    def _event_gateway(self, element: Element) -> Fields | None:
+        """Waits for the first of the events its flows lead to (the graph checks them)."""
+        if element.get("instantiate", "false").strip() == "true":
+            self.problems.add(
+                element,
+                'event-based gateways that start the process (instantiate="true") '
+                "are not supported",
+            )
+            return None
+        kind = element.get("eventGatewayType", "Exclusive").strip()
+        if kind != "Exclusive":
+            self.problems.add(element, f'eventGatewayType="{kind}" is not supported')
+            return None
+        return {"type": "event_based_gateway"}
 
     def _sequence_flow(self, element: Element, parent: str | None) -> None:
         flow: Fields = {

@@ -1,4 +1,10 @@
-"""Camunda 8 (zeebe: namespace): job types, ioMapping, headers, called elements."""
+"""Camunda 8 (zeebe: namespace): job types, ioMapping, headers, called elements, messages.
+
+A message's correlation key is its `<zeebe:subscription correlationKey="=orderId">`, a FEEL
+expression (Camunda 8 requires the `=`; a literal is refused). A message without one is
+correlated by the instance's business key, as in Camunda 7 files. Message names that are
+FEEL expressions are refused.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from xml.etree.ElementTree import Element
 
 from orchestrator.definitions.bpmn.dialect import Mapping
 from orchestrator.definitions.bpmn.expressions import candidates_refused, feel, zeebe_value
-from orchestrator.definitions.bpmn.names import BPMN, ZEEBE, child, extension, extensions
+from orchestrator.definitions.bpmn.names import BPMN, ORCH, ZEEBE, child, extension, extensions
 from orchestrator.definitions.bpmn.names import qname as q
 from orchestrator.definitions.bpmn.problems import Problems
 
@@ -197,3 +203,35 @@ class Zeebe:
 
     def error_message(self, error: Element) -> str | None:
         return None
+
+    def message(
+        self, element: Element, message: Element, name: str, problems: Problems
+    ) -> dict[str, Any] | None:
+        reference = message.get("id", "")
+        where = f"<message> '{reference}' (line {problems.document.line(message)})"
+        if name.startswith("="):
+            problems.add(
+                element,
+                f"message names that are FEEL expressions are not supported ({where}: "
+                f"name={name!r}); use a fixed name",
+            )
+            return None
+        if any(found.get(q(ORCH, "correlationKey")) is not None for found in (element, message)):
+            problems.add(
+                element,
+                "orch:correlationKey is for Camunda 7 files; in Camunda 8 set the message's "
+                "zeebe:subscription correlationKey",
+            )
+            return None
+        subscription = extension(message, ZEEBE, "subscription")
+        key = (subscription.get("correlationKey") or "").strip() if subscription is not None else ""
+        if not key:
+            return {"name": name}  # correlated by the instance's business key
+        if not key.startswith("="):
+            problems.add(
+                element,
+                f"zeebe:subscription correlationKey={key!r} of {where} must be a FEEL "
+                f"expression starting with '=' (Camunda 8 requires it), such as ={key}",
+            )
+            return None
+        return {"name": name, "correlation_key": key}
