@@ -202,7 +202,7 @@ def test_messages_c7_keys_from_orch_attributes() -> None:
     keys = {
         node_id: (node.message.name, node.message.correlation_key)
         for node_id, node in found.items()
-        if hasattr(node, "message")
+        if getattr(node, "message", None) is not None
     }
     assert keys == {
         # No orch:correlationKey: the instance's business key.
