@@ -319,18 +319,18 @@ def test_event_based_gateway_and_receive_task_in_c8() -> None:
         ),
         (
             bpmn(
-                '<bpmn:startEvent id="S"><bpmn:timerEventDefinition><bpmn:timeCycle>R/PT1H'
-                "</bpmn:timeCycle></bpmn:timerEventDefinition></bpmn:startEvent>"
+                '<bpmn:startEvent id="S"><bpmn:signalEventDefinition signalRef="G" />'
+                "</bpmn:startEvent>"
             ),
-            'line 4: startEvent id="S": timer start events are not supported yet',
+            'line 4: startEvent id="S": signal events are not supported',
         ),
         (
             bpmn(
-                '<bpmn:startEvent id="S"><bpmn:messageEventDefinition messageRef="M" />'
+                '<bpmn:startEvent id="S"><bpmn:messageEventDefinition messageRef="Nope" />'
                 "</bpmn:startEvent>",
                 '<bpmn:message id="M" name="paid" />',
             ),
-            'line 4: startEvent id="S": message start events are not supported yet',
+            "line 4: startEvent id=\"S\": messageRef 'Nope' names no <message> in this file",
         ),
         (
             bpmn(
@@ -343,10 +343,9 @@ def test_event_based_gateway_and_receive_task_in_c8() -> None:
         (
             bpmn(
                 '<bpmn:subProcess id="S" triggeredByEvent="true"><bpmn:startEvent id="s2">'
-                "<bpmn:timerEventDefinition><bpmn:timeDuration>PT1M</bpmn:timeDuration>"
-                "</bpmn:timerEventDefinition></bpmn:startEvent></bpmn:subProcess>"
+                "<bpmn:escalationEventDefinition /></bpmn:startEvent></bpmn:subProcess>"
             ),
-            "event subprocesses are not supported yet",
+            'startEvent id="s2": escalation events are not supported',
         ),
         (
             bpmn(
@@ -425,7 +424,7 @@ correlationKey="orderId" /></bpmn:extensionElements></bpmn:message>'
         "line 7",
     ]
     assert 'id="C1"' in problems[0] and "names no <message>" in problems[0]
-    assert "timer start events are not supported yet" in problems[1]
+    assert "a timer event needs exactly one of" in problems[1]
     assert "must be a FEEL expression" in problems[2]
     assert 'boundaryEvent id="B"' in problems[3] and "a timer event needs" in problems[3]
 

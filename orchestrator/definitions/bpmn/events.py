@@ -2,8 +2,10 @@
 we do not run are refused.
 
 Timer and message events are read where the model has them: intermediate catch events,
-boundary events (and, for messages, receive tasks). As start or end events they are refused
-("timer start events are not supported yet"), as are intermediate throw (send) events.
+boundary events, start events (of the process or of an event subprocess) and, for messages,
+receive tasks. As end events they are refused ("message end events are not supported yet"),
+as are intermediate throw (send) events. Signal, conditional, escalation and compensation
+events are refused wherever they are.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _KINDS = {
     "compensateEventDefinition": "compensation",
     "cancelEventDefinition": "cancel",
 }
-#: Kinds we run in some places but not yet in all: "timer start events are not supported yet".
+#: Kinds we run in some places but not yet in all: "message end events are not supported yet".
 _NOT_YET = {"timer", "message"}
 _WHY = {
     "signal": "signal events are not supported",

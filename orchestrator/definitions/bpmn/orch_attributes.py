@@ -54,6 +54,8 @@ READ_BY_DIALECT = {
     "message_catch_event": {"correlationKey"},
     "receive_task": {"correlationKey"},
     "message_boundary_event": {"correlationKey"},
+    # On a message start event; the walker refuses it on any other start event.
+    "start_event": {"correlationKey"},
 }
 
 

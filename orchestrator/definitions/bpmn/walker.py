@@ -5,6 +5,13 @@ Waits: an intermediate catch event with a timer or a message, a receive task, a 
 message boundary event (interrupting unless cancelActivity="false") and an event-based
 gateway map one to one onto the model's nodes. A message is the `<message>` its messageRef
 names, at the level of `<definitions>`; the dialect reads its correlation key.
+
+Start events: a none start event; at the process level also a timer or a message start event
+(besides or instead of the none one). An event subprocess (`triggeredByEvent="true"`) is a
+`subprocess` with `triggered_by_event`, walked like an embedded subprocess; its start event
+carries its trigger: a timer, a message or an error (`errorRef` to an `<error>` with an
+errorCode, or none: any code), interrupting unless isInterrupting="false" (an error start
+always interrupts). Where each kind of start event may sit is the compiler's check.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from orchestrator.definitions.bpmn.events import (
     timer_of,
     why_refused,
 )
-from orchestrator.definitions.bpmn.names import BPMN, CAMUNDA, child, is_bpmn, local
+from orchestrator.definitions.bpmn.names import BPMN, CAMUNDA, ORCH, child, is_bpmn, local
 from orchestrator.definitions.bpmn.names import qname as q
 from orchestrator.definitions.bpmn.orch_attributes import orch_options, process_options
 from orchestrator.definitions.bpmn.problems import ElementPlace, Problems, place_of
@@ -56,6 +63,13 @@ _INTERMEDIATE = {"intermediateCatchEvent": "catch", "intermediateThrowEvent": "t
 #: Event definitions an intermediate catch event may have, and the node it then is.
 _CATCH_TYPES = {"timer": "timer_catch_event", "message": "message_catch_event"}
 _BOUNDARY_TYPES = {"timer": "timer_boundary_event", "message": "message_boundary_event"}
+#: Event definitions a start event may have (the error one only in an event subprocess).
+_START_KINDS = ("timer", "message", "error")
+#: The dialect's error variables (error_variables) as the file spells them.
+_ERROR_VARIABLES = {
+    "code_variable": "camunda:errorCodeVariable",
+    "message_variable": "camunda:errorMessageVariable",
+}
 #: Flows out of these may have conditions; out of any other node they are refused.
 _CONDITIONAL_SOURCES = {"exclusiveGateway", "inclusiveGateway"}
 _CONDITION_LANGUAGES = {None, "", "juel", "feel", "JUEL", "FEEL"}
@@ -85,9 +99,10 @@ class ProcessWalker:
         self.flows: list[Fields] = []
         self.places: dict[str, ElementPlace] = {}
         self.elements: dict[str, Element] = {}
+        #: Ids of the event subprocesses walked so far.
+        self._event_subprocesses: set[str] = set()
         self._flow_elements: list[tuple[Element, Fields]] = []
         self._builders: dict[str, Callable[[Element], Fields | None]] = {
-            "startEvent": self._start_event,
             "endEvent": self._end_event,
             "boundaryEvent": self._boundary_event,
             "intermediateCatchEvent": self._catch_event,
@@ -132,6 +147,9 @@ class ProcessWalker:
             self._sequence_flow(element, parent)
         elif tag == "subProcess":
             self._subprocess(element, parent)
+        elif tag == "startEvent":
+            in_event_sub = parent is not None and parent in self._event_subprocesses
+            self._add_node(element, parent, self._start_event(element, in_event_sub))
         elif tag in self._builders:
             self._add_node(element, parent, self._builders[tag](element))
         elif tag == "intermediateThrowEvent" and not event_definitions(element):
@@ -182,12 +200,50 @@ class ProcessWalker:
 
     # -- events
 
-    def _start_event(self, element: Element) -> Fields | None:
+    def _start_event(self, element: Element, in_event_sub: bool) -> Fields | None:
+        """A none start event, or one with a timer, a message or an error (where it may be
+        is the compiler's check: an error start only in an event subprocess)."""
         self._no_event_mappings(element)
-        for definition in event_definitions(element):
-            self.problems.add(element, why_refused(kind_of(definition), "start"))
+        definitions = event_definitions(element)
+        if len(definitions) > 1:
+            self.problems.add(element, "an event with several event definitions is not supported")
             return None
-        return {"type": "start_event"}
+        fields: Fields = {"type": "start_event"}
+        interrupting = element.get("isInterrupting", "true").strip() != "false"
+        if in_event_sub and not interrupting:
+            fields["interrupting"] = False
+        kind = kind_of(definitions[0]) if definitions else None
+        if kind != "message" and element.get(q(ORCH, "correlationKey")) is not None:
+            self.problems.add(element, "orch:correlationKey is an option of message events only")
+            return None
+        if kind is None:
+            return fields
+        if kind not in _START_KINDS:
+            self.problems.add(element, why_refused(kind, "start"))
+            return None
+        if kind != "error":
+            wait = self._wait(element, definitions[0])
+            return None if wait is None else {**fields, **wait}
+        if not interrupting:
+            self.problems.add(
+                element, 'error start events always interrupt; remove isInterrupting="false"'
+            )
+            return None
+        variables = [
+            _ERROR_VARIABLES[name]
+            for name, value in self.dialect.error_variables(definitions[0]).items()
+            if value is not None
+        ]
+        if variables:
+            self.problems.add(
+                element,
+                f"{' and '.join(variables)} on an error start event is not supported",
+            )
+            return None
+        error = self._error(element, definitions[0], required=False)
+        if error is None:
+            return None
+        return {**fields, "error": True, "error_code": error[0]}
 
     def _end_event(self, element: Element) -> Fields | None:
         self._no_event_mappings(element)
@@ -397,10 +453,15 @@ class ProcessWalker:
         }
 
     def _subprocess(self, element: Element, parent: str | None) -> None:
-        if element.get("triggeredByEvent") == "true":
-            self.problems.add(element, "event subprocesses are not supported yet")
-            return
-        self._add_node(element, parent, {"type": "subprocess", **self._activity(element)})
+        """An embedded subprocess, or an event subprocess (no flows in or out; its start
+        event says what starts it): either way its children name it as their parent."""
+        fields: Fields = {"type": "subprocess", **self._activity(element)}
+        if element.get("triggeredByEvent", "false").strip() == "true":
+            if "multi_instance" in fields:
+                self.problems.add(element, "an event subprocess cannot be multi-instance")
+            fields["triggered_by_event"] = True
+            self._event_subprocesses.add(element.get("id", ""))
+        self._add_node(element, parent, fields)
         self._walk(element, element.get("id"))
 
     # -- gateways and flows
