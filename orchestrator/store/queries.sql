@@ -262,3 +262,22 @@ SELECT c.id AS instance_id, c.process_key, c.status AS state, c.started_at, c.en
        (SELECT count(*) FROM incidents n
         WHERE n.instance_id = c.id AND n.resolved_at IS NULL) AS open_incidents
 FROM process_instances c WHERE c.parent_id = $1 ORDER BY c.started_at, c.id;
+
+-- name: lock_due_timers
+-- Timers due by the engine's clock ($1), the earliest first, each locked with its instance
+-- (SKIP LOCKED: any number of engines fire at once, none takes a timer another holds, and a
+-- timer whose instance a round holds is left for the next pass).
+SELECT m.id AS timer_id, m.node_id AS timer_node, m.kind, m.spec, m.due_at, m.fired,
+       i.id, i.definition_id, i.process_key, i.business_key, i.status, i.variables,
+       i.tokens, i.seq, i.scopes, i.version
+FROM timers m JOIN process_instances i ON i.id = m.instance_id
+WHERE m.due_at <= $1
+ORDER BY m.due_at, m.id LIMIT $2
+FOR UPDATE OF m, i SKIP LOCKED;
+
+-- name: next_timer_due
+SELECT min(due_at) FROM timers;
+
+-- name: instance_timers
+SELECT id, node_id, kind, spec, due_at, fired FROM timers WHERE instance_id = $1
+ORDER BY due_at, id;
