@@ -30,7 +30,7 @@ from orchestrator.daemon.sender import Sender
 from orchestrator.definitions.timers import TimerError, next_due, parse_timer
 from orchestrator.engine.state import CloseWait, InstanceState
 from orchestrator.engine.step import EngineStepError, timer_fired
-from orchestrator.store.errors import RETRYABLE
+from orchestrator.store.errors import RETRYABLE, LockBusy
 from orchestrator.store.listener import Listener
 from orchestrator.store.rows import Row
 from orchestrator.store.store import Session, Store
@@ -66,6 +66,8 @@ class TimerScheduler:
         self._woken = asyncio.Event()
         #: The earliest due time known (epoch seconds, UTC); None: no timer is kept.
         self._next: float | None = None
+        #: The earliest due time notified since the last read of min(due_at) began.
+        self._noticed: float | None = None
         self._read_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -90,8 +92,9 @@ class TimerScheduler:
             due = float(payload)
         except ValueError:
             due = time.time()
-        if self._next is None or due < self._next:
-            self._next = due
+        self._next = _earliest(self._next, due)
+        # Kept apart too: a read of min(due_at) that began before that commit would miss it.
+        self._noticed = _earliest(self._noticed, due)
         self._woken.set()
 
     async def _serve(self, listener: Listener, stop: asyncio.Event) -> None:
@@ -108,7 +111,17 @@ class TimerScheduler:
                 until_safety = SAFETY_S - (time.monotonic() - self._read_at)
                 await _wait(stop, self._woken, max(0.0, min(until_due, until_safety)))
                 continue
-            fired = await self._fire_due(stop)
+            try:
+                fired = await self._fire_due(stop)
+            except RETRYABLE:
+                raise
+            except LockBusy as exc:  # a row held elsewhere past the lock timeout: again soon
+                log.debug("timer scheduler: %s", exc)
+                fired = 0
+            except Exception:  # a bug, not the database: say so, and do not spin
+                log.exception("timer scheduler: a pass failed")
+                await _wait(stop, None, BUSY_PAUSE_MAX_S)
+                fired = 0
             await self._read_next()
             if fired == 0 and self._next is not None and self._next <= time.time():
                 await _wait(stop, None, busy)  # due, but its instance is held elsewhere
@@ -117,9 +130,9 @@ class TimerScheduler:
                 busy = BUSY_PAUSE_S
 
     async def _read_next(self) -> None:
-        self._woken.clear()  # a notice from now on is newer than what is read
+        self._noticed = None
         due = await self._store.next_timer_due()
-        self._next = None if due is None else due.timestamp()
+        self._next = _earliest(None if due is None else due.timestamp(), self._noticed)
         self._read_at = time.monotonic()
 
     async def _fire_due(self, stop: asyncio.Event) -> int:
@@ -146,9 +159,13 @@ async def fire_once(
     """One pass inside the caller's transaction: the timers due by `now`, fired."""
     result = PassResult()
     states: dict[str, InstanceState] = {}
-    for record in await db.lock_due_timers(now, limit):
-        result.taken += 1
+    records = await db.lock_due_timers(now, limit)
+    result.taken = len(records)
+    busy = await db.instances_with_busy_tasks(sorted({str(r["id"]) for r in records}))
+    for record in records:
         instance_id = str(record["id"])
+        if instance_id in busy:  # a task of it is being written elsewhere: the next pass
+            continue
         state = states.get(instance_id) or state_from_record(record)
         fired = await _fire(db, context, result.uow, record, state)
         if fired is not None:
@@ -191,6 +208,10 @@ async def _fire(
             uow.closed_waits.append((timer_id, "timer"))
     uow.count("timers_fired")
     return transition.state
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 async def _wait(stop: asyncio.Event, woken: asyncio.Event | None, seconds: float) -> None:

@@ -281,3 +281,16 @@ SELECT min(due_at) FROM timers;
 -- name: instance_timers
 SELECT id, node_id, kind, spec, due_at, fired FROM timers WHERE instance_id = $1
 ORDER BY due_at, id;
+
+-- name: lock_open_tasks_of_instances
+-- The open tasks of instances the timer scheduler holds, locked now (SKIP LOCKED), beside
+-- all of them: an instance with a task another session holds is left for the next pass, so
+-- the pass's write never waits on a task row.
+WITH open_tasks AS (
+    SELECT id, instance_id FROM tasks
+    WHERE instance_id = ANY($1::uuid[]) AND status IN ('queued', 'claimed', 'retry_wait', 'incident')
+), locked AS (
+    SELECT t.id FROM tasks t JOIN open_tasks o ON o.id = t.id
+    ORDER BY t.id FOR UPDATE OF t SKIP LOCKED
+)
+SELECT DISTINCT o.instance_id FROM open_tasks o WHERE o.id NOT IN (SELECT id FROM locked);

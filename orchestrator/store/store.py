@@ -396,6 +396,12 @@ class Session:
         rows: Sequence[Row] = await self._conn.fetch(Q.lock_due_timers, now, limit)
         return rows
 
+    async def instances_with_busy_tasks(self, instance_ids: list[str]) -> set[str]:
+        """Lock the open tasks of these (locked) instances, SKIP LOCKED; the instances one of
+        whose open tasks another session holds."""
+        rows = await self._conn.fetch(Q.lock_open_tasks_of_instances, instance_ids)
+        return {str(row["instance_id"]) for row in rows}
+
     # --- operator actions ------------------------------------------------------------------
 
     async def lock_instance(self, instance_id: str) -> Row | None:
