@@ -8,7 +8,7 @@ import sys
 
 import orjson
 
-from bench import shapes
+from bench import shapes, timers
 from bench.against import AgainstError, check_shape, checkout
 from bench.peers import PEERS
 from bench.report import table
@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a short run for CI: fails only below a quarter of the target",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument(
+        "--timers",
+        type=int,
+        metavar="N",
+        help="instead: N timers due in the same second, fired by two engines (or --engines): "
+        "due time to last firing, lag per timer, each fired once (bench/timers.py)",
+    )
     parser.add_argument(
         "--backlog",
         type=int,
@@ -133,7 +140,18 @@ def _check_against(args: argparse.Namespace) -> None:
         raise SystemExit(f"--against: {exc}") from exc
 
 
+def run_timer_bench(settings: Settings, args: argparse.Namespace) -> int:
+    engines = args.engines if args.engines > 1 else 2
+    result = timers.bench_timers(settings, args.timers, engines)
+    sys.stdout.write(timers.lines(result) + "\n")
+    if args.json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0 if result["fired_once_each"] and result["timers_left"] == 0 else 1
+
+
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.timers:
+        return run_timer_bench(settings, args)
     result = bench(settings, options_from(args))
     sys.stdout.write(table(result) + "\n")
     if args.json:

@@ -100,3 +100,18 @@ SELECT s.workflow_uuid,
         WHERE o.workflow_uuid = s.workflow_uuid)
 FROM dbos.workflow_status s
 WHERE s.workflow_uuid = ANY(%s);
+
+-- name: timers_fired_count
+SELECT count(*) FROM history WHERE kind = 'timer_fired'
+
+-- name: timer_lags
+-- Per firing: the firing transaction's start (the database's clock) after the due time.
+SELECT instance_id, extract(epoch FROM at) * 1000 AS at_ms,
+       extract(epoch FROM (detail->>'due_at')::timestamptz) * 1000 AS due_ms
+FROM history WHERE kind = 'timer_fired'
+
+-- name: timers_left
+SELECT count(*) FROM timers
+
+-- name: timers_fired_per_engine
+SELECT engine_id, value FROM engine_counters WHERE name = 'timers_fired' ORDER BY engine_id

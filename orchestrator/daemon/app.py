@@ -29,6 +29,7 @@ from orchestrator.daemon.round_context import RoundContext
 from orchestrator.daemon.rounds import ConsumerPair, Rounds
 from orchestrator.daemon.sender import Sender
 from orchestrator.daemon.supervisor import supervise
+from orchestrator.daemon.timers import TimerScheduler
 from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class Engine:
                     "reaper": reap_forever(
                         self.store, self.relay, self.context, self.settings, self.stop
                     ),
+                    "timers": TimerScheduler(
+                        self.store, self.sender, self.context, self.topology
+                    ).run(self.stop),
                     "dispatch-watch": DispatchWatch(
                         self.store, self.connection, self.relay, self.context, self.settings
                     ).run(self.stop),

@@ -18,6 +18,7 @@ from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.last_written import RowCopies, StaleCopy
 from orchestrator.daemon.parsing import Malformed, parse_reports
 from orchestrator.daemon.reports import BatchOutcome, IncomingReport, ReportBatch
+from orchestrator.daemon.revocations import revoke_notices
 from orchestrator.daemon.round_context import RoundContext, RoundPart
 from orchestrator.daemon.sender import DeadLetter, Message
 from orchestrator.faults import crash_point
@@ -110,7 +111,8 @@ class ReportRounds(RoundPart):
         # Committed: the task messages are safe in the outbox, and the reports can go. The
         # publishing starts first (the next step waits for it) and overlaps the next batch
         # instead of holding it up for the confirms.
-        await self._sender.send(outcome.publish, outcome.notices)
+        revoked = revoke_notices((uow for uow, _ in outcome.written), self._topology)
+        await self._sender.send(outcome.publish, outcome.notices + revoked)
         still_held = self._hold(items, outcome.deferred, held)
         await self.ack([m for m in messages if id(m) not in still_held])
 

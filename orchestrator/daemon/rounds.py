@@ -22,6 +22,7 @@ from orchestrator.daemon.commands import OperatorCommands
 from orchestrator.daemon.last_written import StaleCopy
 from orchestrator.daemon.report_rounds import ReportRounds
 from orchestrator.daemon.reports import ReportBatch
+from orchestrator.daemon.revocations import revoke_notices
 from orchestrator.daemon.round_context import RoundContext, RoundPart
 from orchestrator.daemon.sender import Message, replies
 from orchestrator.daemon.start_rounds import StartRounds
@@ -182,7 +183,8 @@ class Rounds(RoundPart):
         crash_point("after_start_commit")
         results = StartBatch.results(decided)
         answers = replies(list(zip(command_batch, results, strict=True)))
-        await self._sender.send(outcome.publish, outcome.notices + answers)
+        revoked = revoke_notices([uow], self._topology)
+        await self._sender.send(outcome.publish, outcome.notices + answers + revoked)
         await self._reports.ack(report_batch)
         await ack_each(command_batch)
         return True

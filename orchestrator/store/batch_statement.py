@@ -31,6 +31,14 @@ GUARDED = {
 OUTBOX = "new_outbox"
 OUTBOX_IDS = "ARRAY(SELECT id FROM new_outbox ORDER BY id)"
 NO_IDS = "'{}'::bigint[]"
+#: The part whose returned rows name the workers that held a withdrawn task (a call
+#: activity's holder, the engine, is no worker): [task id, attempt, worker id] each.
+WITHDRAWN = "withdrawn_tasks"
+REVOKED = (
+    "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, attempt, holder)), '[]'::jsonb)"
+    " FROM withdrawn_tasks WHERE was = 'claimed' AND holder IS NOT NULL AND holder <> 'engine')"
+)
+NO_REVOKED = "'[]'::jsonb"
 
 
 @cache
@@ -68,10 +76,12 @@ def _statement(names: tuple[str, ...]) -> str:
         offset += parameter_count(parts[name])
     written = "".join(f" {GUARDED[name]}" for name in GUARDED if name in names)
     outbox = OUTBOX_IDS if OUTBOX in names else NO_IDS
+    revoked = REVOKED if WITHDRAWN in names else NO_REVOKED
     head = ("WITH " + ",\n".join(ctes) + "\n") if ctes else ""
     return (
         f"{head}SELECT orch_expect_rows(0{written}, ${offset + 1}::bigint) AS current,\n"
-        f"       {outbox} AS outbox_ids"
+        f"       {outbox} AS outbox_ids,\n"
+        f"       {revoked} AS revoked"
     )
 
 

@@ -262,3 +262,35 @@ SELECT c.id AS instance_id, c.process_key, c.status AS state, c.started_at, c.en
        (SELECT count(*) FROM incidents n
         WHERE n.instance_id = c.id AND n.resolved_at IS NULL) AS open_incidents
 FROM process_instances c WHERE c.parent_id = $1 ORDER BY c.started_at, c.id;
+
+-- name: lock_due_timers
+-- Timers due by the engine's clock ($1), the earliest first, each locked with its instance
+-- (SKIP LOCKED: any number of engines fire at once, none takes a timer another holds, and a
+-- timer whose instance a round holds is left for the next pass).
+SELECT m.id AS timer_id, m.node_id AS timer_node, m.kind, m.spec, m.due_at, m.fired,
+       i.id, i.definition_id, i.process_key, i.business_key, i.status, i.variables,
+       i.tokens, i.seq, i.scopes, i.version
+FROM timers m JOIN process_instances i ON i.id = m.instance_id
+WHERE m.due_at <= $1
+ORDER BY m.due_at, m.id LIMIT $2
+FOR UPDATE OF m, i SKIP LOCKED;
+
+-- name: next_timer_due
+SELECT min(due_at) FROM timers;
+
+-- name: instance_timers
+SELECT id, node_id, kind, spec, due_at, fired FROM timers WHERE instance_id = $1
+ORDER BY due_at, id;
+
+-- name: lock_open_tasks_of_instances
+-- The open tasks of instances the timer scheduler holds, locked now (SKIP LOCKED), beside
+-- all of them: an instance with a task another session holds is left for the next pass, so
+-- the pass's write never waits on a task row.
+WITH open_tasks AS (
+    SELECT id, instance_id FROM tasks
+    WHERE instance_id = ANY($1::uuid[]) AND status IN ('queued', 'claimed', 'retry_wait', 'incident')
+), locked AS (
+    SELECT t.id FROM tasks t JOIN open_tasks o ON o.id = t.id
+    ORDER BY t.id FOR UPDATE OF t SKIP LOCKED
+)
+SELECT DISTINCT o.instance_id FROM open_tasks o WHERE o.id NOT IN (SELECT id FROM locked);

@@ -13,12 +13,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
 
 from orchestrator.engine.state import InstanceState
 from orchestrator.store.errors import RETRYABLE, UNREACHABLE, DatabaseAway
+from orchestrator.store.listener import Listener
 from orchestrator.store.migrate import apply_migrations, ensure_database
 from orchestrator.store.pool import create_pool
 from orchestrator.store.queries import Q
@@ -51,10 +53,21 @@ class Store:
     its own) and claim their outbox rows for `outbox_claim_ms` (before any sweeper may take
     them)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, engine_id: str, outbox_claim_ms: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        engine_id: str,
+        outbox_claim_ms: int,
+        url: str | None = None,
+        limits: SessionLimits | None = None,
+    ) -> None:
         self._pool = pool
         self._engine_id = engine_id
         self._outbox_claim_ms = outbox_claim_ms
+        #: Where a listener connects (see `listen`), and with which session limits.
+        self._url = url
+        self._limits = limits
 
     @classmethod
     async def open(
@@ -70,7 +83,9 @@ class Store:
         """Create the database if the server does not have it yet, and a pool of sessions."""
         await ensure_database(url)
         pool = await create_pool(url, size=size, application_name=application_name, limits=limits)
-        return cls(pool, engine_id=engine_id, outbox_claim_ms=outbox_claim_ms)
+        return cls(
+            pool, engine_id=engine_id, outbox_claim_ms=outbox_claim_ms, url=url, limits=limits
+        )
 
     async def close(self) -> None:
         await self._pool.close()
@@ -170,6 +185,25 @@ class Store:
         except RETRYABLE:
             return False
         return True
+
+    async def listen(self, channel: str, on_payload: Callable[[str], None]) -> Listener:
+        """A session of its own, listening on `channel`: each NOTIFY's payload goes to
+        `on_payload` (in the event loop). The caller closes it."""
+        if self._url is None:
+            raise RuntimeError("this store was opened without a URL: it cannot listen")
+        return await Listener.open(
+            self._url,
+            channel,
+            on_payload,
+            application_name=f"orchestrator {self._engine_id} listener",
+            limits=self._limits,
+        )
+
+    async def next_timer_due(self) -> datetime | None:
+        """When the earliest timer is due (None: no timer is kept)."""
+        async with self._pool.acquire() as conn:
+            due: datetime | None = await conn.fetchval(Q.next_timer_due)
+        return due
 
     # --- statements that need no session of their own -------------------------------------
 
@@ -355,6 +389,19 @@ class Session:
         )
         return rows
 
+    async def lock_due_timers(self, now: datetime, limit: int) -> Sequence[Row]:
+        """Timers due by `now`, earliest first, each locked with its instance (SKIP LOCKED):
+        timer_id, timer_node, kind, spec, due_at, fired, and the instance's columns (as
+        lock_instance: state_from_record reads them)."""
+        rows: Sequence[Row] = await self._conn.fetch(Q.lock_due_timers, now, limit)
+        return rows
+
+    async def instances_with_busy_tasks(self, instance_ids: list[str]) -> set[str]:
+        """Lock the open tasks of these (locked) instances, SKIP LOCKED; the instances one of
+        whose open tasks another session holds."""
+        rows = await self._conn.fetch(Q.lock_open_tasks_of_instances, instance_ids)
+        return {str(row["instance_id"]) for row in rows}
+
     # --- operator actions ------------------------------------------------------------------
 
     async def lock_instance(self, instance_id: str) -> Row | None:
@@ -400,6 +447,9 @@ class Session:
 
     async def instance_children(self, instance_id: str) -> list[dict[str, Any]]:
         return [plain(row) for row in await self._conn.fetch(Q.instance_children, instance_id)]
+
+    async def instance_timers(self, instance_id: str) -> list[dict[str, Any]]:
+        return [plain(row) for row in await self._conn.fetch(Q.instance_timers, instance_id)]
 
     async def instance_incidents(self, instance_id: str) -> list[dict[str, Any]]:
         return [plain(row) for row in await self._conn.fetch(Q.instance_incidents, instance_id)]

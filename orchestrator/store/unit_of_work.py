@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import asyncpg
 import orjson
 
-from orchestrator.definitions.timers import TimerSpec
+from orchestrator.definitions.timers import TimerSpec, first_due
 from orchestrator.engine.state import CalledBy, InstanceState, Loop, Scope, Token, Wait
 from orchestrator.engine.task import OPEN_STATUSES, TaskStatus
 from orchestrator.engine.variables import visible
@@ -243,6 +243,8 @@ class UnitOfWork:
     #: Open tasks withdrawn because their scope ended (never also in changed_tasks).
     withdrawn_tasks: list[str] = field(default_factory=list)
     new_timers: list[NewTimer] = field(default_factory=list)
+    #: (timer id, times fired, next due time) of cycles that fired and go on.
+    fired_timers: list[tuple[str, int, datetime]] = field(default_factory=list)
     new_subscriptions: list[NewSubscription] = field(default_factory=list)
     #: (wait id, "timer" | "message") of timers and subscriptions no longer waited on.
     closed_waits: list[tuple[str, str]] = field(default_factory=list)
@@ -260,6 +262,9 @@ class UnitOfWork:
     start_keys: list[tuple[str, bytes, str]] = field(default_factory=list)
     #: (process key, version) that must still be the latest deployed version.
     latest_definitions: list[tuple[str, int]] = field(default_factory=list)
+    #: After write: (task id, attempt, worker id) of the withdrawn tasks a worker held (it is
+    #: told to stop: see daemon/revocations.py).
+    revoked: list[tuple[str, int, str]] = field(default_factory=list)
 
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
@@ -344,11 +349,42 @@ class UnitOfWork:
         statement, args = batch_statement(parts, expected)
         row = await conn.fetchrow(statement, *args)
         ids = row["outbox_ids"] if row is not None else []
+        revoked = row["revoked"] if row is not None else []
+        if isinstance(revoked, str):  # a connection without the store's jsonb codec
+            revoked = orjson.loads(revoked)
+        self.revoked = [(str(t), int(a), str(w)) for t, a, w in revoked]
         return [PublishedRow(i, m) for i, m in zip(ids, self.outbox, strict=True)]
 
     def _parts(self, outbox_claim_ms: int, engine_id: str) -> dict[str, list[Any]]:
         """The parameters of each part of the batch statement that has rows to write."""
-        return {**self._row_parts(), **self._record_parts(outbox_claim_ms, engine_id)}
+        return {
+            **self._row_parts(),
+            **self._timer_parts(datetime.now(UTC)),
+            **self._record_parts(outbox_claim_ms, engine_id),
+        }
+
+    def _timer_parts(self, now: datetime) -> dict[str, list[Any]]:
+        """New timers, due by the engine's clock (`now`, UTC); cycles that go on; timers no
+        longer waited on. A timer opened and closed in the same batch is neither written nor
+        deleted; one that never fires (a cycle of 0 repetitions) is not kept."""
+        closed = {wait_id for wait_id, kind in self.closed_waits if kind == "timer"}
+        parts: dict[str, list[Any]] = {}
+        new = []
+        for timer in self.new_timers:
+            due = first_due(timer.spec, now)
+            if timer.id in closed:
+                closed.discard(timer.id)
+            elif due is not None:
+                spec = timer.spec
+                new.append((timer.id, timer.instance_id, timer.node_id, spec.kind, spec.text, due))
+        if new:
+            parts["new_timers"] = _columns(new, 6)
+        fired = [row for row in self.fired_timers if row[0] not in closed]
+        if fired:
+            parts["fired_timers"] = _columns(fired, 3)
+        if closed:
+            parts["closed_timers"] = [sorted(closed)]
+        return parts
 
     def _row_parts(self) -> dict[str, list[Any]]:
         """Instances and tasks: new, and changed from the version they were read at."""

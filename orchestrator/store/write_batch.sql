@@ -74,11 +74,14 @@ RETURNING 1
 
 -- part: withdrawn_tasks
 -- Open tasks whose scope ended (a terminate end event, an error caught around them, a loop
--- whose completion condition held): cancelled, whatever attempt they are at. The instance's
--- row, written in the same statement, is what guards it.
+-- whose completion condition held, an interrupting boundary event): cancelled, whatever
+-- attempt they are at. The instance's row, written in the same statement, is what guards
+-- it. Returns who held each one (the statement returns those a worker held: they are told).
 UPDATE tasks t SET status = 'cancelled', worker_id = NULL, lease_expires_at = NULL,
     due_at = NULL, closed_at = now(), version = t.version + 1
-WHERE t.id = ANY($1::uuid[]) AND t.status IN ('queued', 'claimed', 'retry_wait', 'incident')
+FROM (SELECT id, status, worker_id FROM tasks WHERE id = ANY($1::uuid[])) AS o
+WHERE t.id = o.id AND t.status IN ('queued', 'claimed', 'retry_wait', 'incident')
+RETURNING t.id, t.attempt, o.status AS was, o.worker_id AS holder
 
 -- part: redispatched
 -- The same attempt's message published again (no worker claimed it within its dispatch
@@ -89,6 +92,23 @@ UPDATE tasks t SET redispatches = t.redispatches + 1, dispatched_at = now()
 FROM unnest($1::uuid[], $2::integer[]) AS u (id, attempt)
 WHERE t.id = u.id AND t.attempt = u.attempt AND t.status = 'queued'
 RETURNING 1
+
+-- part: new_timers
+-- Due times come from the engine's clock (UnitOfWork); the migration's trigger wakes every
+-- engine's scheduler at commit.
+INSERT INTO timers (id, instance_id, node_id, kind, spec, due_at)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                     $6::timestamptz[])
+
+-- part: fired_timers
+-- A cycle's timer that fired and goes on: its next turn.
+UPDATE timers m SET fired = u.fired, due_at = u.due_at
+FROM unnest($1::uuid[], $2::integer[], $3::timestamptz[]) AS u (id, fired, due_at)
+WHERE m.id = u.id
+
+-- part: closed_timers
+-- Timers no longer waited on (fired, or what they were part of ended).
+DELETE FROM timers WHERE id = ANY($1::uuid[])
 
 -- part: ledger
 INSERT INTO report_ledger
