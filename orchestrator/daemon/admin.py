@@ -81,6 +81,7 @@ async def describe_instance(db: Session, instance_id: str) -> dict[str, Any]:
         "parent_id": str(row["parent_id"]) if row["parent_id"] is not None else None,
         "children": await db.instance_children(instance_id),
         "incidents": await db.instance_incidents(instance_id),
+        "subscriptions": await db.instance_subscriptions(instance_id),
         "history": await db.instance_history(instance_id),
     }
 

@@ -168,7 +168,8 @@ def test_error_boundary_events_compile() -> None:
         (
             [boundary("b1", attached_to="gw")],
             [{"id": "f1", "from": "b1", "to": "failed"}],
-            "node 'b1': attached to 'gw', which is not a task, subprocess, call activity or receive task",
+            "node 'b1': attached to 'gw', which is not a task, subprocess, call activity "
+            "or receive task",
         ),
         ([boundary("b1")], [], "node 'b1': an error_boundary_event needs exactly one outgoing"),
         (
