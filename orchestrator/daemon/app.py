@@ -138,7 +138,7 @@ class Engine:
         self._sender = Sender(self.store, self.relay, self._publisher, self.topology)
 
     def _assemble_rounds(self) -> Rounds:
-        self._messages = Messages(self.store, self.context, self.sender)
+        self._messages = Messages(self.store, self.context, self.sender, self.topology)
         self._commands = OperatorCommands(
             self.store,
             self.relay,

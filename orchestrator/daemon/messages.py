@@ -26,18 +26,20 @@ from typing import Any, TypeVar
 
 import orjson
 
+from orchestrator.broker.topology import Topology
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
+from orchestrator.daemon.reports import Notice
 from orchestrator.daemon.sender import Sender
 from orchestrator.daemon.supervisor import sleep_or_stop
 from orchestrator.engine import step
 from orchestrator.engine.state import InstanceState
 from orchestrator.errors import IdempotencyConflict, NotFound, ServiceUnavailable
-from orchestrator.model.wire import DEFAULT_MESSAGE_TTL_MS
+from orchestrator.model.wire import DEFAULT_MESSAGE_TTL_MS, TaskRevoked
 from orchestrator.store.errors import RETRYABLE, LockBusy
 from orchestrator.store.rows import MessageEntry
 from orchestrator.store.store import Session, Store
-from orchestrator.store.unit_of_work import InstanceRow, PublishedRow, UnitOfWork
+from orchestrator.store.unit_of_work import InstanceRow, PublishedRow, TaskRow, UnitOfWork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,6 +91,8 @@ class Outcome:
     #: A duplicate's: what the ledger recorded for the first (correlated, buffered, expired).
     recorded_status: str | None = None
     publish: list[PublishedRow] = field(default_factory=list)
+    #: Tasks an interrupting boundary event withdrew while a worker held them.
+    revoked: list[TaskRow] = field(default_factory=list)
 
     def result(self) -> dict[str, Any]:
         answer: dict[str, Any] = {
@@ -158,6 +162,7 @@ async def correlate(
     if found is not None:
         instance_id = await _correlate_to(db, context, uow, found, message)
         outcome = Outcome("correlated", message.message_id, instance_id)
+        outcome.revoked = await _revoked(db, uow)
     elif message.ttl_ms == 0:
         await db.settle_message(message.message_id, "expired", None)
         outcome = Outcome("not_correlated", message.message_id)
@@ -172,19 +177,22 @@ async def deliver_buffered(
     db: Session, context: EngineContext, name: str, correlation_key: str | None
 ) -> Outcome | None:
     """Correlate the oldest unexpired message buffered for (name, key) to the oldest
-    subscription for it; None when either is missing."""
-    found = await _lock_subscriber(db, name, correlation_key)
-    if found is None:
-        return None
+    subscription for it; None when either is missing. The buffer is looked at first: most
+    subscriptions find nothing there, and then no instance is locked."""
     buffered = await db.lock_buffered_message(name, correlation_key)
     if buffered is None:
+        return None
+    found = await _lock_subscriber(db, name, correlation_key)
+    if found is None:
         return None
     message_id, variables = buffered
     uow = UnitOfWork()
     message = Incoming(name, correlation_key, variables, message_id)
     instance_id = await _correlate_to(db, context, uow, found, message)
-    publish = await db.write(uow)
-    return Outcome("correlated", message_id, instance_id, publish=publish)
+    outcome = Outcome("correlated", message_id, instance_id)
+    outcome.revoked = await _revoked(db, uow)
+    outcome.publish = await db.write(uow)
+    return outcome
 
 
 async def _repeat(db: Session, message: Incoming) -> Outcome:
@@ -201,6 +209,14 @@ async def _repeat(db: Session, message: Incoming) -> Outcome:
     uow.count("messages_duplicate")
     await db.write(uow)
     return Outcome("duplicate", message.message_id, entry.instance_id, entry.status)
+
+
+async def _revoked(db: Session, uow: UnitOfWork) -> list[TaskRow]:
+    """The withdrawn tasks a worker holds (it is told to stop, after commit)."""
+    if not uow.withdrawn_tasks:
+        return []
+    tasks = await db.tasks_by_id(uow.withdrawn_tasks)
+    return [task for task in tasks if task.status == "claimed" and task.worker_id]
 
 
 #: A subscription's wait id, with its instance's row and state, locked.
@@ -249,15 +265,18 @@ async def _correlate_to(
 class Messages:
     """Runs the transactions above with their retries, and publishes what they wrote."""
 
-    def __init__(self, store: Store, context: EngineContext, sender: Sender) -> None:
+    def __init__(
+        self, store: Store, context: EngineContext, sender: Sender, topology: Topology
+    ) -> None:
         self._store = store
         self._context = context
         self._sender = sender
+        self._topology = topology
         self.names = MessageNames()
 
     async def correlate(self, message: Incoming) -> Outcome:
         outcome = await self._run(lambda db: correlate(db, self._context, self.names, message))
-        await self._sender.send(outcome.publish, [])
+        await self._sender.send(outcome.publish, self._notices(outcome))
         if outcome.status == "buffered":
             # An instance may have started waiting while this transaction buffered it, and
             # its deliver_buffered looked before this commit: look once more.
@@ -269,8 +288,20 @@ class Messages:
             lambda db: deliver_buffered(db, self._context, name, correlation_key)
         )
         if outcome is not None:
-            await self._sender.send(outcome.publish, [])
+            await self._sender.send(outcome.publish, self._notices(outcome))
         return outcome
+
+    def _notices(self, outcome: Outcome) -> list[Notice]:
+        """Best effort: a worker holding a withdrawn task stops now, not at its next report."""
+        return [
+            Notice(
+                self._topology.worker_inbox(task.worker_id or ""),
+                orjson.dumps(
+                    TaskRevoked(task_id=task.id, attempt=task.attempt, reason="closed").model_dump()
+                ),
+            )
+            for task in outcome.revoked
+        ]
 
     async def _run(self, work: Callable[[Session], Awaitable[T]]) -> T:
         """`work` in a transaction, tried again while the instances it needs are locked

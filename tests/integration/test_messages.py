@@ -14,7 +14,8 @@ from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology
 from orchestrator.cli import main
 from orchestrator.client import Client, IdempotencyConflict, NotFound
 from orchestrator.config import Settings
-from tests.support.harness import publish_raw, running_engine, wait_until
+from tests.support.harness import publish_raw, running_engine, running_worker, wait_until
+from workers import TaskContext, Worker
 
 pytestmark = pytest.mark.integration
 
@@ -234,13 +235,35 @@ async def _dead_letters(
 async def test_an_interrupting_message_boundary_event_withdraws_the_task(
     settings: Settings, db: Any, topics: set[str]
 ) -> None:
+    """The task's worker is running it: it is told to stop (task_revoked)."""
     topics.add("msg-work")
+    worker = Worker("interrupted", settings=settings, claim_after_ms=0)
+    running, stopped = asyncio.Event(), asyncio.Event()
+
+    @worker.task("msg-work")
+    async def work(task: TaskContext) -> dict[str, Any]:
+        running.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return {}
+
     async with running_engine(settings), Client(settings) as client:
         await client.deploy(interrupted_task("interrupt", "msg-work"))
-        started = await client.start("interrupt", variables={"orderId": "C-1"})
-        await wait_for_subscriptions(db, 1)
-        answer = await client.correlate("cancel-order", "C-1")
-        await wait_for_state(db, started.instance_id, "completed")
+        async with running_worker(worker):
+            started = await client.start("interrupt", variables={"orderId": "C-1"})
+            await wait_for_subscriptions(db, 1)
+            await asyncio.wait_for(running.wait(), 15)
+
+            async def claimed() -> bool:
+                return await db.fetchval("SELECT status FROM tasks") == "claimed"
+
+            await wait_until(claimed, timeout=15, what="the task to be claimed")
+            answer = await client.correlate("cancel-order", "C-1")
+            await wait_for_state(db, started.instance_id, "completed")
+            await asyncio.wait_for(stopped.wait(), 15)
         instance = await client.get_instance(started.instance_id)
     assert answer["status"] == "correlated"
     assert [(t["node_id"], t["status"]) for t in instance["tasks"]] == [("work", "cancelled")]
