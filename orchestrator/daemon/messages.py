@@ -35,6 +35,7 @@ from orchestrator.daemon.supervisor import sleep_or_stop
 from orchestrator.engine import step
 from orchestrator.engine.state import InstanceState
 from orchestrator.errors import IdempotencyConflict, NotFound, ServiceUnavailable
+from orchestrator.faults import crash_point
 from orchestrator.model.wire import DEFAULT_MESSAGE_TTL_MS, TaskRevoked
 from orchestrator.store.errors import RETRYABLE, LockBusy
 from orchestrator.store.rows import MessageEntry
@@ -276,11 +277,15 @@ class Messages:
 
     async def correlate(self, message: Incoming) -> Outcome:
         outcome = await self._run(lambda db: correlate(db, self._context, self.names, message))
+        crash_point("after_message_commit")
         await self._sender.send(outcome.publish, self._notices(outcome))
         if outcome.status == "buffered":
             # An instance may have started waiting while this transaction buffered it, and
             # its deliver_buffered looked before this commit: look once more.
-            await self.deliver_buffered(message.name, message.correlation_key)
+            try:
+                await self.deliver_buffered(message.name, message.correlation_key)
+            except ServiceUnavailable as exc:  # it is buffered: the sweeper looks again
+                log.warning("message %s buffered; delivery deferred: %s", message.message_id, exc)
         return outcome
 
     async def deliver_buffered(self, name: str, correlation_key: str | None) -> Outcome | None:

@@ -14,7 +14,13 @@ from orchestrator.broker.topology import DEAD_REASON_HEADER, Topology
 from orchestrator.cli import main
 from orchestrator.client import Client, IdempotencyConflict, NotFound
 from orchestrator.config import Settings
-from tests.support.harness import publish_raw, running_engine, running_worker, wait_until
+from tests.support.harness import (
+    Processes,
+    publish_raw,
+    running_engine,
+    running_worker,
+    wait_until,
+)
 from workers import TaskContext, Worker
 
 pytestmark = pytest.mark.integration
@@ -336,3 +342,86 @@ async def test_the_cli_correlates(
     assert answer["status"] == "correlated" and answer["message_id"] == "c-1"
     assert answer["instance_id"] == started.instance_id
     assert variables == {"orderId": "L-1", "by": "cli"}
+
+
+async def test_messages_and_waits_arriving_together_on_two_engines_meet_exactly_once(
+    settings: Settings, db: Any
+) -> None:
+    """Each key gets an instance and a message at the same moment, in either order, through
+    two engines: every instance gets its own message, once."""
+    keys = [f"R-{n}" for n in range(40)]
+    async with running_engine(settings), running_engine(settings), Client(settings) as client:
+        await client.deploy(waiting("race"))
+
+        async def both(key: str) -> tuple[str, dict[str, Any]]:
+            started, answer = await asyncio.gather(
+                client.start("race", variables={"orderId": key}),
+                client.correlate("paid", key, variables={"got": key}, message_id=f"m-{key}"),
+            )
+            return started.instance_id, answer
+
+        pairs = await asyncio.gather(*(both(key) for key in keys))
+
+        async def all_done() -> bool:
+            count = "SELECT count(*) FROM process_instances WHERE status = 'completed'"
+            return await db.fetchval(count) == len(keys)
+
+        await wait_until(all_done, timeout=30, what="every instance to get its message")
+    rows = await db.fetch("SELECT id, variables FROM process_instances")
+    assert sorted(r["variables"]["got"] for r in rows) == sorted(keys)
+    assert all(r["variables"]["got"] == r["variables"]["orderId"] for r in rows)
+    ledger = await db.fetch("SELECT message_id, status, instance_id FROM messages")
+    assert {r["status"] for r in ledger} == {"correlated"} and len(ledger) == len(keys)
+    by_key = {f"m-{key}": instance_id for key, (instance_id, _) in zip(keys, pairs, strict=True)}
+    assert {r["message_id"]: str(r["instance_id"]) for r in ledger} == by_key
+    statuses = [answer["status"] for _, answer in pairs]
+    assert set(statuses) <= {"correlated", "buffered"}
+    assert await db.fetchval("SELECT count(*) FROM message_subscriptions") == 0
+
+
+async def test_an_engine_killed_after_committing_a_message_applies_it_once(
+    settings: Settings, db: Any, processes: Processes
+) -> None:
+    """The engine dies (as with kill -9) between the commit of a correlation and its ack:
+    the broker hands the message to another engine, which answers it duplicate."""
+    crashing = processes.engine(ORCH_CRASH_AT="after_message_commit")
+    async with Client(settings) as client:
+        await client.deploy(waiting("killed"))
+        started = await client.start("killed", variables={"orderId": "K-1"})
+        await wait_for_subscriptions(db, 1)
+        body = {"v": 1, "name": "paid", "correlation_key": "K-1", "variables": {"once": 1}}
+        exchange = Topology(settings.namespace).messages_exchange
+        await publish_raw(settings, exchange, "", orjson.dumps(body), message_id="k-1")
+        await asyncio.wait_for(asyncio.to_thread(crashing.wait), 30)
+        assert crashing.returncode == 137
+        await wait_for_state(db, started.instance_id, "completed")
+        assert await counter(db, "messages_duplicate") == 0
+        async with running_engine(settings):
+
+            async def redelivered() -> bool:
+                return await counter(db, "messages_duplicate") == 1
+
+            await wait_until(redelivered, timeout=15, what="the redelivery to be a duplicate")
+            variables = (await client.get_instance(started.instance_id))["variables"]
+    assert variables == {"orderId": "K-1", "once": 1}
+    assert await counter(db, "messages_correlated") == 1
+
+
+async def test_the_sweeper_delivers_a_buffered_message_whose_delivery_was_lost(
+    settings: Settings, db: Any
+) -> None:
+    """A message left buffered while a subscription waits for it (its engine died between
+    the two looks) is delivered by the sweeper of any engine."""
+    async with running_engine(settings), Client(settings) as client:
+        await client.deploy(waiting("swept"))
+        started = await client.start("swept", variables={"orderId": "S-1"})
+        await wait_for_subscriptions(db, 1)
+        await db.execute(
+            "INSERT INTO messages (message_id, name, correlation_key, variables, payload_hash,"
+            " status, expires_at) VALUES ('lost-1', 'paid', 'S-1', '{\"swept\": true}',"
+            " '\\x00', 'buffered', now() + interval '1 hour')"
+        )
+        await wait_for_state(db, started.instance_id, "completed", timeout=10)
+        variables = (await client.get_instance(started.instance_id))["variables"]
+    assert variables == {"orderId": "S-1", "swept": True}
+    assert await db.fetchval("SELECT status FROM messages") == "correlated"
