@@ -37,6 +37,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from `1h`, `30s`, `500ms`, `2d`, or a plain number of seconds."""
+    number, unit = text.strip(), "s"
+    for suffix in sorted(_UNITS, key=len, reverse=True):
+        if number.endswith(suffix):
+            number, unit = number[: -len(suffix)], suffix
+            break
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"not a duration: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -91,6 +110,16 @@ def _add_client_commands(commands: Subcommands) -> None:
     cancel = commands.add_parser("cancel", help="cancel an active instance")
     cancel.add_argument("id", help="instance id")
     cancel.add_argument("--reason")
+    correlate = commands.add_parser(
+        "correlate", help="send a message to the instance waiting for it (or buffer it)"
+    )
+    correlate.add_argument("name", help="the message name")
+    correlate.add_argument("--key", help="the correlation key (default: none)")
+    correlate.add_argument("--vars", default="{}", help="variables as a JSON object")
+    correlate.add_argument("--message-id", help="count it once across calls (default: new)")
+    correlate.add_argument(
+        "--ttl", type=_duration, help="how long to buffer it: 1h, 30s, 500ms, 0 (default 1h)"
+    )
 
 
 def _client(settings: Settings) -> Client:
@@ -119,6 +148,15 @@ async def _start(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         version=args.version,
     )
     return {"instance_id": started.instance_id, "created": started.created}
+
+
+async def _correlate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    variables = orjson.loads(args.vars)
+    if not isinstance(variables, dict):
+        raise SystemExit("--vars must be a JSON object")
+    return await client.correlate(
+        args.name, args.key, variables=variables, message_id=args.message_id, ttl=args.ttl
+    )
 
 
 async def _retry(client: Client, args: argparse.Namespace) -> dict[str, Any]:
@@ -160,6 +198,7 @@ _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any
     "stats": lambda c, args: c.stats(args.process),
     "retry": _retry,
     "cancel": lambda c, args: c.cancel(args.id, reason=args.reason),
+    "correlate": _correlate,
 }
 
 

@@ -47,6 +47,7 @@ from orchestrator.model.wire import (
     CancelCommand,
     Command,
     CommandReply,
+    CorrelateCommand,
     DeployCommand,
     GetInstanceCommand,
     ListIncidentsCommand,
@@ -376,6 +377,31 @@ class Client:
     ) -> dict[str, Any]:
         """End an active instance; its open tasks are withdrawn."""
         command = CancelCommand(instance_id=instance_id, reason=reason)
+        return await self._call(command, timeout)
+
+    async def correlate(
+        self,
+        name: str,
+        correlation_key: str | None = None,
+        *,
+        variables: dict[str, Any] | None = None,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Correlate the message `name` to the instance waiting for it with this correlation
+        key, or buffer it for `ttl` seconds (None: the engine's default, an hour; 0: not
+        buffered). Answers {status, instance_id, message_id}, status one of correlated,
+        buffered, duplicate, not_correlated. Without a `message_id` one is made here and
+        reused on every resend of this call: pass your own to make a later call count once
+        too. A name no deployed definition waits for raises NotFound."""
+        command = CorrelateCommand(
+            name=name,
+            correlation_key=correlation_key,
+            variables=variables or {},
+            message_id=message_id or str(uuid.uuid4()),
+            ttl_ms=None if ttl is None else int(ttl * 1000),
+        )
         return await self._call(command, timeout)
 
 

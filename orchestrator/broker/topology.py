@@ -49,6 +49,15 @@ class Topology:
         return f"{self.namespace}.commands"
 
     @property
+    def messages_exchange(self) -> str:
+        """Where any producer publishes messages for waiting instances (fanout: any key)."""
+        return f"{self.namespace}.messages"
+
+    @property
+    def messages_queue(self) -> str:
+        return f"{self.namespace}.messages"
+
+    @property
     def dead_exchange(self) -> str:
         return f"{self.namespace}.dead"
 
@@ -88,6 +97,13 @@ async def declare_core(channel: AbstractChannel, topology: Topology) -> None:
             queue_name, durable=True, arguments=topology.queue_arguments()
         )
         await queue.bind(exchange, routing_key=key)
+    messages = await channel.declare_exchange(
+        topology.messages_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    messages_queue = await channel.declare_queue(
+        topology.messages_queue, durable=True, arguments=topology.queue_arguments()
+    )
+    await messages_queue.bind(messages, routing_key="")
 
 
 async def declare_task_queue(

@@ -82,6 +82,7 @@ async def describe_instance(db: Session, instance_id: str) -> dict[str, Any]:
         "children": await db.instance_children(instance_id),
         "incidents": await db.instance_incidents(instance_id),
         "timers": await db.instance_timers(instance_id),
+        "subscriptions": await db.instance_subscriptions(instance_id),
         "history": await db.instance_history(instance_id),
     }
 

@@ -23,6 +23,8 @@ from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.definitions import DefinitionCache
 from orchestrator.daemon.dispatch import DispatchWatch
 from orchestrator.daemon.last_written import LastWrittenRows
+from orchestrator.daemon.message_queue import MessageQueue
+from orchestrator.daemon.messages import Messages
 from orchestrator.daemon.reaper import reap_forever
 from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.round_context import RoundContext
@@ -54,6 +56,8 @@ class Engine:
         self._sender: Sender | None = None
         self._commands: OperatorCommands | None = None
         self._rounds: Rounds | None = None
+        self._messages: Messages | None = None
+        self._message_consumer: BatchConsumer | None = None
         #: The consumers each round loop starts with (see `_consumer_pair`).
         self._consumers: list[ConsumerPair] = []
 
@@ -77,6 +81,13 @@ class Engine:
                     ).run(self.stop),
                     "relay-sweeper": self.relay.sweep_forever(0.5, self.stop),
                     "relay-deleter": self.relay.delete_forever(0.02, self.stop),
+                    "messages": MessageQueue(
+                        self.messages,
+                        self.sender,
+                        self.topology,
+                        self.settings.max_report_bytes,
+                    ).serve(self.message_consumer, self.stop),
+                    "message-sweeper": self.messages.sweep_forever(1.0, self.stop),
                 },
                 self.stop,
             )
@@ -93,6 +104,9 @@ class Engine:
         # own loop's committed batches.
         for _ in range(self.settings.consumers_per_queue):
             self._consumers.append(await self._consumer_pair())
+        self._message_consumer = await self._consumer(
+            self.topology.messages_queue, 50, asyncio.Event()
+        )
         log.info("engine %s started (namespace %s)", self.engine_id, self.settings.namespace)
 
     async def _open_store(self) -> set[str]:
@@ -128,8 +142,15 @@ class Engine:
         self._sender = Sender(self.store, self.relay, self._publisher, self.topology)
 
     def _assemble_rounds(self) -> Rounds:
+        self._messages = Messages(self.store, self.context, self.sender, self.topology)
         self._commands = OperatorCommands(
-            self.store, self.relay, self.sender, self.context, self.topology, self.settings
+            self.store,
+            self.relay,
+            self.sender,
+            self.context,
+            self.topology,
+            self.settings,
+            self._messages,
         )
         context = RoundContext(
             self.store,
@@ -213,6 +234,18 @@ class Engine:
         if self._sender is None:
             raise RuntimeError("engine is not open")
         return self._sender
+
+    @property
+    def messages(self) -> Messages:
+        if self._messages is None:
+            raise RuntimeError("engine is not open")
+        return self._messages
+
+    @property
+    def message_consumer(self) -> BatchConsumer:
+        if self._message_consumer is None:
+            raise RuntimeError("engine is not open")
+        return self._message_consumer
 
     @property
     def rounds(self) -> Rounds:

@@ -85,3 +85,15 @@ def _called_by(called: CalledBy) -> dict[str, Any]:
         "task_id": called.task_id,
         "catches": list(called.catches),
     }
+
+
+def deliver_buffered(wait_id: str, name: str, correlation_key: str | None) -> OutboxMessage:
+    """The engine's command to itself when a subscription opens: correlate a message that
+    was buffered for it before (see daemon/messages.py)."""
+    body = {
+        "v": WIRE_VERSION,
+        "type": "deliver_buffered",
+        "name": name,
+        "correlation_key": correlation_key,
+    }
+    return OutboxMessage(OUTBOX_TO_COMMANDS, f"deliver:{wait_id}", orjson.dumps(body))

@@ -17,12 +17,16 @@ from orchestrator.broker.topology import Topology
 from orchestrator.config import Settings
 from orchestrator.daemon import admin, operations
 from orchestrator.daemon.context import EngineContext
+from orchestrator.daemon.messages import Incoming, Messages, new_message_id
 from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.sender import CommandResult, Message, Sender, replies
 from orchestrator.errors import InvalidCommand, OrchestratorError, ServiceUnavailable
 from orchestrator.model.wire import (
+    DEFAULT_MESSAGE_TTL_MS,
     CancelCommand,
     Command,
+    CorrelateCommand,
+    DeliverBufferedCommand,
     DeployCommand,
     GetInstanceCommand,
     ListIncidentsCommand,
@@ -57,8 +61,10 @@ class OperatorCommands:
         context: EngineContext,
         topology: Topology,
         settings: Settings,
+        messages: Messages,
     ) -> None:
         self._store = store
+        self._messages = messages
         self._relay = relay
         self._sender = sender
         self._context = context
@@ -73,6 +79,8 @@ class OperatorCommands:
             GetInstanceCommand: self._get_instance,
             StatsCommand: self._stats,
             ListIncidentsCommand: self._list_incidents,
+            CorrelateCommand: self._correlate,
+            DeliverBufferedCommand: self._deliver_buffered,
         }
 
     def answer_in_background(self, message: Message, command: Command) -> None:
@@ -146,6 +154,19 @@ class OperatorCommands:
     async def _list_incidents(self, command: ListIncidentsCommand) -> dict[str, Any]:
         async with self._reading() as db:
             return await operations.list_incidents(db, command)
+
+    async def _correlate(self, command: CorrelateCommand) -> dict[str, Any]:
+        ttl_ms = DEFAULT_MESSAGE_TTL_MS if command.ttl_ms is None else command.ttl_ms
+        message_id = command.message_id or new_message_id()
+        incoming = Incoming(
+            command.name, command.correlation_key, command.variables, message_id, ttl_ms
+        )
+        return (await self._messages.correlate(incoming)).result()
+
+    async def _deliver_buffered(self, command: DeliverBufferedCommand) -> dict[str, Any]:
+        """The engine's own command, sent when a subscription opened (not answered)."""
+        outcome = await self._messages.deliver_buffered(command.name, command.correlation_key)
+        return outcome.result() if outcome is not None else {"status": "nothing_buffered"}
 
     def _operating(self) -> AbstractAsyncContextManager[Session]:
         """An operator action's transaction: it waits for a round of a healthy engine, not

@@ -161,6 +161,8 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
             uow.new_subscriptions.append(
                 NewSubscription(effect.wait_id, info.id, effect.node_id, effect.name, key)
             )
+            # A message may already be buffered for it: an engine looks after commit.
+            uow.outbox.append(calls.deliver_buffered(effect.wait_id, effect.name, key))
         else:
             uow.closed_waits.append((effect.wait_id, effect.kind))
 

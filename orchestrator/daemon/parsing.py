@@ -8,7 +8,13 @@ from dataclasses import dataclass
 import orjson
 from pydantic import ValidationError
 
-from orchestrator.model.wire import COMMAND_ADAPTER, REPORT_ADAPTER, Command, Report
+from orchestrator.model.wire import (
+    COMMAND_ADAPTER,
+    REPORT_ADAPTER,
+    Command,
+    MessageBody,
+    Report,
+)
 
 
 class Malformed(ValueError):
@@ -89,3 +95,23 @@ def parse_command(body: bytes, max_bytes: int) -> Command:
         raise _schema_error(exc) from None
     _versioned(data)
     return command
+
+
+def parse_message(body: bytes, max_bytes: int, amqp_message_id: str | None) -> MessageBody:
+    """A message from the exchange <ns>.messages; its id from the body, else from the AMQP
+    message_id property."""
+    data = _load(body, max_bytes)
+    if isinstance(data, dict) and "v" not in data:
+        raise Malformed('wrong schema: v: Field required (every message carries "v": 1)')
+    try:
+        message = MessageBody.model_validate(data)
+    except ValidationError as exc:
+        raise _schema_error(exc) from None
+    if message.message_id is None:
+        if not amqp_message_id:
+            raise Malformed(
+                "wrong schema: message_id: required, in the body or as the AMQP message_id "
+                "property (it is what makes the message count once)"
+            )
+        message = message.model_copy(update={"message_id": amqp_message_id})
+    return message

@@ -20,10 +20,13 @@ from orchestrator.store.unit_of_work import UnitOfWork
 
 
 def revoke_notices(uows: Iterable[UnitOfWork], topology: Topology) -> list[Notice]:
+    return [notice for uow in uows for notice in notices_for(uow.revoked, topology)]
+
+
+def notices_for(revoked: Iterable[tuple[str, int, str]], topology: Topology) -> list[Notice]:
+    """A `task_revoked` for each (task id, attempt, worker id) in the worker's inbox."""
     notices = []
-    for uow in uows:
-        for task_id, attempt, worker_id in uow.revoked:
-            revoked = TaskRevoked(task_id=task_id, attempt=attempt, reason="closed")
-            body = orjson.dumps(revoked.model_dump(mode="json"))
-            notices.append(Notice(topology.worker_inbox(worker_id), body))
+    for task_id, attempt, worker_id in revoked:
+        body = TaskRevoked(task_id=task_id, attempt=attempt, reason="closed")
+        notices.append(Notice(topology.worker_inbox(worker_id), orjson.dumps(body.model_dump())))
     return notices

@@ -87,11 +87,10 @@ class Sender:
         batch's transaction, which may be the very thing that failed)."""
         if not dead:
             return
-        counter = (
-            "reports_dead_lettered"
-            if source == self._topology.reports_queue
-            else "commands_dead_lettered"
-        )
+        counter = {
+            self._topology.reports_queue: "reports_dead_lettered",
+            self._topology.messages_queue: "messages_dead_lettered",
+        }.get(source, "commands_dead_lettered")
         try:
             await self._store.bump_counter(counter, len(dead))
         except RETRYABLE as exc:

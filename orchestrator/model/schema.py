@@ -51,6 +51,7 @@ WHERE = {
     "command": "A command: application -> engine, on exchange <ns>.commands with key "
     "`command`, with reply_to and correlation_id.",
     "command_reply": "A reply: engine -> application.",
+    "message": "A message: any producer -> engine, on exchange <ns>.messages (any routing key).",
 }
 
 

@@ -434,6 +434,61 @@ class CancelCommand(_Wire):
     reason: str | None = Field(None, max_length=1000, description="Kept in its history.")
 
 
+#: A message waits in the buffer this long by default when no instance waits for it.
+DEFAULT_MESSAGE_TTL_MS = 3_600_000
+#: The longest a message may wait in the buffer: 30 days.
+MAX_MESSAGE_TTL_MS = 30 * 86_400_000
+_MESSAGE_NAME = (
+    "The message's name: the `message.name` of the catch events, receive tasks and boundary "
+    "events that wait for it. A name no deployed definition uses is refused."
+)
+_CORRELATION_KEY = (
+    "Which waiting instance it is for: it must equal the correlation key the waiting event "
+    "evaluated when it started waiting (its `message.correlation_key`, or else the instance's "
+    "business key), compared as text. null matches only a wait with no key either."
+)
+_MESSAGE_VARIABLES = "Set in the instance's variables (where the waiting event is) when correlated."
+_MESSAGE_ID = (
+    "The message's id, unique per message you mean: a message with an id seen before is not "
+    "applied again (answered duplicate); the same id with other contents is refused. Resend "
+    "with the same id."
+)
+_TTL_MS = (
+    "When no instance waits for it yet: how long it waits in the buffer for one (ms; default "
+    "3,600,000, an hour; at most 30 days). 0: not buffered (answered not_correlated)."
+)
+
+
+class CorrelateCommand(_Wire):
+    """Correlate a message to the instance waiting for it (the oldest waiting, if several),
+    or buffer it until one waits. Answered with {status, instance_id, message_id}."""
+
+    type: Literal["correlate"] = "correlate"
+    name: str = Field(min_length=1, max_length=500, description=_MESSAGE_NAME)
+    correlation_key: str | None = Field(None, max_length=2000, description=_CORRELATION_KEY)
+    variables: Variables = Field({}, description=_MESSAGE_VARIABLES)
+    message_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description=_MESSAGE_ID + " Absent: the engine makes one (no protection against a "
+        "resend); the Python client always sends one.",
+    )
+    ttl_ms: int | None = Field(None, ge=0, le=MAX_MESSAGE_TTL_MS, description=_TTL_MS)
+
+
+class DeliverBufferedCommand(_Wire):
+    """Engine-internal: an instance started waiting for (name, correlation_key); correlate
+    the oldest message buffered for it, if there is one. Sent by the engine to itself;
+    clients never send it. Not answered."""
+
+    type: Literal["deliver_buffered"] = "deliver_buffered"
+    name: str = Field(min_length=1, max_length=500, description="The subscription's message name.")
+    correlation_key: str | None = Field(
+        None, max_length=2000, description="The subscription's correlation key."
+    )
+
+
 Command = Annotated[
     StartCommand
     | DeployCommand
@@ -441,7 +496,9 @@ Command = Annotated[
     | StatsCommand
     | ListIncidentsCommand
     | RetryCommand
-    | CancelCommand,
+    | CancelCommand
+    | CorrelateCommand
+    | DeliverBufferedCommand,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
@@ -465,6 +522,31 @@ class CommandReply(_Wire):
     error: CommandError | None = Field(None, description="Why the command was refused.")
 
 
+# --- any producer -> engine: messages, on exchange <ns>.messages --------------------------
+
+
+class MessageBody(BaseModel):
+    """A message for the instances waiting on message events, from any AMQP producer. The
+    AMQP message_id property may stand in for `message_id`. Correlated exactly once, as a
+    correlate command is; nothing is answered (a message the engine cannot take is
+    dead-lettered with its reason)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = Field(description="Wire protocol version: 1.")
+    name: str = Field(min_length=1, max_length=500, description=_MESSAGE_NAME)
+    correlation_key: str | None = Field(None, max_length=2000, description=_CORRELATION_KEY)
+    variables: Variables = Field({}, description=_MESSAGE_VARIABLES)
+    message_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description=_MESSAGE_ID + " Absent: the AMQP message_id property is the id; a message "
+        "with neither is dead-lettered.",
+    )
+    ttl_ms: int | None = Field(None, ge=0, le=MAX_MESSAGE_TTL_MS, description=_TTL_MS)
+
+
 SCHEMA_MODELS: dict[str, Any] = {
     "task": TaskMessage,
     "report": REPORT_ADAPTER,
@@ -472,4 +554,5 @@ SCHEMA_MODELS: dict[str, Any] = {
     "worker_notice": NOTICE_ADAPTER,
     "command": COMMAND_ADAPTER,
     "command_reply": CommandReply,
+    "message": MessageBody,
 }

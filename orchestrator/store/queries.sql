@@ -294,3 +294,77 @@ WITH open_tasks AS (
     ORDER BY t.id FOR UPDATE OF t SKIP LOCKED
 )
 SELECT DISTINCT o.instance_id FROM open_tasks o WHERE o.id NOT IN (SELECT id FROM locked);
+
+-- --- messages (daemon/messages.py) ---------------------------------------------------------
+
+-- name: insert_message
+-- The ledger entry of a message, first as buffered until $6 ms from now; a message id seen
+-- before returns nothing (a repeat). A concurrent insert of the same id waits for the first.
+INSERT INTO messages (message_id, name, correlation_key, variables, payload_hash, status,
+                      expires_at)
+VALUES ($1, $2, $3, $4, $5, 'buffered', now() + make_interval(secs => $6::bigint / 1000.0))
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id;
+
+-- name: message_entry
+SELECT message_id, payload_hash, status, instance_id FROM messages WHERE message_id = $1;
+
+-- name: count_message_duplicate
+UPDATE messages SET duplicates = duplicates + 1 WHERE message_id = $1;
+
+-- name: settle_message
+-- correlated (to instance $3), or expired (not buffered after all).
+UPDATE messages SET status = $2, instance_id = $3, expires_at = CASE
+    WHEN $2 = 'expired' THEN least(expires_at, now()) ELSE expires_at END
+WHERE message_id = $1;
+
+-- name: lock_subscriber
+-- The oldest subscription to (name, correlation key) whose instance no other session holds,
+-- with that instance locked: its wait id and the instance's row.
+SELECT s.id AS wait_id, i.id, i.definition_id, i.process_key, i.business_key, i.status,
+       i.variables, i.tokens, i.seq, i.scopes, i.version
+FROM message_subscriptions s JOIN process_instances i ON i.id = s.instance_id
+WHERE s.name = $1
+  AND (s.correlation_key = $2::text OR (s.correlation_key IS NULL AND $2::text IS NULL))
+ORDER BY s.created_at, s.id LIMIT 1
+FOR UPDATE OF i SKIP LOCKED;
+
+-- name: subscription_exists
+SELECT EXISTS (
+    SELECT 1 FROM message_subscriptions s
+    WHERE s.name = $1
+      AND (s.correlation_key = $2::text OR (s.correlation_key IS NULL AND $2::text IS NULL))
+);
+
+-- name: lock_buffered_message
+-- The oldest message buffered for (name, correlation key) and not expired, locked.
+SELECT message_id, variables FROM messages
+WHERE status = 'buffered' AND name = $1
+  AND (correlation_key = $2::text OR (correlation_key IS NULL AND $2::text IS NULL))
+  AND expires_at > now()
+ORDER BY created_at, message_id LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: expire_messages
+-- Buffered messages past their time to live, for the message sweeper (SKIP LOCKED: any
+-- number of engines sweep at once).
+UPDATE messages SET status = 'expired'
+WHERE message_id IN (
+    SELECT message_id FROM messages
+    WHERE status = 'buffered' AND expires_at <= now()
+    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+RETURNING message_id;
+
+-- name: deliverable_messages
+-- (name, correlation key) of buffered messages a subscription waits for: a delivery that
+-- did not happen (its engine died between commit and delivery), found by the sweeper.
+SELECT DISTINCT m.name, m.correlation_key FROM messages m
+WHERE m.status = 'buffered' AND m.expires_at > now()
+  AND EXISTS (SELECT 1 FROM message_subscriptions s
+              WHERE s.name = m.name AND s.correlation_key IS NOT DISTINCT FROM m.correlation_key)
+LIMIT $1;
+
+-- name: instance_subscriptions
+SELECT id, node_id, name, correlation_key FROM message_subscriptions
+WHERE instance_id = $1 ORDER BY created_at, id;

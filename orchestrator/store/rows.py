@@ -63,6 +63,16 @@ class StartKeyEntry:
 
 
 @dataclass(frozen=True)
+class MessageEntry:
+    """What the message ledger holds about a message id."""
+
+    payload_hash: bytes
+    #: buffered, correlated or expired.
+    status: str
+    instance_id: str | None
+
+
+@dataclass(frozen=True)
 class QueuedTopic:
     """A topic with queued tasks, and how long (ms) its longest-waiting one has waited."""
 

@@ -27,6 +27,7 @@ from orchestrator.store.queries import Q
 from orchestrator.store.rows import (
     DefinitionRef,
     LedgerEntry,
+    MessageEntry,
     QueuedTopic,
     Row,
     SavedDefinition,
@@ -427,6 +428,67 @@ class Session:
     async def archive_outcome(self, task_id: str) -> None:
         """Move the task's recorded outcome to its attempt's slot (before a retry)."""
         await self._conn.execute(Q.archive_outcome, task_id)
+
+    # --- messages --------------------------------------------------------------------------
+
+    async def insert_message(
+        self,
+        message_id: str,
+        name: str,
+        correlation_key: str | None,
+        variables: dict[str, Any],
+        payload_hash: bytes,
+        ttl_ms: int,
+    ) -> bool:
+        """Record a message as buffered for `ttl_ms`; False if its id was recorded before."""
+        inserted = await self._conn.fetchval(
+            Q.insert_message, message_id, name, correlation_key, variables, payload_hash, ttl_ms
+        )
+        return inserted is not None
+
+    async def message_entry(self, message_id: str) -> MessageEntry | None:
+        row = await self._conn.fetchrow(Q.message_entry, message_id)
+        if row is None:
+            return None
+        instance_id = str(row["instance_id"]) if row["instance_id"] is not None else None
+        return MessageEntry(row["payload_hash"], row["status"], instance_id)
+
+    async def count_message_duplicate(self, message_id: str) -> None:
+        await self._conn.execute(Q.count_message_duplicate, message_id)
+
+    async def settle_message(self, message_id: str, status: str, instance_id: str | None) -> None:
+        await self._conn.execute(Q.settle_message, message_id, status, instance_id)
+
+    async def lock_subscriber(
+        self, name: str, correlation_key: str | None
+    ) -> tuple[str, InstanceRow, InstanceState] | None:
+        """The oldest subscription to (name, key) whose instance no other session holds: its
+        wait id, and its instance's row and state, locked."""
+        record = await self._conn.fetchrow(Q.lock_subscriber, name, correlation_key)
+        if record is None:
+            return None
+        return str(record["wait_id"]), InstanceRow.from_record(record), state_from_record(record)
+
+    async def subscription_exists(self, name: str, correlation_key: str | None) -> bool:
+        return bool(await self._conn.fetchval(Q.subscription_exists, name, correlation_key))
+
+    async def lock_buffered_message(
+        self, name: str, correlation_key: str | None
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The oldest unexpired message buffered for (name, key), locked (SKIP LOCKED)."""
+        row = await self._conn.fetchrow(Q.lock_buffered_message, name, correlation_key)
+        return None if row is None else (row["message_id"], row["variables"])
+
+    async def expire_messages(self, limit: int) -> int:
+        return len(await self._conn.fetch(Q.expire_messages, limit))
+
+    async def deliverable_messages(self, limit: int) -> list[tuple[str, str | None]]:
+        rows = await self._conn.fetch(Q.deliverable_messages, limit)
+        return [(row["name"], row["correlation_key"]) for row in rows]
+
+    async def instance_subscriptions(self, instance_id: str) -> list[dict[str, Any]]:
+        rows = await self._conn.fetch(Q.instance_subscriptions, instance_id)
+        return [plain(row) for row in rows]
 
     # --- operator reads (JSON-able) --------------------------------------------------------
 

@@ -440,6 +440,22 @@ class UnitOfWork:
             parts["start_keys"] = _columns(self.start_keys, 3)
         if self.latest_definitions:
             parts["newer_definitions"] = _columns(self.latest_definitions, 2)
+        parts.update(self._subscription_parts())
+        return parts
+
+    def _subscription_parts(self) -> dict[str, list[Any]]:
+        """Message subscriptions opened and closed. One opened and closed by the same
+        transition (an event-based gateway whose next event could not open) is neither: the
+        statement's parts see the table as it was before it, not each other's rows."""
+        closed = {wait_id for wait_id, kind in self.closed_waits if kind == "message"}
+        opened = [s for s in self.new_subscriptions if s.id not in closed]
+        closed -= {s.id for s in self.new_subscriptions}
+        parts: dict[str, list[Any]] = {}
+        if opened:
+            rows = [(s.id, s.instance_id, s.node_id, s.name, s.correlation_key) for s in opened]
+            parts["new_subscriptions"] = _columns(rows, 5)
+        if closed:
+            parts["closed_subscriptions"] = [sorted(closed)]
         return parts
 
 

@@ -164,3 +164,13 @@ RETURNING 1
 SELECT 1 FROM process_definitions d
 JOIN unnest($1::text[], $2::integer[]) AS u (key, version)
     ON d.key = u.key AND d.version > u.version
+
+-- part: new_subscriptions
+-- Message waits an instance opened (a catch event, a receive task, a boundary event, an
+-- event-based gateway's target); the instance row written in the same statement guards them.
+INSERT INTO message_subscriptions (id, instance_id, node_id, name, correlation_key)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])
+
+-- part: closed_subscriptions
+-- Message waits no longer waited on (their message came, or what they were part of ended).
+DELETE FROM message_subscriptions WHERE id = ANY($1::uuid[])

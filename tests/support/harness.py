@@ -74,12 +74,14 @@ async def delete_namespace(amqp_url: str, namespace: str, topics: set[str]) -> N
     connection = await aio_pika.connect(amqp_url)
     try:
         queues = [topology.reports_queue, topology.commands_queue, topology.dead_queue]
+        queues.append(topology.messages_queue)
         queues += [topology.task_queue(topic) for topic in topics]
         exchanges = [
             topology.tasks_exchange,
             topology.reports_exchange,
             topology.commands_exchange,
             topology.dead_exchange,
+            topology.messages_exchange,
         ]
         for queue in queues:
             channel = await connection.channel()

@@ -15,7 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
-from orchestrator.daemon.parsing import Malformed, parse_command, parse_reports
+from orchestrator.daemon.parsing import Malformed, parse_command, parse_message, parse_reports
 from orchestrator.definitions.loader import load_definition
 from orchestrator.model.wire import (
     NOTICE_ADAPTER,
@@ -62,7 +62,11 @@ def kinds_of(name: str) -> set[str]:
     }
 
 
-def schema_for(kind: str) -> str:
+def schema_for(kind: str | None) -> str:
+    """The schema of a message of this `type`; a message without one is the body of a
+    message on <ns>.messages (any producer: no `type`)."""
+    if kind is None:
+        return "message"
     names = [name for name in KIND_SCHEMAS if kind in kinds_of(name)]
     assert len(names) == 1, f"type {kind!r} is declared by {names or 'no schema'}"
     return names[0]
@@ -95,7 +99,7 @@ def test_example_validates_against_its_schema(example: Any) -> None:
         assert errors == [], [error.message for error in errors]
     for message in objects_in(example):
         assert isinstance(message, dict), "every example is a JSON object or an array of them"
-        name = schema_for(message["type"])
+        name = schema_for(message.get("type"))
         errors = list(validator(name).iter_errors(message))
         assert errors == [], f"{name}: {[error.message for error in errors]}"
         if name == "report":
@@ -103,11 +107,12 @@ def test_example_validates_against_its_schema(example: Any) -> None:
 
 
 def test_every_message_kind_has_an_example() -> None:
-    shown = {message["type"] for example in EXAMPLES for message in objects_in(example)}
+    shown = {message.get("type") for example in EXAMPLES for message in objects_in(example)}
+    assert None in shown, "no example of a message on <ns>.messages"
     declared = set().union(*(kinds_of(name) for name in KIND_SCHEMAS))
     assert declared - shown == set(), "message types without an example in the doc"
     assert any(isinstance(example, list) for example in EXAMPLES), "no report array example"
-    claims = [m for e in EXAMPLES for m in objects_in(e) if m["type"] == "claimed"]
+    claims = [m for e in EXAMPLES for m in objects_in(e) if m.get("type") == "claimed"]
     assert {"request_id" in claim for claim in claims} == {True, False}
 
 
@@ -115,11 +120,13 @@ def _read_as_the_engine_does(example: Any) -> list[BaseModel]:
     """Reports and commands through the engine's own parsing; the rest through the model
     its reader uses (the worker SDK for tasks and notices, the client for replies)."""
     body = orjson.dumps(example)
-    if isinstance(example, list) or schema_for(example["type"]) == "report":
+    if isinstance(example, list) or schema_for(example.get("type")) == "report":
         parsed = parse_reports(body, MAX_BYTES)
         assert [one.reason for one in parsed] == [None] * len(parsed)
         return [one.report for one in parsed if one.report is not None]
-    name = schema_for(example["type"])
+    name = schema_for(example.get("type"))
+    if name == "message":
+        return [parse_message(body, MAX_BYTES, None)]
     if name == "command":
         return [parse_command(body, MAX_BYTES)]
     if name == "task":
@@ -137,8 +144,9 @@ def test_example_reads_the_same_with_the_engines_models(example: Any) -> None:
     for message, model in zip(objects_in(example), models, strict=True):
         dumped = model.model_dump(mode="json")
         for key, value in message.items():
-            assert key in dumped, f"{message['type']}: the model has no field {key!r}"
-            assert dumped[key] == value, f"{message['type']}.{key}: read as {dumped[key]!r}"
+            kind = message.get("type", "message")
+            assert key in dumped, f"{kind}: the model has no field {key!r}"
+            assert dumped[key] == value, f"{kind}.{key}: read as {dumped[key]!r}"
         if isinstance(model, DeployCommand):
             load_definition(model.source)  # the deploy example is a real definition
 
@@ -149,7 +157,9 @@ def test_schema_and_engine_both_refuse_a_message_without_its_envelope(
     example: Any, field: str
 ) -> None:
     for message in objects_in(example):
-        name = schema_for(message["type"])
+        name = schema_for(message.get("type"))
+        if field not in message:
+            continue  # a message on <ns>.messages has no `type`
         stripped = {key: value for key, value in message.items() if key != field}
         assert not validator(name).is_valid(stripped), f"{name} accepts a message without {field}"
         if name == "report":
@@ -161,6 +171,9 @@ def test_schema_and_engine_both_refuse_a_message_without_its_envelope(
         elif name == "command":
             with pytest.raises(Malformed, match="wrong schema"):
                 parse_command(orjson.dumps(stripped), MAX_BYTES)
+        elif name == "message":
+            with pytest.raises(Malformed, match="wrong schema"):
+                parse_message(orjson.dumps(stripped), MAX_BYTES, "an-amqp-id")
 
 
 def test_the_engine_refuses_another_version() -> None:
