@@ -392,7 +392,7 @@ class Client:
         """Correlate the message `name` to the instance waiting for it with this correlation
         key, or buffer it for `ttl` seconds (None: the engine's default, an hour; 0: not
         buffered). Answers {status, instance_id, message_id}, status one of correlated,
-        buffered, duplicate, not_correlated. Without a `message_id` one is made here and
+        started, buffered, duplicate, not_correlated. Without a `message_id` one is made here and
         reused on every resend of this call: pass your own to make a later call count once
         too. A name no deployed definition waits for raises NotFound."""
         command = CorrelateCommand(

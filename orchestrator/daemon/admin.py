@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator.daemon.timers import start_timer_rows
 from orchestrator.definitions.bpmn.detect import looks_like_bpmn
 from orchestrator.definitions.bpmn.reader import load_bpmn
 from orchestrator.definitions.loader import Process, content_hash, load_definition
@@ -38,6 +39,9 @@ async def deploy(store: Store, source: str) -> tuple[list[dict[str, Any]], list[
             digest = content_hash(definition)
             graph = definition.model_dump(mode="json", by_alias=True)
             saved = await db.save_definition(definition.key, digest, graph, source)
+            if saved.created:  # a new version: its timer start events replace the old ones
+                rows = start_timer_rows(process, saved.id, saved.version, datetime.now(UTC))
+                await db.replace_start_timers(definition.key, rows)
             results.append(
                 {
                     "process_key": definition.key,

@@ -29,10 +29,12 @@ import orjson
 from orchestrator.broker.topology import Topology
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
+from orchestrator.daemon.event_starts import message_start_instance, start_at_event
 from orchestrator.daemon.reports import Notice
 from orchestrator.daemon.revocations import notices_for
 from orchestrator.daemon.sender import Sender
 from orchestrator.daemon.supervisor import sleep_or_stop
+from orchestrator.definitions.graph import process_starts
 from orchestrator.engine import step
 from orchestrator.engine.state import InstanceState
 from orchestrator.errors import IdempotencyConflict, NotFound, ServiceUnavailable
@@ -85,7 +87,8 @@ class Incoming:
 
 @dataclass
 class Outcome:
-    """What became of a message: correlated, buffered, duplicate or not_correlated."""
+    """What became of a message: correlated, started, buffered, duplicate or
+    not_correlated."""
 
     status: str
     message_id: str
@@ -118,24 +121,93 @@ def message_names_in(graph: dict[str, Any]) -> set[str]:
     return names
 
 
+def message_starts_in(graph: dict[str, Any]) -> set[str]:
+    """The message names of a deployed graph's message start events (of the process)."""
+    names: set[str] = set()
+    for node in graph.get("nodes", ()):
+        if not isinstance(node, dict) or node.get("type") != "start_event" or node.get("parent"):
+            continue
+        message = node.get("message")
+        if isinstance(message, dict) and isinstance(message.get("name"), str):
+            names.add(message["name"])
+    return names
+
+
+#: (process key, version, start event id) of a message start event.
+MessageStart = tuple[str, int, str]
+
+
 class MessageNames:
-    """The message names of every deployed definition (definitions never change once
-    deployed, so only the ones deployed since the last look are read)."""
+    """The message names of every deployed definition, and the process keys that some
+    version of which starts on a message (definitions never change once deployed, so only
+    the ones deployed since the last look are read)."""
 
     def __init__(self) -> None:
         self._names: set[str] = set()
+        self._starting: dict[str, set[str]] = {}
         self._after = 0
 
     async def known(self, db: Session, name: str) -> bool:
         if name not in self._names:
-            while True:
-                deployed = await db.definitions_after(self._after, 500)
-                for definition_id, graph in deployed:
-                    self._names |= message_names_in(graph)
-                    self._after = max(self._after, definition_id)
-                if len(deployed) < 500:
-                    break
+            await self._read_new(db)
         return name in self._names
+
+    async def _read_new(self, db: Session) -> None:
+        while True:
+            deployed = await db.definitions_after(self._after, 500)
+            for definition_id, graph in deployed:
+                self._names |= message_names_in(graph)
+                for name in message_starts_in(graph):
+                    self._starting.setdefault(name, set()).add(str(graph.get("key")))
+                self._after = max(self._after, definition_id)
+            if len(deployed) < 500:
+                return
+
+    async def starts(
+        self, db: Session, context: EngineContext, name: str, business_key: str | None
+    ) -> list[MessageStart]:
+        """The message start events named `name` in the latest version of each process;
+        not those of a process with unique business keys whose active instances already
+        have `business_key` (one instance per key: the message is buffered instead)."""
+        await self._read_new(db)
+        found: list[MessageStart] = []
+        for key in sorted(self._starting.get(name, ())):
+            ref = await db.find_definition(key, None)
+            if ref is None:
+                continue
+            process = await context.processes.get(db, ref.id)
+            unique = process.definition.business_key.unique and business_key is not None
+            if unique and await db.business_key_owners([key], [business_key]):
+                continue
+            found += [
+                (key, ref.version, start.id)
+                for start in process_starts(process)
+                if start.message is not None and start.message.name == name
+            ]
+        return found
+
+
+def _start_by_message(uow: UnitOfWork, starts: list[MessageStart], message: Incoming) -> str:
+    """Start an instance at each message start event (its business key: the message's
+    correlation key; a process whose business keys are unique starts once per key). The
+    id of the first instance."""
+    first = ""
+    for key, version, start_id in starts:
+        instance_id = message_start_instance(message.message_id, key)
+        first = first or instance_id
+        uow.outbox.append(
+            start_at_event(
+                key,
+                version,
+                start_id,
+                f"message-start:{message.message_id}:{key}",
+                variables=message.variables,
+                business_key=message.correlation_key,
+                instance_id=instance_id,
+            )
+        )
+    uow.count("messages_started")
+    return first
 
 
 # --- in one transaction ------------------------------------------------------------------
@@ -162,9 +234,16 @@ async def correlate(
         return await _repeat(db, message)
     uow = UnitOfWork()
     found = await _lock_subscriber(db, message.name, message.correlation_key)
+    starts = []
+    if found is None:
+        starts = await names.starts(db, context, message.name, message.correlation_key)
     if found is not None:
         instance_id = await _correlate_to(db, context, uow, found, message)
         outcome = Outcome("correlated", message.message_id, instance_id)
+    elif starts:
+        started = _start_by_message(uow, starts, message)
+        await db.settle_message(message.message_id, "started", started)
+        outcome = Outcome("started", message.message_id, started)
     elif message.ttl_ms == 0:
         await db.settle_message(message.message_id, "expired", None)
         outcome = Outcome("not_correlated", message.message_id)

@@ -255,8 +255,9 @@ class StartBatch:
         if start.process is None or start.definition is None:
             raise RuntimeError("start without a definition")
         command = start.command
+        start_at = command.start_at if command.start_at in start.process.nodes else None
         transition = start_instance(
-            start.process, start.instance_id, command.variables, _called_by(command)
+            start.process, start.instance_id, command.variables, _called_by(command), start_at
         )
         row = InstanceRow(
             start.definition.id,

@@ -19,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from orchestrator.broker.topology import Topology
 from orchestrator.daemon.context import EngineContext
 from orchestrator.daemon.effects import InstanceInfo, apply_transition
+from orchestrator.daemon.event_starts import start_at_event
 from orchestrator.daemon.revocations import revoke_notices
 from orchestrator.daemon.sender import Sender
-from orchestrator.definitions.timers import TimerError, next_due, parse_timer
+from orchestrator.definitions.graph import Process, process_starts
+from orchestrator.definitions.timers import TimerError, first_due, next_due, parse_timer
 from orchestrator.engine.state import CloseWait, InstanceState
 from orchestrator.engine.step import EngineStepError, timer_fired
 from orchestrator.store.errors import RETRYABLE, LockBusy
@@ -158,6 +161,7 @@ async def fire_once(
 ) -> PassResult:
     """One pass inside the caller's transaction: the timers due by `now`, fired."""
     result = PassResult()
+    await _fire_start_timers(db, result, now=now, limit=limit)
     states: dict[str, InstanceState] = {}
     records = await db.lock_due_timers(now, limit)
     result.taken = len(records)
@@ -208,6 +212,51 @@ async def _fire(
             uow.closed_waits.append((timer_id, "timer"))
     uow.count("timers_fired")
     return transition.state
+
+
+async def _fire_start_timers(db: Session, result: PassResult, *, now: datetime, limit: int) -> None:
+    """Due timer start events: each turn starts an instance (a start command in this
+    transaction's outbox, keyed by the turn), then waits for its next turn or goes."""
+    for record in await db.lock_due_start_timers(now, limit):
+        timer_id, fired = str(record["id"]), record["fired"] + 1
+        result.uow.outbox.append(
+            start_at_event(
+                record["process_key"],
+                record["version"],
+                record["node_id"],
+                f"timer-start:{timer_id}:{fired}",
+            )
+        )
+        try:
+            then = next_due(parse_timer(record["kind"], record["spec"]), record["due_at"], fired)
+        except TimerError as exc:  # checked at deploy: only a changed parser gets here
+            log.error("timer start event %s: %s", timer_id, exc)
+            then = None
+        if then is None:
+            await db.delete_start_timer(timer_id)
+        else:
+            await db.reschedule_start_timer(timer_id, fired, then)
+        result.uow.count("timer_starts")
+        result.taken += 1
+        result.fired += 1
+
+
+def start_timer_rows(
+    process: Process, definition_id: int, version: int, now: datetime
+) -> list[tuple[object, ...]]:
+    """The rows of a new version's timer start events, due from `now`."""
+    rows: list[tuple[object, ...]] = []
+    for start in process_starts(process):
+        if start.timer is None:
+            continue
+        spec = parse_timer(start.timer.kind, start.timer.value)  # literal: checked at deploy
+        due = first_due(spec, now)
+        if due is not None:
+            row_id = str(uuid.uuid4())
+            rows.append(
+                (row_id, definition_id, process.key, version, start.id, spec.kind, spec.text, due)
+            )
+    return rows
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

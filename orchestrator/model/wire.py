@@ -375,6 +375,11 @@ class StartCommand(_Wire):
         description="Engine-internal, for a call activity's child: the calling instance. "
         "Clients leave it out.",
     )
+    start_at: str | None = Field(
+        None,
+        description="Engine-internal: the timer or message start event that starts the "
+        "instance (default: the none start event). Clients leave it out.",
+    )
 
 
 class DeployCommand(_Wire):

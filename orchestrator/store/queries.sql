@@ -276,7 +276,27 @@ ORDER BY m.due_at, m.id LIMIT $2
 FOR UPDATE OF m, i SKIP LOCKED;
 
 -- name: next_timer_due
-SELECT min(due_at) FROM timers;
+SELECT least((SELECT min(due_at) FROM timers), (SELECT min(due_at) FROM start_timers));
+
+-- name: lock_due_start_timers
+SELECT id, definition_id, process_key, version, node_id, kind, spec, due_at, fired
+FROM start_timers WHERE due_at <= $1
+ORDER BY due_at, id LIMIT $2
+FOR UPDATE SKIP LOCKED;
+
+-- name: reschedule_start_timer
+UPDATE start_timers SET fired = $2, due_at = $3 WHERE id = $1;
+
+-- name: delete_start_timer
+DELETE FROM start_timers WHERE id = $1;
+
+-- name: forget_start_timers
+-- A new version of the process replaces the timers of the versions before it.
+DELETE FROM start_timers WHERE process_key = $1;
+
+-- name: add_start_timer
+INSERT INTO start_timers (id, definition_id, process_key, version, node_id, kind, spec, due_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: instance_timers
 SELECT id, node_id, kind, spec, due_at, fired FROM timers WHERE instance_id = $1

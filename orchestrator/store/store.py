@@ -390,6 +390,24 @@ class Session:
         )
         return rows
 
+    async def lock_due_start_timers(self, now: datetime, limit: int) -> Sequence[Row]:
+        """Timer start events due by `now` (SKIP LOCKED)."""
+        rows: Sequence[Row] = await self._conn.fetch(Q.lock_due_start_timers, now, limit)
+        return rows
+
+    async def reschedule_start_timer(self, timer_id: str, fired: int, due: datetime) -> None:
+        await self._conn.execute(Q.reschedule_start_timer, timer_id, fired, due)
+
+    async def delete_start_timer(self, timer_id: str) -> None:
+        await self._conn.execute(Q.delete_start_timer, timer_id)
+
+    async def replace_start_timers(self, process_key: str, rows: list[tuple[Any, ...]]) -> None:
+        """The timer start events of a newly deployed version: (id, definition_id, key,
+        version, node_id, kind, spec, due_at) each; the key's older rows go."""
+        await self._conn.execute(Q.forget_start_timers, process_key)
+        if rows:
+            await self._conn.executemany(Q.add_start_timer, rows)
+
     async def lock_due_timers(self, now: datetime, limit: int) -> Sequence[Row]:
         """Timers due by `now`, earliest first, each locked with its instance (SKIP LOCKED):
         timer_id, timer_node, kind, spec, due_at, fired, and the instance's columns (as

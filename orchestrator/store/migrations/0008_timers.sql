@@ -32,3 +32,23 @@ $$;
 CREATE TRIGGER timers_notify AFTER INSERT ON timers
     REFERENCING NEW TABLE AS inserted_timers
     FOR EACH STATEMENT EXECUTE FUNCTION orch_timers_notify();
+
+-- The timers of timer start events: one row per start event of the latest deployed version
+-- of a process (a deploy of a new version replaces the key's rows). Firing one starts an
+-- instance through a start command whose idempotency key names the timer's turn.
+CREATE TABLE start_timers (
+    id            uuid PRIMARY KEY,
+    definition_id bigint      NOT NULL,
+    process_key   text        NOT NULL,
+    version       integer     NOT NULL,
+    node_id       text        NOT NULL,
+    kind          text        NOT NULL CHECK (kind IN ('duration', 'date', 'cycle')),
+    spec          text        NOT NULL,
+    due_at        timestamptz NOT NULL,
+    fired         integer     NOT NULL DEFAULT 0
+);
+CREATE INDEX start_timers_due ON start_timers (due_at);
+CREATE INDEX start_timers_by_key ON start_timers (process_key);
+CREATE TRIGGER start_timers_notify AFTER INSERT ON start_timers
+    REFERENCING NEW TABLE AS inserted_timers
+    FOR EACH STATEMENT EXECUTE FUNCTION orch_timers_notify();

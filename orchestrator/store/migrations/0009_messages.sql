@@ -25,7 +25,7 @@ CREATE TABLE messages (
     variables       jsonb       NOT NULL DEFAULT '{}',
     payload_hash    bytea       NOT NULL,
     status          text        NOT NULL
-        CHECK (status IN ('buffered', 'correlated', 'expired')),
+        CHECK (status IN ('buffered', 'correlated', 'started', 'expired')),
     instance_id     uuid,
     expires_at      timestamptz,
     duplicates      integer     NOT NULL DEFAULT 0,
