@@ -1,12 +1,19 @@
 """What every fault scenario shares: a process of a few steps, engines and recording workers as
 real processes, instances started while the faults happen, and the final accounting.
 
-The process has one of two shapes (`configure(shape=...)`):
+The process has one of four shapes (`configure(shape=...)`):
 
 - sequential (the default): start, 3 service tasks one after another, end;
 - parallel: start, a parallel gateway forking into 3 service tasks, a parallel gateway joining
   them, one more service task after the join, end: 4 tasks per instance, and one join that
-  must fire exactly once however the branches' completions race across engines.
+  must fire exactly once however the branches' completions race across engines;
+- timer: start, a service task, a timer catch event due at the instance's `dueAt` variable
+  (an ISO date the scenario chooses per instance, `due_in`), a service task, end: 2 tasks
+  per instance, and one timer that must fire exactly once whichever engine fires it;
+- message: start, a service task, a message catch event (`paid`, correlation key the
+  instance's own `orderId`), a service task, end: 2 tasks per instance, and one message that
+  must take effect exactly once, however often it was published or read. The scenario
+  publishes the messages (`message_body`, `published`).
 
 A scenario:
 
@@ -19,6 +26,11 @@ A scenario:
         await workload.progressed(by=80)     # work is in flight
         ...inject a fault...; workload.fault("kill -9 worker")
     verdict = await workload.finish()        # wait, account, record the row, assert
+
+A wait's row is also checked in `finish`: a timer's or a message's history line once per
+instance and one task after the wait; for messages the ledger besides (one row per message
+id, correlated to the instance of its orderId, every repeat published or read again counted
+as a duplicate, nothing dead-lettered).
 
 `finish` waits for every instance, stops the workers so nothing more is reported, and then
 checks the engine's view (every instance completed once, each task completed once in
@@ -40,6 +52,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -57,6 +70,19 @@ from tests.support.harness import Processes, sequential_process, wait_until
 #: The process shapes of a workload.
 SEQUENTIAL = "sequential"
 PARALLEL = "parallel"
+TIMER = "timer"
+MESSAGE = "message"
+SHAPES = (SEQUENTIAL, PARALLEL, TIMER, MESSAGE)
+#: The wait of the timer and message shapes (between step1 and step2), and its history line.
+WAIT_NODE = "wait"
+WAIT_HISTORY = {TIMER: "timer_fired", MESSAGE: "message_correlated"}
+#: The engine's counter of those (it counts the firing transactions alone, as the history).
+WAIT_COUNTER = {TIMER: "timers_fired", MESSAGE: "messages_correlated"}
+#: The task after the wait.
+AFTER_WAIT = "step2"
+#: The message the message shape waits for; its variable (the instance's `i`).
+MESSAGE_NAME = "paid"
+MESSAGE_VARIABLE = "paid"
 #: Service tasks of the sequential process, and branches of the parallel one.
 STEPS = 3
 #: The parallel process's task after its join (its steps are step1..step3 in the branches).
@@ -128,6 +154,23 @@ class Verdict:
     joined_twice: int = 0
     #: Instances without exactly one task for the step after the join (parallel shape).
     after_join_wrong: int = 0
+    #: Timer and message shapes: `timer_fired` or `message_correlated` history rows in all,
+    #: instances with other than one, with more than one, and without exactly one task after
+    #: the wait.
+    waits: int = 0
+    waits_not_once: int = 0
+    waited_twice: int = 0
+    after_wait_wrong: int = 0
+    #: Timers of the workload's instances still in `timers` (fired ones are deleted).
+    timers_left: int = 0
+    #: Message shape: the ledger's rows of the workload's message ids, those not `correlated`
+    #: to the instance whose orderId they carry, and their repeats (`duplicates`).
+    ledger_messages: int = 0
+    messages_misplaced: int = 0
+    message_duplicates: int = 0
+    #: Copies the scenario published beyond the first of each message id.
+    messages_republished: int = 0
+    subscriptions_left: int = 0
 
     @property
     def completed(self) -> int:
@@ -139,7 +182,13 @@ class Verdict:
 
     @property
     def applied_twice(self) -> int:
-        return self.completed_twice + self.dispatched_twice + self.effects_twice + self.joined_twice
+        return (
+            self.completed_twice
+            + self.dispatched_twice
+            + self.effects_twice
+            + self.joined_twice
+            + self.waited_twice
+        )
 
     @property
     def ledger_repeats(self) -> int:
@@ -164,12 +213,18 @@ class Workload:
     #: ...and at least this long (FAULT_MIN_DELAY_MS).
     min_delay_ms: int = 0
     shape: str = SEQUENTIAL
+    #: Timer shape: when instance i's timer is due, in seconds after `start()`.
+    due_in: Callable[[int], float] | None = None
+    #: Message shape: copies of each message id the scenario published (`published`).
+    messages_sent: collections.Counter[str] = field(default_factory=collections.Counter)
     key: str = ""
     step_topics: list[str] = field(default_factory=list)
     engines: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     began: float = 0.0
+    #: The wall clock at `began` (a timer's due date is a date).
+    began_wall: float = 0.0
     _starting: asyncio.Task[list[str]] | None = None
     _runs_mark: int = 0
     _completions_sent: int = -1
@@ -189,10 +244,14 @@ class Workload:
         max_delay_ms: int = 150,
         min_delay_ms: int = 0,
         shape: str = SEQUENTIAL,
+        due_in: Callable[[int], float] | None = None,
     ) -> None:
-        if shape not in (SEQUENTIAL, PARALLEL):
+        if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}")
+        if (shape == TIMER) != (due_in is not None):
+            raise ValueError("the timer shape, and only it, takes due_in")
         self.name, self.count, self.lock, self.shape = name, count, lock, shape
+        self.due_in = due_in
         self.max_delay_ms, self.min_delay_ms = max_delay_ms, min_delay_ms
         self.key = f"faults-{uuid.uuid4().hex[:6]}"
         # One topic per task of an instance: the parallel shape's 4th is the one after the join.
@@ -201,7 +260,7 @@ class Workload:
 
     @property
     def tasks_per_instance(self) -> int:
-        return STEPS + 1 if self.shape == PARALLEL else STEPS
+        return {PARALLEL: STEPS + 1, TIMER: 2, MESSAGE: 2}.get(self.shape, STEPS)
 
     @property
     def joins_per_instance(self) -> int:
@@ -210,7 +269,47 @@ class Workload:
     def definition(self) -> str:
         if self.shape == PARALLEL:
             return fork_join_process(self.key, self.step_topics, lock=self.lock)
+        if self.shape == TIMER:
+            timer = {"kind": "date", "value": "=dueAt"}
+            return waiting_process(self.key, self.step_topics, {"timer": timer}, lock=self.lock)
+        if self.shape == MESSAGE:
+            message = {"name": MESSAGE_NAME, "correlation_key": "=orderId"}
+            return waiting_process(self.key, self.step_topics, {"message": message}, lock=self.lock)
         return sequential_process(self.key, self.step_topics, lock=self.lock)
+
+    def variables(self, i: int) -> dict[str, Any]:
+        """Instance i's start variables."""
+        variables: dict[str, Any] = {"i": i}
+        if self.due_in is not None:
+            due = datetime.fromtimestamp(self.began_wall + self.due_in(i), UTC)
+            variables["dueAt"] = due.isoformat()
+        if self.shape == MESSAGE:
+            variables["orderId"] = self.order_id(i)
+        return variables
+
+    # --- messages (the message shape) ----------------------------------------------------
+
+    def order_id(self, i: int) -> str:
+        return f"{self.key}-order-{i}"
+
+    def message_id(self, i: int) -> str:
+        return f"{self.key}-paid-{i}"
+
+    def message_body(self, i: int) -> bytes:
+        """Instance i's message, as any AMQP producer publishes it to `<ns>.messages`."""
+        return orjson.dumps(
+            {
+                "v": 1,
+                "name": MESSAGE_NAME,
+                "correlation_key": self.order_id(i),
+                "variables": {MESSAGE_VARIABLE: i},
+                "message_id": self.message_id(i),
+            }
+        )
+
+    def published(self, i: int) -> None:
+        """The scenario published instance i's message (once more)."""
+        self.messages_sent[self.message_id(i)] += 1
 
     # --- processes ---------------------------------------------------------------------
 
@@ -270,6 +369,7 @@ class Workload:
     def start(self, *, rate: float | None = None) -> None:
         """Start `count` instances in the background: `rate` a second, or all at once."""
         self.began = time.monotonic()
+        self.began_wall = time.time()
         self._starting = asyncio.create_task(self._start_all(rate))
 
     async def _start_all(self, rate: float | None) -> list[str]:
@@ -277,7 +377,7 @@ class Workload:
 
             async def one(i: int) -> str:
                 started = await client.start(
-                    self.key, idempotency_key=f"{self.key}-{i}", variables={"i": i}
+                    self.key, idempotency_key=f"{self.key}-{i}", variables=self.variables(i)
                 )
                 return started.instance_id
 
@@ -391,6 +491,64 @@ class Workload:
         except AssertionError as exc:
             raise AssertionError(f"{exc} (last seen {seen})\n{self.processes.logs()}") from None
         return seen
+
+    async def timers_due(self) -> tuple[int, int]:
+        """(timers of the workload due now and not yet fired, timers still to fire)."""
+        row = await self.db.fetchrow(
+            """
+            SELECT count(*) FILTER (WHERE t.due_at <= clock_timestamp()) AS due,
+                   count(*) AS waiting
+            FROM timers t JOIN process_instances p ON p.id = t.instance_id
+            WHERE p.process_key = $1
+            """,
+            self.key,
+        )
+        assert row is not None
+        return int(row["due"]), int(row["waiting"])
+
+    async def firing_timers(self) -> set[int]:
+        """The pids of engines inside a timer pass right now: their transaction holds the
+        due rows of `timers` (FOR UPDATE: a row share lock on the table) and has not ended."""
+        rows = await self.db.fetch(
+            """
+            SELECT DISTINCT a.application_name FROM pg_locks l
+            JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.relation = 'timers'::regclass AND l.mode = 'RowShareLock' AND l.granted
+              AND a.datname = current_database()
+            """
+        )
+        pids = set()
+        for row in rows:
+            tail = str(row["application_name"]).rsplit("-", 1)[-1]
+            if tail.isdigit():
+                pids.add(int(tail))
+        return pids
+
+    async def waiting_for_messages(self) -> set[int]:
+        """The instances (by `i`) with a subscription open for their message."""
+        rows = await self.db.fetch(
+            "SELECT correlation_key FROM message_subscriptions WHERE name = $1 "
+            "AND correlation_key LIKE $2",
+            MESSAGE_NAME,
+            f"{self.key}-order-%",
+        )
+        return {int(row["correlation_key"].rsplit("-", 1)[1]) for row in rows}
+
+    async def messages_in_flight(self) -> tuple[int, int]:
+        """(the workload's messages buffered, its instances waiting for theirs)."""
+        row = await self.db.fetchrow(
+            """
+            SELECT (SELECT count(*) FROM messages WHERE status = 'buffered'
+                    AND message_id LIKE $2) AS buffered,
+                   (SELECT count(*) FROM message_subscriptions WHERE name = $1
+                    AND correlation_key LIKE $3) AS waiting
+            """,
+            MESSAGE_NAME,
+            f"{self.key}-paid-%",
+            f"{self.key}-order-%",
+        )
+        assert row is not None
+        return int(row["buffered"]), int(row["waiting"])
 
     async def busy_worker(
         self, candidates: list[subprocess.Popen[bytes]], *, left_s: float = 0.04
@@ -653,6 +811,7 @@ class Workload:
                 self.key,
                 AFTER_JOIN,
             )
+        waits = await self._waits() if self.shape in WAIT_HISTORY else {}
         counters = {
             row["name"]: int(row["value"])
             for row in await db.fetch(
@@ -675,19 +834,98 @@ class Workload:
             ledger_duplicates=int(ledger["duplicates"]),
             ledger_conflicts=int(ledger["conflicts"]),
             counters=counters,
-            variables_wrong=await db.fetchval(
-                "SELECT count(*) FROM process_instances WHERE process_key = $1 "
-                "AND variables - 'i' <> $2::jsonb",
-                self.key,
-                {f"step{n}": "done" for n in range(1, self.tasks_per_instance + 1)},
-            ),
+            variables_wrong=await self._variables_wrong(),
             completions_sent=self._completions_sent,
             outbox_left=await db.fetchval("SELECT count(*) FROM outbox"),
             joins=int(joins["joins"]),
             joins_not_once=joins["not_once"],
             joined_twice=joins["twice"],
             after_join_wrong=after_join_wrong,
+            messages_republished=sum(self.messages_sent.values()) - len(self.messages_sent),
+            **waits,
         )
+
+    async def _variables_wrong(self) -> int:
+        """Completed instances whose variables are not their start variables, each step's
+        result and (message shape) their own message's variable."""
+        steps = {f"step{n}": "done" for n in range(1, self.tasks_per_instance + 1)}
+        if self.shape == MESSAGE:
+            query = """
+                SELECT count(*) FROM process_instances WHERE process_key = $1
+                AND (variables - 'i' - 'orderId' - $3::text <> $2::jsonb
+                     OR variables->>'orderId' IS DISTINCT FROM $4 || (variables->>'i')
+                     OR variables->$3::text IS DISTINCT FROM variables->'i')
+            """
+            args: tuple[Any, ...] = (MESSAGE_VARIABLE, f"{self.key}-order-")
+        else:
+            # The timer shape's due date besides `i` (removing `i` twice changes nothing).
+            query = (
+                "SELECT count(*) FROM process_instances WHERE process_key = $1 "
+                "AND variables - 'i' - $3::text <> $2::jsonb"
+            )
+            args = ("dueAt" if self.shape == TIMER else "i",)
+        return int(await self.db.fetchval(query, self.key, steps, *args))
+
+    async def _waits(self) -> dict[str, int]:
+        """The timer or message shape's accounting of its waits (Verdict's fields)."""
+        db = self.db
+        row = await db.fetchrow(
+            """
+            SELECT coalesce(sum(fired), 0) AS waits,
+                   count(*) FILTER (WHERE fired <> 1) AS not_once,
+                   count(*) FILTER (WHERE fired > 1) AS twice,
+                   count(*) FILTER (WHERE after <> 1) AS after_wrong
+            FROM (SELECT p.id,
+                         (SELECT count(*) FROM history h WHERE h.instance_id = p.id
+                          AND h.kind = $2 AND h.node_id = $3) AS fired,
+                         (SELECT count(*) FROM tasks t WHERE t.instance_id = p.id
+                          AND t.node_id = $4) AS after
+                  FROM process_instances p WHERE p.process_key = $1) per_instance
+            """,
+            self.key,
+            WAIT_HISTORY[self.shape],
+            WAIT_NODE,
+            AFTER_WAIT,
+        )
+        assert row is not None
+        waits = {
+            "waits": int(row["waits"]),
+            "waits_not_once": int(row["not_once"]),
+            "waited_twice": int(row["twice"]),
+            "after_wait_wrong": int(row["after_wrong"]),
+            "timers_left": int(
+                await db.fetchval(
+                    "SELECT count(*) FROM timers t JOIN process_instances p "
+                    "ON p.id = t.instance_id WHERE p.process_key = $1",
+                    self.key,
+                )
+            ),
+        }
+        if self.shape == MESSAGE:
+            ledger = await db.fetchrow(
+                """
+                SELECT count(*) AS rows,
+                       count(*) FILTER (WHERE m.status <> 'correlated' OR p.id IS NULL
+                           OR p.variables->>'orderId' IS DISTINCT FROM m.correlation_key)
+                           AS misplaced,
+                       coalesce(sum(m.duplicates), 0) AS duplicates
+                FROM messages m LEFT JOIN process_instances p ON p.id = m.instance_id
+                WHERE m.message_id LIKE $1
+                """,
+                f"{self.key}-paid-%",
+            )
+            assert ledger is not None
+            waits["ledger_messages"] = int(ledger["rows"])
+            waits["messages_misplaced"] = int(ledger["misplaced"])
+            waits["message_duplicates"] = int(ledger["duplicates"])
+            waits["subscriptions_left"] = int(
+                await db.fetchval(
+                    "SELECT count(*) FROM message_subscriptions s JOIN process_instances p "
+                    "ON p.id = s.instance_id WHERE p.process_key = $1",
+                    self.key,
+                )
+            )
+        return waits
 
     def _assert_verdict(self, verdict: Verdict, exact_reports: bool, details: str) -> None:
         expected_tasks = self.count * self.tasks_per_instance
@@ -698,6 +936,17 @@ class Workload:
         assert verdict.joins_not_once == 0, details
         assert verdict.joins == self.count * self.joins_per_instance, details
         assert verdict.after_join_wrong == 0, details
+        # Each timer or message took effect exactly once, and made one task after its wait.
+        if self.shape in WAIT_HISTORY:
+            assert verdict.waits_not_once == 0, details
+            assert verdict.waits == self.count, details
+            assert verdict.after_wait_wrong == 0, details
+            assert verdict.timers_left == 0, details
+            assert verdict.counter(WAIT_COUNTER[self.shape]) == self.count, details
+        if self.shape == TIMER:
+            assert verdict.counter("timers_stale") == 0, details
+        if self.shape == MESSAGE:
+            self._assert_messages(verdict, details)
         assert verdict.outbox_left == 0, details
         assert verdict.variables_wrong == 0, details
         # Nothing applied twice, by the engine or by the workers.
@@ -719,6 +968,20 @@ class Workload:
             assert verdict.counter("reports_completed") == verdict.completions_sent, details
         else:
             assert verdict.counter("reports_completed") >= verdict.completions_sent, details
+
+    def _assert_messages(self, verdict: Verdict, details: str) -> None:
+        """One ledger row per message, correlated to its own instance; every copy beyond the
+        first (published again, or read again after an engine died before its ack) counted
+        as a duplicate, in the ledger and the counter alike; nothing dead-lettered."""
+        assert len(self.messages_sent) == self.count, details
+        assert verdict.ledger_messages == self.count, details
+        assert verdict.messages_misplaced == 0, details
+        assert verdict.subscriptions_left == 0, details
+        assert verdict.counter("messages_correlated") == self.count, details
+        assert verdict.counter("messages_duplicate") == verdict.message_duplicates, details
+        assert verdict.message_duplicates >= verdict.messages_republished, details
+        assert verdict.counter("messages_dead_lettered") == 0, details
+        assert verdict.counter("messages_expired") == 0, details
 
     def _describe(self, verdict: Verdict) -> str:
         return (
@@ -750,6 +1013,27 @@ def fork_join_process(key: str, topics: list[str], *, lock: str) -> str:
     flows += [
         {"id": "to_after", "from": "join", "to": node},
         {"id": "to_end", "from": node, "to": "end"},
+    ]
+    return orjson.dumps({"key": key, "nodes": nodes, "flows": flows}).decode()
+
+
+def waiting_process(key: str, topics: list[str], event: dict[str, Any], *, lock: str) -> str:
+    """A JSON definition: start -> step1 -> a catch event (`event` holds its `timer` or
+    `message`) -> step2 -> end."""
+    first, second = topics
+    kind = "timer_catch_event" if "timer" in event else "message_catch_event"
+    nodes: list[dict[str, Any]] = [
+        {"id": "start", "type": "start_event"},
+        {"id": "step1", "type": "service_task", "topic": first, "lock": lock},
+        {"id": WAIT_NODE, "type": kind, **event},
+        {"id": AFTER_WAIT, "type": "service_task", "topic": second, "lock": lock},
+        {"id": "end", "type": "end_event"},
+    ]
+    flows = [
+        {"id": "to_step1", "from": "start", "to": "step1"},
+        {"id": "to_wait", "from": "step1", "to": WAIT_NODE},
+        {"id": "to_step2", "from": WAIT_NODE, "to": AFTER_WAIT},
+        {"id": "to_end", "from": AFTER_WAIT, "to": "end"},
     ]
     return orjson.dumps({"key": key, "nodes": nodes, "flows": flows}).decode()
 
