@@ -132,6 +132,8 @@ class Run:
 
     def _close_orphaned_waits(self) -> None:
         """A wait whose token or scope is gone (withdrawn, interrupted, ended) ends too."""
+        if not self.waits:  # most instances wait on nothing but workers
+            return
         alive = set(self.tokens) | set(self.scopes)
         if self.status == "active":
             alive.add(self.id)  # the process scope's own (its event subprocesses')
