@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run workers: orchestrator worker pkg.mod:worker")
     worker.add_argument("spec", help="module:attribute of a workers.Worker")
     _add_client_commands(commands)
+    web = commands.add_parser(
+        "web", help="run the HTTP API (docs/http-api.md; needs the web extra)"
+    )
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8080)
     demo = commands.add_parser("demo", help="run the order demo with engine and workers")
     demo.add_argument("--instances", type=int, default=100)
     demo.add_argument("--workers", type=int, default=2)
@@ -232,6 +237,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         worker = load_worker(args.spec)
         worker.settings = worker.settings or settings
         worker.run()
+    elif args.command == "web":
+        from orchestrator.web.app import serve
+
+        serve(settings, args.host, args.port)
     elif args.command in _CLIENT_COMMANDS:
         action = _CLIENT_COMMANDS[args.command]
         asyncio.run(_with_client(settings, lambda c: action(c, args)))

@@ -91,6 +91,9 @@ class Settings:
     #: Re-sends of one attempt without a claim before the task raises a `dispatch_lost`
     #: incident (a service task's `max_redispatches` overrides it).
     max_redispatches: NonNegative = 5
+    #: Bearer tokens of the HTTP API (`orchestrator web`): `token=role,token2=role2`, each
+    #: role `read` or `operator`. Unset: every /api request is refused.
+    web_tokens: str | None = dataclasses.field(default=None, repr=False)
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(

@@ -388,3 +388,44 @@ LIMIT $1;
 -- name: instance_subscriptions
 SELECT id, node_id, name, correlation_key FROM message_subscriptions
 WHERE instance_id = $1 ORDER BY created_at, id;
+
+-- --- the HTTP API's reads (orchestrator/web), paged by limit and offset ---------------------
+
+-- name: web_definitions
+SELECT key, version, id AS definition_id, created_at AS created FROM process_definitions
+WHERE ($1::text IS NULL OR key = $1)
+ORDER BY key, version DESC
+LIMIT $2 OFFSET $3;
+
+-- name: web_definition
+SELECT key, version, id AS definition_id, content_hash, created_at AS created, source
+FROM process_definitions WHERE key = $1 AND version = $2;
+
+-- name: web_instances
+SELECT i.id AS instance_id, i.process_key, d.version, i.business_key, i.status AS state,
+       i.parent_id, i.started_at, i.ended_at,
+       EXISTS (SELECT 1 FROM incidents n
+               WHERE n.instance_id = i.id AND n.resolved_at IS NULL) AS has_incident
+FROM process_instances i JOIN process_definitions d ON d.id = i.definition_id
+WHERE ($1::text IS NULL OR i.process_key = $1)
+  AND ($2::integer IS NULL OR d.version = $2)
+  AND ($3::text IS NULL OR i.status = $3)
+  AND ($4::text IS NULL OR i.business_key = $4)
+  AND ($5::boolean IS NULL OR EXISTS (SELECT 1 FROM incidents n
+                                      WHERE n.instance_id = i.id AND n.resolved_at IS NULL) = $5)
+  AND ($6::timestamptz IS NULL OR i.started_at >= $6)
+  AND ($7::timestamptz IS NULL OR i.started_at < $7)
+ORDER BY i.started_at DESC, i.id
+LIMIT $8 OFFSET $9;
+
+-- name: web_incidents
+-- $3: null all, true open only, false resolved only.
+SELECT n.id, n.instance_id, p.process_key, p.business_key, n.task_id, n.node_id, n.kind,
+       n.message, n.details, n.attempt, n.created_at, n.resolved_at, n.resolution
+FROM incidents n
+JOIN process_instances p ON p.id = n.instance_id
+WHERE ($1::text IS NULL OR p.process_key = $1)
+  AND ($2::uuid IS NULL OR n.instance_id = $2)
+  AND ($3::boolean IS NULL OR (n.resolved_at IS NULL) = $3)
+ORDER BY n.created_at DESC, n.id
+LIMIT $4 OFFSET $5;

@@ -518,6 +518,36 @@ class Session:
         )
         return [plain(row) for row in rows]
 
+    async def web_definitions(
+        self, key: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        return [plain(row) for row in await self._conn.fetch(Q.web_definitions, key, limit, offset)]
+
+    async def web_definition(self, key: str, version: int) -> dict[str, Any] | None:
+        row = await self._conn.fetchrow(Q.web_definition, key, version)
+        return None if row is None else plain(row)
+
+    async def web_instances(
+        self, filters: Sequence[Any], limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Instances newest first; `filters`: process key, version, state, business key,
+        has an open incident, started at or after, started before (None: any)."""
+        rows = await self._conn.fetch(Q.web_instances, *filters, limit, offset)
+        return [plain(row) for row in rows]
+
+    async def web_incidents(
+        self,
+        process_key: str | None,
+        instance_id: str | None,
+        open_: bool | None,
+        limit: int,
+        offset: int,
+    ) -> list[dict[str, Any]]:
+        rows = await self._conn.fetch(
+            Q.web_incidents, process_key, instance_id, open_, limit, offset
+        )
+        return [plain(row) for row in rows]
+
     async def instance_row(self, instance_id: str) -> Row | None:
         row: Row | None = await self._conn.fetchrow(Q.instance_row, instance_id)
         return row

@@ -25,6 +25,8 @@ def another_value(name: str) -> Any:
     default = getattr(Settings(), name)
     if name == "namespace":
         return "elsewhere"
+    if name == "web_tokens":
+        return "reader-token-1=read"
     if isinstance(default, str):
         return default.replace("127.0.0.1", "example.org")
     if isinstance(default, float):
