@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, AliasChoices, Field, ValidationError, create_model
 from pydantic.dataclasses import dataclass
@@ -91,6 +91,11 @@ class Settings:
     #: Re-sends of one attempt without a claim before the task raises a `dispatch_lost`
     #: incident (a service task's `max_redispatches` overrides it).
     max_redispatches: NonNegative = 5
+    #: Serve Prometheus metrics on this port at /metrics, in the engine and in each worker
+    #: process (None: no metrics served). See docs/operations.md.
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    #: The CLI's log lines: `text`, or `json` (one JSON object a line).
+    log_format: Literal["text", "json"] = "text"
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(

@@ -388,3 +388,14 @@ LIMIT $1;
 -- name: instance_subscriptions
 SELECT id, node_id, name, correlation_key FROM message_subscriptions
 WHERE instance_id = $1 ORDER BY created_at, id;
+
+-- name: metrics_open_incidents
+-- Open incidents per process (the metrics' gauge; bounded by the deployed process keys).
+SELECT p.process_key, count(*) AS n FROM incidents i
+JOIN process_instances p ON p.id = i.instance_id
+WHERE i.resolved_at IS NULL GROUP BY p.process_key;
+
+-- name: metrics_outbox
+-- Outbox rows not yet published (and deleted), and the oldest one's age in seconds.
+SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age
+FROM outbox;

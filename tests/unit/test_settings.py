@@ -25,6 +25,10 @@ def another_value(name: str) -> Any:
     default = getattr(Settings(), name)
     if name == "namespace":
         return "elsewhere"
+    if name == "metrics_port":  # off by default
+        return 9464
+    if name == "log_format":
+        return "json"
     if isinstance(default, str):
         return default.replace("127.0.0.1", "example.org")
     if isinstance(default, float):
