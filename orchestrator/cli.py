@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import math
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from orchestrator import logs
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.errors import NotFound, OrchestratorError
@@ -209,10 +209,8 @@ _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = Settings.from_env()
+    logs.configure(args.log_level, settings.log_format)
     if args.timeout is not None:
         settings = replace(settings, client_timeout_s=args.timeout)
     try:

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, AliasChoices, Field, ValidationError, create_model
 from pydantic.dataclasses import dataclass
@@ -94,6 +94,11 @@ class Settings:
     #: Bearer tokens of the HTTP API (`orchestrator web`): `token=role,token2=role2`, each
     #: role `read` or `operator`. Unset: every /api request is refused.
     web_tokens: str | None = dataclasses.field(default=None, repr=False)
+    #: Serve Prometheus metrics on this port at /metrics, in the engine and in each worker
+    #: process (None: no metrics served). See docs/operations.md.
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    #: The CLI's log lines: `text`, or `json` (one JSON object a line).
+    log_format: Literal["text", "json"] = "text"
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from workers._acks import AckBatcher
 from workers._context import LockStatus, TaskContext
 from workers._durations import from_ms
 from workers._errors import LockLost
+from workers._metrics import WorkerMetrics, outcome_of
 from workers._outcome import Handler, info_of, run_handler
 from workers._sender import ReportSender
 
@@ -153,6 +155,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._acks = AckBatcher()
+        #: Served at /metrics when the settings name a metrics port.
+        self.metrics = WorkerMetrics()
 
     def task(
         self,
@@ -265,6 +269,8 @@ class Worker:
         if not self._topics:
             raise ValueError("the worker has no handlers: register one with @worker.task(topic)")
         settings = self.settings or Settings.from_env()
+        if settings.metrics_port is not None:
+            self._serve_metrics(settings.metrics_port)
         topology = Topology(settings.namespace)
         self._topology = topology
         self._connection = await connect(settings.amqp_url, name=self.worker_id, deadline_s=0)
@@ -307,6 +313,13 @@ class Worker:
         await self._acks.flush()
         if self._connection is not None:
             await self._connection.close()
+        await self.metrics.server.stop()
+
+    def _serve_metrics(self, port: int) -> None:
+        try:
+            self.metrics.server.start(port)
+        except OSError as exc:  # another worker of this process has the port, say
+            log.warning("worker %s: no metrics on port %d: %s", self.worker_id, port, exc)
 
     def _stop_handler(self, item: _Running, why: str) -> None:
         """Cancel a running handler whose task is not ours to finish; nothing is reported."""
@@ -378,7 +391,7 @@ class Worker:
                         self._keep_extending(item, topic.auto_extend_max_s)
                     )
                 try:
-                    report = await self._call_handler(topic.handler, item)
+                    report = await self._timed_handler(topic, item)
                 finally:
                     claim.cancel()
                     if extender is not None:
@@ -393,6 +406,21 @@ class Worker:
         finally:
             item.settled.set()
             self._running.pop((item.task.task_id, item.task.attempt), None)
+
+    async def _timed_handler(self, topic: _Topic, item: _Running) -> Report:
+        """The handler's report, counted and timed for the metrics."""
+        metrics, name = self.metrics, topic.name
+        in_flight = metrics.in_flight.labels(name)
+        in_flight.inc()
+        began = time.perf_counter()
+        report: Report | None = None
+        try:
+            report = await self._call_handler(topic.handler, item)
+            return report
+        finally:
+            in_flight.dec()
+            metrics.seconds.labels(name).observe(time.perf_counter() - began)
+            metrics.tasks.labels(name, outcome_of(report)).inc()
 
     async def _call_handler(self, handler: Handler, item: _Running) -> Report:
         task = item.task

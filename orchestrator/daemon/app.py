@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 from aio_pika.abc import AbstractRobustConnection
 
@@ -88,13 +90,22 @@ class Engine:
                         self.settings.max_report_bytes,
                     ).serve(self.message_consumer, self.stop),
                     "message-sweeper": self.messages.sweep_forever(1.0, self.stop),
+                    **self._metrics_loops(),
                 },
                 self.stop,
             )
         finally:
             await self.close()
 
+    def _metrics_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """With ORCH_METRICS_PORT: the loop that reads the metrics' database gauges."""
+        if self.settings.metrics_port is None:
+            return {}
+        return {"metrics": self.context.metrics.refresh_forever(self.store, self.stop)}
+
     async def open(self) -> None:
+        if self.settings.metrics_port is not None:
+            self.context.metrics.server.start(self.settings.metrics_port)
         topics = await self._open_store()
         await self._open_broker(topics)
         self._rounds = self._assemble_rounds()
@@ -121,6 +132,7 @@ class Engine:
             limits=settings.session_limits(),
             application_name=f"orchestrator {self.engine_id}",
         )
+        self._store.on_commit = self.context.metrics.committed
         async with self.store.session() as db:
             await db.migrate()
             topics = await admin.deployed_topics(db)
@@ -198,6 +210,7 @@ class Engine:
             await self._connection.close()
         if self._store is not None:
             await self._store.close()
+        await self.context.metrics.server.stop()
         log.info("engine %s stopped", self.engine_id)
 
     def install_signal_handlers(self) -> None:

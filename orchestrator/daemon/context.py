@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.daemon.definitions import DefinitionCache
+from orchestrator.daemon.metrics import EngineMetrics
 
 
 @dataclass(frozen=True)
@@ -12,3 +13,5 @@ class EngineContext:
     #: The definitions this engine compiled. (Who writes, and how long its outbox rows stay
     #: claimed by it, the store knows: see Store.)
     processes: DefinitionCache
+    #: What the engine counts for Prometheus (served only with ORCH_METRICS_PORT).
+    metrics: EngineMetrics = field(default_factory=EngineMetrics)

@@ -143,6 +143,7 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
             uow.incident(info.id, effect.node_id, "process", effect.message, task_id=effect.task_id)
         elif isinstance(effect, InstanceEnded):
             uow.ended_instances.append(info.id)
+            uow.instance_ends.append((info.process_key, effect.status))
             uow.count(f"instances_{effect.status}")
         elif isinstance(effect, Record):
             uow.record(info.id, effect.kind, effect.node_id, effect.task_id, effect.detail or None)

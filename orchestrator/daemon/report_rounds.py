@@ -62,6 +62,7 @@ class ReportRounds(RoundPart):
         items, dead = self.parse(batch)
         parsed_at = time.perf_counter()
         await self._apply_and_settle(batch, items, dead, {})
+        self._context.metrics.round(len(items), time.perf_counter() - began)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "report batch: %d messages, %d reports; parse %.2f ms, the rest %.2f ms",

@@ -429,3 +429,14 @@ WHERE ($1::text IS NULL OR p.process_key = $1)
   AND ($3::boolean IS NULL OR (n.resolved_at IS NULL) = $3)
 ORDER BY n.created_at DESC, n.id
 LIMIT $4 OFFSET $5;
+
+-- name: metrics_open_incidents
+-- Open incidents per process (the metrics' gauge; bounded by the deployed process keys).
+SELECT p.process_key, count(*) AS n FROM incidents i
+JOIN process_instances p ON p.id = i.instance_id
+WHERE i.resolved_at IS NULL GROUP BY p.process_key;
+
+-- name: metrics_outbox
+-- Outbox rows not yet published (and deleted), and the oldest one's age in seconds.
+SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age
+FROM outbox;

@@ -62,10 +62,13 @@ class Store:
         outbox_claim_ms: int,
         url: str | None = None,
         limits: SessionLimits | None = None,
+        on_commit: Callable[[UnitOfWork], None] | None = None,
     ) -> None:
         self._pool = pool
         self._engine_id = engine_id
         self._outbox_claim_ms = outbox_claim_ms
+        #: Told of each UnitOfWork once its transaction committed (the engine's metrics).
+        self.on_commit = on_commit
         #: Where a listener connects (see `listen`), and with which session limits.
         self._url = url
         self._limits = limits
@@ -92,7 +95,7 @@ class Store:
         await self._pool.close()
 
     def _session(self, conn: asyncpg.Connection) -> Session:
-        return Session(conn, self._engine_id, self._outbox_claim_ms)
+        return Session(conn, self._engine_id, self._outbox_claim_ms, self.on_commit)
 
     # --- sessions and transactions ---------------------------------------------------------
 
@@ -103,11 +106,13 @@ class Store:
         wait on it again."""
         async with self._pool.acquire(timeout=timeout) as conn:
             try:
-                yield self._session(conn)
+                session = self._session(conn)
+                yield session
             except BaseException as exc:
                 if _gone_silent(conn, exc):
                     conn.terminate()
                 raise
+            session.committed()
 
     async def in_transaction(
         self,
@@ -155,13 +160,15 @@ class Store:
             try:
                 transaction = conn.transaction()
                 await transaction.start()
+                session = self._session(conn)
                 try:
-                    result = await work(self._session(conn))
+                    result = await work(session)
                 except BaseException as exc:
                     if not _gone_silent(conn, exc):
                         await _roll_back(conn, transaction)
                     raise
                 await transaction.commit()
+                session.committed()
                 return result
             except BaseException as exc:
                 if _gone_silent(conn, exc):
@@ -174,9 +181,12 @@ class Store:
     ) -> AsyncIterator[Session]:
         """One transaction, tried once, with time limits of its own: an operator's action or
         read, or a deploy, waits longer than a round may (see SessionLimits)."""
-        async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
-            await conn.execute(Q.local_limits, str(lock_timeout_ms), str(statement_timeout_ms))
-            yield self._session(conn)
+        async with self._pool.acquire() as conn:
+            async with conn.transaction(readonly=readonly):
+                await conn.execute(Q.local_limits, str(lock_timeout_ms), str(statement_timeout_ms))
+                session = self._session(conn)
+                yield session
+            session.committed()
 
     async def answers(self, *, timeout: float = 3.0) -> bool:
         """One quick question to PostgreSQL, on a connection of the pool, bounded in time."""
@@ -235,17 +245,47 @@ class Session:
     """One connection of the store's pool, in a transaction or not (the caller's choice, made
     through the Store). Methods read or write by the named queries."""
 
-    __slots__ = ("_conn", "_engine_id", "_outbox_claim_ms")
+    __slots__ = ("_conn", "_engine_id", "_on_commit", "_outbox_claim_ms", "_written")
 
-    def __init__(self, conn: asyncpg.Connection, engine_id: str, outbox_claim_ms: int) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        engine_id: str,
+        outbox_claim_ms: int,
+        on_commit: Callable[[UnitOfWork], None] | None = None,
+    ) -> None:
         self._conn = conn
         self._engine_id = engine_id
         self._outbox_claim_ms = outbox_claim_ms
+        self._on_commit = on_commit
+        #: What this session wrote inside a transaction not yet committed.
+        self._written: list[UnitOfWork] = []
 
     async def write(self, uow: UnitOfWork) -> list[PublishedRow]:
         """Everything `uow` holds, in one statement (see UnitOfWork.write); the outbox rows
         to publish after commit."""
-        return await uow.write(self._conn, self._outbox_claim_ms, self._engine_id)
+        published = await uow.write(self._conn, self._outbox_claim_ms, self._engine_id)
+        if self._on_commit is not None:
+            if self._conn.is_in_transaction():
+                self._written.append(uow)
+            else:  # autocommit: the statement committed
+                self._on_commit(uow)
+        return published
+
+    def committed(self) -> None:
+        """The transaction this session wrote in committed: pass its writes on."""
+        if self._on_commit is not None:
+            for uow in self._written:
+                self._on_commit(uow)
+        self._written.clear()
+
+    async def metrics_gauges(self) -> tuple[dict[str, int], int, float]:
+        """(open incidents per process key, outbox rows waiting, the oldest one's age in s)."""
+        incidents = {
+            r["process_key"]: r["n"] for r in await self._conn.fetch(Q.metrics_open_incidents)
+        }
+        row = await self._conn.fetchrow(Q.metrics_outbox)
+        return incidents, int(row["n"]), float(row["age"])
 
     async def ping(self, timeout: float) -> None:
         await self._conn.fetchval(Q.ping, timeout=timeout)

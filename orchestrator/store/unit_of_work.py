@@ -255,6 +255,8 @@ class UnitOfWork:
     ledger_inserts: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     ledger_repeats: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     ended_instances: list[str] = field(default_factory=list)
+    #: (process key, status) of each instance that ended: the metrics' label values.
+    instance_ends: list[tuple[str, str]] = field(default_factory=list)
     #: (incident id, or None and a task id for all of that task's open incidents; resolution)
     resolved_incidents: list[tuple[str | None, str | None, str]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)

@@ -27,6 +27,10 @@ def another_value(name: str) -> Any:
         return "elsewhere"
     if name == "web_tokens":
         return "reader-token-1=read"
+    if name == "metrics_port":  # off by default
+        return 9464
+    if name == "log_format":
+        return "json"
     if isinstance(default, str):
         return default.replace("127.0.0.1", "example.org")
     if isinstance(default, float):

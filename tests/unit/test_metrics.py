@@ -1,0 +1,110 @@
+"""The engine's and the workers' metrics: their names and labels, as Prometheus reads them."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from orchestrator.daemon.metrics import EngineMetrics
+from orchestrator.model.wire import Completed
+from orchestrator.store.unit_of_work import InstanceRow, TaskRow, UnitOfWork
+from workers._metrics import WorkerMetrics, outcome_of
+
+
+def _samples(registry: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode()  # type: ignore[arg-type]
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _task(task_id: str, topic: str, status: str) -> TaskRow:
+    return TaskRow(
+        id=task_id,
+        instance_id="i",
+        node_id="n",
+        topic=topic,
+        status=status,  # type: ignore[arg-type]
+        attempt=1,
+        retries_left=0,
+        lock_ms=1000,
+        worker_id=None,
+        lease_expires_at=None,
+        lease_expiries=0,
+    )
+
+
+def test_engine_counts_what_committed_units_of_work_wrote() -> None:
+    metrics = EngineMetrics()
+    uow = UnitOfWork()
+    uow.count("tasks_created", 2)
+    uow.count("instances_completed")
+    uow.new_tasks += [_task("t1", "charge", "queued"), _task("t2", "ship", "queued")]
+    uow.changed_tasks["t3"] = _task("t3", "charge", "completed")
+    uow.changed_tasks["t4"] = _task("t4", "charge", "claimed")
+    uow.changed_tasks["t5"] = _task("t5", "ship", "incident")
+    uow.new_instances.append((InstanceRow(1, "order", None, "running"), None))  # type: ignore[arg-type]
+    uow.instance_ends.append(("order", "completed"))
+    metrics.committed(uow)
+    metrics.committed(uow)
+    metrics.round(120, 0.03)
+    samples = _samples(metrics.registry)
+    assert samples[("orch_engine_events_total", (("event", "tasks_created"),))] == 4
+    assert samples[("orch_engine_events_total", (("event", "instances_completed"),))] == 2
+    assert samples[("orch_tasks_created_total", (("topic", "charge"),))] == 2
+    assert samples[("orch_tasks_created_total", (("topic", "ship"),))] == 2
+    assert samples[("orch_tasks_completed_total", (("topic", "charge"),))] == 2
+    assert samples[("orch_tasks_incidents_total", (("topic", "ship"),))] == 2
+    assert ("orch_tasks_completed_total", (("topic", "ship"),)) not in samples
+    started = ("orch_instances_total", (("process", "order"), ("state", "started")))
+    completed = ("orch_instances_total", (("process", "order"), ("state", "completed")))
+    assert samples[started] == 2 and samples[completed] == 2
+    assert samples[("orch_round_reports_count", ())] == 1
+    assert samples[("orch_round_reports_sum", ())] == 120
+    assert samples[("orch_round_seconds_sum", ())] == 0.03
+    # The database gauges appear once they were read.
+    assert not any(name.startswith("orch_outbox") for name, _ in samples)
+
+
+def test_engine_gauges_once_read() -> None:
+    metrics = EngineMetrics()
+    metrics.gauges.open_incidents = {"order": 3}
+    metrics.gauges.outbox_waiting = 7
+    metrics.gauges.outbox_oldest_s = 1.5
+    metrics.gauges.read_at = 1_700_000_000.0
+    samples = _samples(metrics.registry)
+    assert samples[("orch_open_incidents", (("process", "order"),))] == 3
+    assert samples[("orch_outbox_waiting", ())] == 7
+    assert samples[("orch_outbox_oldest_seconds", ())] == 1.5
+
+
+def test_several_engines_in_one_process_have_registries_of_their_own() -> None:
+    first, second = EngineMetrics(), EngineMetrics()
+    uow = UnitOfWork()
+    uow.count("timers_fired")
+    first.committed(uow)
+    assert _samples(first.registry)[("orch_engine_events_total", (("event", "timers_fired"),))]
+    assert ("orch_engine_events_total", (("event", "timers_fired"),)) not in _samples(
+        second.registry
+    )
+
+
+def test_worker_metric_names() -> None:
+    metrics = WorkerMetrics()
+    metrics.tasks.labels("charge", "completed").inc()
+    metrics.seconds.labels("charge").observe(0.2)
+    metrics.in_flight.labels("charge").inc()
+    samples = _samples(metrics.registry)
+    completed = ("orch_worker_tasks_total", (("outcome", "completed"), ("topic", "charge")))
+    assert samples[completed] == 1
+    assert samples[("orch_worker_task_seconds_count", (("topic", "charge"),))] == 1
+    assert samples[("orch_worker_tasks_in_flight", (("topic", "charge"),))] == 1
+    assert WorkerMetrics().registry is not metrics.registry
+
+
+def test_worker_outcomes() -> None:
+    done = Completed(task_id="t", attempt=1, worker_id="w", variables={})
+    assert outcome_of(done) == "completed"
+    assert outcome_of(None) == "revoked"
