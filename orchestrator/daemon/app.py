@@ -132,7 +132,8 @@ class Engine:
             limits=settings.session_limits(),
             application_name=f"orchestrator {self.engine_id}",
         )
-        self._store.on_commit = self.context.metrics.committed
+        if settings.metrics_port is not None:  # nothing counted when nothing is served
+            self._store.on_commit = self.context.metrics.committed
         async with self.store.session() as db:
             await db.migrate()
             topics = await admin.deployed_topics(db)
