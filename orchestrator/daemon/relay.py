@@ -19,6 +19,7 @@ from orchestrator.broker.topology import (
     Topology,
     declare_task_queue,
 )
+from orchestrator.daemon.supervisor import wait_for_any
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Store
 from orchestrator.store.unit_of_work import OutboxMessage, PublishedRow
@@ -113,10 +114,10 @@ class Relay:
         commit each (with its WAL flush) cost the database more than the batches did. A row
         not yet deleted when its claim lapses is published again; consumers dedupe."""
         while not stop.is_set():
-            await _wait(stop, None, self._have_confirmed)
-            await _wait(stop, window_s)
+            await wait_for_any(stop, None, self._have_confirmed)
+            await wait_for_any(stop, window_s)
             if not await self.delete_confirmed():
-                await _wait(stop, 1.0)  # the database is away: do not spin
+                await wait_for_any(stop, 1.0)  # the database is away: do not spin
         await self.delete_confirmed()
 
     async def delete_confirmed(self) -> bool:
@@ -148,7 +149,7 @@ class Relay:
                     pass
             except RETRYABLE as exc:
                 log.warning("relay sweep: database unavailable: %s", exc)
-            await _wait(stop, interval)
+            await wait_for_any(stop, interval)
 
 
 class InFlight:
@@ -163,17 +164,3 @@ class InFlight:
         """Wait for the confirms; confirmed rows are deleted soon, the rest stay for the
         sweeper. How many rows were confirmed."""
         return self._relay.record_outcomes(self._rows, await self._sent.outcomes())
-
-
-async def _wait(
-    stop: asyncio.Event, seconds: float | None, event: asyncio.Event | None = None
-) -> None:
-    """Until `stop`, `event` (if given) or `seconds` (if given), whichever comes first."""
-    waits = [asyncio.ensure_future(stop.wait())]
-    if event is not None:
-        waits.append(asyncio.ensure_future(event.wait()))
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()

@@ -41,6 +41,20 @@ async def supervise(
         await asyncio.gather(*tasks, stopper, return_exceptions=True)
 
 
+async def wait_for_any(
+    stop: asyncio.Event, seconds: float | None, event: asyncio.Event | None = None
+) -> None:
+    """Until `stop`, `event` (if given) or `seconds` (if given), whichever comes first."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if event is not None:
+        waits.append(asyncio.ensure_future(event.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+
+
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     """A loop's pause, cut short when `stop` is set."""
     with contextlib.suppress(TimeoutError):

@@ -29,6 +29,7 @@ from orchestrator.daemon.effects import InstanceInfo, apply_transition
 from orchestrator.daemon.event_starts import start_at_event
 from orchestrator.daemon.revocations import revoke_notices
 from orchestrator.daemon.sender import Sender
+from orchestrator.daemon.supervisor import wait_for_any
 from orchestrator.definitions.graph import Process, process_starts
 from orchestrator.definitions.timers import TimerError, first_due, next_due, parse_timer
 from orchestrator.engine.state import CloseWait, InstanceState
@@ -84,7 +85,7 @@ class TimerScheduler:
                 await self._serve(listener, stop)
             except RETRYABLE as exc:
                 log.warning("timer scheduler: %s; again in %.1f s", exc, delay)
-                await _wait(stop, None, delay)
+                await wait_for_any(stop, delay)
                 delay = min(delay * 2, 5.0)
             finally:
                 if listener is not None:
@@ -112,7 +113,7 @@ class TimerScheduler:
                 self._woken.clear()
                 until_due = SAFETY_S if self._next is None else self._next - now
                 until_safety = SAFETY_S - (time.monotonic() - self._read_at)
-                await _wait(stop, self._woken, max(0.0, min(until_due, until_safety)))
+                await wait_for_any(stop, max(0.0, min(until_due, until_safety)), self._woken)
                 continue
             try:
                 fired = await self._fire_due(stop)
@@ -123,11 +124,11 @@ class TimerScheduler:
                 fired = 0
             except Exception:  # a bug, not the database: say so, and do not spin
                 log.exception("timer scheduler: a pass failed")
-                await _wait(stop, None, BUSY_PAUSE_MAX_S)
+                await wait_for_any(stop, BUSY_PAUSE_MAX_S)
                 fired = 0
             await self._read_next()
             if fired == 0 and self._next is not None and self._next <= time.time():
-                await _wait(stop, None, busy)  # due, but its instance is held elsewhere
+                await wait_for_any(stop, busy)  # due, but its instance is held elsewhere
                 busy = min(busy * 2, BUSY_PAUSE_MAX_S)
             else:
                 busy = BUSY_PAUSE_S
@@ -261,15 +262,3 @@ def start_timer_rows(
 
 def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
-
-
-async def _wait(stop: asyncio.Event, woken: asyncio.Event | None, seconds: float) -> None:
-    """Until `stop` or `woken` is set, or `seconds` passed."""
-    waits = [asyncio.ensure_future(stop.wait())]
-    if woken is not None:
-        waits.append(asyncio.ensure_future(woken.wait()))
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
