@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from orchestrator.broker.topology import delete_namespace
 from orchestrator.config import Settings
 from orchestrator.services import Services
 from tests.support import harness
@@ -62,7 +63,7 @@ async def settings(
         reaper_interval_ms=100,
         outbox_claim_ms=2_000,
     )
-    await harness.delete_namespace(services.amqp_url, namespace, topics)
+    await delete_namespace(services.amqp_url, namespace, topics)
 
 
 @pytest.fixture

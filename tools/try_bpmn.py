@@ -31,12 +31,13 @@ import sys
 import traceback
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from orchestrator.broker.topology import delete_namespace
 from orchestrator.daemon.admin import load_processes
 from orchestrator.definitions.loader import Process
 from orchestrator.errors import DefinitionError, OrchestratorError
@@ -202,7 +203,7 @@ async def run(root: Path, outcomes: list[Outcome], timeout: float) -> int:
                 await _report_runs(client, root, started, outcomes)
         finally:
             await db.close()
-            await _delete_namespace(settings.amqp_url, settings.namespace, topics)
+            await delete_namespace(settings.amqp_url, settings.namespace, topics)
     return half
 
 
@@ -362,35 +363,6 @@ async def _worker(settings: Any, topics: list[str]) -> AsyncIterator[None]:
         return
     async with worker:
         yield
-
-
-async def _delete_namespace(amqp_url: str, namespace: str, topics: Iterable[str]) -> None:
-    """Remove the queues and exchanges the trial declared."""
-    import aio_pika
-
-    from orchestrator.broker.topology import Topology
-
-    topology = Topology(namespace)
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        queues = [topology.reports_queue, topology.commands_queue, topology.dead_queue]
-        queues += [topology.task_queue(topic) for topic in topics]
-        exchanges = [
-            topology.tasks_exchange,
-            topology.reports_exchange,
-            topology.commands_exchange,
-            topology.dead_exchange,
-        ]
-        for queue in queues:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(queue)
-        for exchange in exchanges:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(exchange)
-    finally:
-        await connection.close()
 
 
 def main(argv: list[str] | None = None) -> int:

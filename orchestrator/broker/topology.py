@@ -5,6 +5,8 @@ See docs/wire-protocol.md; rabbitmq/definitions.json holds the same for the defa
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +119,30 @@ async def declare_task_queue(
     )
     await queue.bind(exchange, routing_key=topic)
     return queue
+
+
+async def delete_namespace(amqp_url: str, namespace: str, topics: Iterable[str]) -> None:
+    """Delete every queue and exchange of a namespace (its task queues: those of `topics`),
+    so the durable ones a test or a trial declared do not pile up in the broker."""
+    topology = Topology(namespace)
+    queues = [topology.reports_queue, topology.commands_queue, topology.dead_queue]
+    queues += [topology.messages_queue, *(topology.task_queue(topic) for topic in topics)]
+    exchanges = [
+        topology.tasks_exchange,
+        topology.reports_exchange,
+        topology.commands_exchange,
+        topology.dead_exchange,
+        topology.messages_exchange,
+    ]
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        for queue in queues:  # a failed delete closes its channel: one channel each
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+        for exchange in exchanges:
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()

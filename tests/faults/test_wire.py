@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from orchestrator.broker.topology import Topology
+from orchestrator.broker.topology import Topology, delete_namespace
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from tests.faults.wire import WireRelay
@@ -23,7 +23,6 @@ from tests.integration.test_malformed import collect_dead, nothing_more_dead, re
 from tests.support.harness import (
     Processes,
     counter,
-    delete_namespace,
     new_namespace,
     publish_raw,
     sequential_process,

@@ -68,33 +68,6 @@ def new_namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-async def delete_namespace(amqp_url: str, namespace: str, topics: set[str]) -> None:
-    """Remove what a test declared, so durable test queues do not pile up in the broker."""
-    topology = Topology(namespace)
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        queues = [topology.reports_queue, topology.commands_queue, topology.dead_queue]
-        queues.append(topology.messages_queue)
-        queues += [topology.task_queue(topic) for topic in topics]
-        exchanges = [
-            topology.tasks_exchange,
-            topology.reports_exchange,
-            topology.commands_exchange,
-            topology.dead_exchange,
-            topology.messages_exchange,
-        ]
-        for queue in queues:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(queue)
-        for exchange in exchanges:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(exchange)
-    finally:
-        await connection.close()
-
-
 async def wait_until(
     check: Callable[[], Awaitable[bool]], *, timeout: float, what: str, interval: float = 0.05
 ) -> float:
