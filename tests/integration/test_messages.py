@@ -16,12 +16,13 @@ from orchestrator.client import Client, IdempotencyConflict, NotFound
 from orchestrator.config import Settings
 from tests.support.harness import (
     Processes,
+    hang_until_cancelled,
     publish_raw,
     running_engine,
     running_worker,
     wait_until,
 )
-from workers import TaskContext, Worker
+from workers import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -244,17 +245,8 @@ async def test_an_interrupting_message_boundary_event_withdraws_the_task(
     """The task's worker is running it: it is told to stop (task_revoked)."""
     topics.add("msg-work")
     worker = Worker("interrupted", settings=settings, claim_after_ms=0)
-    running, stopped = asyncio.Event(), asyncio.Event()
-
-    @worker.task("msg-work")
-    async def work(task: TaskContext) -> dict[str, Any]:
-        running.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            stopped.set()
-            raise
-        return {}
+    hanging = hang_until_cancelled(worker, "msg-work")
+    running, stopped = hanging.running, hanging.stopped
 
     async with running_engine(settings), Client(settings) as client:
         await client.deploy(interrupted_task("interrupt", "msg-work"))

@@ -17,7 +17,13 @@ from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.errors import InvalidCommand, InvalidState, NotFound
 from orchestrator.model.wire import BpmnErrorReport, Claimed, Completed
-from tests.support.harness import process_env, running_engine, running_worker, wait_until
+from tests.support.harness import (
+    hang_until_cancelled,
+    process_env,
+    running_engine,
+    running_worker,
+    wait_until,
+)
 from tests.support.raw_worker import RawWorker
 from workers import BpmnError, TaskContext, TaskFailure, Worker
 
@@ -290,18 +296,8 @@ async def test_cancel_withdraws_tasks_stops_the_holder_and_refuses_late_reports(
     settings: Settings, topics: set[str], db: asyncpg.Pool
 ) -> None:
     worker = payment_worker(settings, claim_after_ms=0)
-    running = asyncio.Event()
-    stopped = asyncio.Event()
-
-    @worker.task(CHARGE)
-    async def charge(task: TaskContext) -> dict[str, Any]:
-        running.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            stopped.set()
-            raise
-        return {}
+    hanging = hang_until_cancelled(worker, CHARGE)
+    running, stopped = hanging.running, hanging.stopped
 
     async with payment_setup(settings, topics, worker) as client:
         started = await client.start("pay", business_key="c1", variables={})

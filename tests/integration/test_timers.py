@@ -14,7 +14,13 @@ import pytest
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.model.wire import Completed
-from tests.support.harness import instance_states, running_engine, running_worker, wait_until
+from tests.support.harness import (
+    hang_until_cancelled,
+    instance_states,
+    running_engine,
+    running_worker,
+    wait_until,
+)
 from tests.support.raw_worker import RawWorker
 from workers import TaskContext, Worker
 
@@ -122,17 +128,8 @@ async def test_an_interrupting_boundary_timer_withdraws_the_task_and_revokes_its
 ) -> None:
     topics.add("slow-work")
     worker = Worker("slow", settings=settings, claim_after_ms=0)
-    running, stopped = asyncio.Event(), asyncio.Event()
-
-    @worker.task("slow-work")
-    async def slow(task: TaskContext) -> dict[str, Any]:
-        running.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            stopped.set()
-            raise
-        return {}
+    hanging = hang_until_cancelled(worker, "slow-work")
+    running, stopped = hanging.running, hanging.stopped
 
     definition = boundary_process(
         "deadline", "slow-work", _timer("duration", "PT1S"), interrupting=True

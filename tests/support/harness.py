@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +27,7 @@ from orchestrator.model.wire import TaskMessage
 from orchestrator.store.migrate import apply_migrations, ensure_database
 from orchestrator.store.pool import create_pool
 from orchestrator.subprocesses import spawn, stop
-from workers import Worker
+from workers import TaskContext, Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,6 +91,31 @@ async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
     finally:
         engine.stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@dataclass
+class Hanging:
+    """A handler that runs until it is cancelled: `running` once it started, `stopped` once
+    its cancellation (a task_revoked, say) reached it."""
+
+    running: asyncio.Event
+    stopped: asyncio.Event
+
+
+def hang_until_cancelled(worker: Worker, topic: str) -> Hanging:
+    hanging = Hanging(asyncio.Event(), asyncio.Event())
+
+    @worker.task(topic)
+    async def hang(task: TaskContext) -> dict[str, Any]:
+        hanging.running.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            hanging.stopped.set()
+            raise
+        return {}
+
+    return hanging
 
 
 @contextlib.asynccontextmanager
