@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.daemon.timers import start_timer_rows
-from orchestrator.definitions.bpmn.detect import looks_like_bpmn
+from orchestrator.definitions.bpmn.detect import reads_as_xml
 from orchestrator.definitions.bpmn.reader import load_bpmn
 from orchestrator.definitions.loader import Process, content_hash, load_definition
 from orchestrator.errors import NotFound
@@ -19,9 +19,7 @@ DEPLOY_LOCK_TIMEOUT_MS = 10_000
 def load_processes(source: str) -> list[Process]:
     """Every process in a source: BPMN 2.0 XML (told apart by content) holds one or more,
     YAML or JSON one. Refused whole (DefinitionError) if any of them cannot run."""
-    # Anything that starts like XML is read as XML: a file with a DTD is BPMN refused for
-    # its DTD, not YAML refused for not being a mapping.
-    if looks_like_bpmn(source) or source.lstrip("\ufeff \t\r\n").startswith("<"):
+    if reads_as_xml(source):
         return load_bpmn(source)
     return [load_definition(source)]
 

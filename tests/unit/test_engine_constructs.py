@@ -339,10 +339,10 @@ def test_a_called_instance_notifies_its_caller_and_throws_errors_it_catches() ->
         ],
         [("s", "x", None), ("x", "boom", "fail == true"), ("x", "ok", None)],
     )
-    caller = CALLER.definition
-    assert caller  # the caller's catches come in through StartChild.called_by
     first = start(CALLER, amount=1)
+    # The caller's catches come in through StartChild.called_by.
     called_by = next(e for e in first.effects if isinstance(e, StartChild)).called_by
+    assert called_by.catches == ("NO",)
     fine = start_instance(child, str(uuid.uuid4()), {"result": 7}, called_by)
     notify = next(e for e in fine.effects if isinstance(e, NotifyParent))
     assert notify.error_code is None and notify.variables == {"result": 7}

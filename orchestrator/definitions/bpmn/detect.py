@@ -20,3 +20,9 @@ def looks_like_bpmn(source: bytes | str) -> bool:
         return False
     match = _FIRST_TAG.match(_PROLOG.sub("", head).lstrip())
     return match is not None and match.group(2) == "definitions" and BPMN in head
+
+
+def reads_as_xml(source: str) -> bool:
+    """What deploy reads as BPMN: anything that starts like XML (YAML and JSON never do). A
+    file with a DTD, or XML that is not BPMN, is then refused as such, not as bad YAML."""
+    return source.lstrip("\ufeff \t\r\n").startswith("<")
