@@ -24,9 +24,11 @@ def child_worker_id(child_id: str) -> str:
     return f"instance:{child_id}"
 
 
-def start_child(effect: StartChild, attempt: int = 1) -> OutboxMessage:
+def start_child(
+    effect: StartChild, attempt: int = 1, *, traceparent: str | None = None
+) -> OutboxMessage:
     """The child's start command (`attempt`: the call's task attempt, after an operator's
-    retry of a start that failed)."""
+    retry of a start that failed). The child joins its caller's trace (`traceparent`)."""
     called = effect.called_by
     body: dict[str, Any] = {
         "v": WIRE_VERSION,
@@ -38,10 +40,16 @@ def start_child(effect: StartChild, attempt: int = 1) -> OutboxMessage:
         "instance_id": effect.instance_id,
         "called_by": {**_called_by(called), "attempt": attempt},
     }
-    return OutboxMessage(OUTBOX_TO_COMMANDS, f"start:{effect.instance_id}", orjson.dumps(body))
+    if traceparent is not None:
+        body["traceparent"] = traceparent
+    return OutboxMessage(
+        OUTBOX_TO_COMMANDS, f"start:{effect.instance_id}", orjson.dumps(body), traceparent
+    )
 
 
-def notify_parent(effect: NotifyParent, child_id: str) -> OutboxMessage:
+def notify_parent(
+    effect: NotifyParent, child_id: str, traceparent: str | None = None
+) -> OutboxMessage:
     """The child's outcome as the report of its call activity's task."""
     report: dict[str, Any] = {
         "v": WIRE_VERSION,
@@ -54,7 +62,9 @@ def notify_parent(effect: NotifyParent, child_id: str) -> OutboxMessage:
         report["type"] = "completed"
     else:
         report.update(type="bpmn_error", code=effect.error_code, message=effect.error_message)
-    return OutboxMessage(OUTBOX_TO_REPORTS, f"ended:{child_id}", orjson.dumps(report))
+    if traceparent is not None:
+        report["traceparent"] = traceparent
+    return OutboxMessage(OUTBOX_TO_REPORTS, f"ended:{child_id}", orjson.dumps(report), traceparent)
 
 
 def start_failed(called_by: CalledBy, attempt: int, reason: str) -> OutboxMessage:

@@ -40,6 +40,8 @@ class InstanceInfo:
     id: str
     process_key: str
     business_key: str | None
+    #: The instance's W3C trace context: the header of its task messages.
+    traceparent: str | None = None
 
 
 #: The worker id a call activity's task is held by while its child runs.
@@ -83,7 +85,7 @@ def task_message(
     if extra:  # a service task's headers, a user task's assignment
         message.update(extra)
     body = orjson.dumps(message)
-    return OutboxMessage(task.topic, f"{task.id}:{task.attempt}", body)
+    return OutboxMessage(task.topic, f"{task.id}:{task.attempt}", body, info.traceparent)
 
 
 def apply_task_decision(
@@ -148,10 +150,10 @@ def apply_transition(uow: UnitOfWork, info: InstanceInfo, transition: Transition
         elif isinstance(effect, Record):
             uow.record(info.id, effect.kind, effect.node_id, effect.task_id, effect.detail or None)
         elif isinstance(effect, StartChild):
-            uow.outbox.append(calls.start_child(effect))
+            uow.outbox.append(calls.start_child(effect, traceparent=info.traceparent))
             uow.count("calls_started")
         elif isinstance(effect, NotifyParent):
-            uow.outbox.append(calls.notify_parent(effect, info.id))
+            uow.outbox.append(calls.notify_parent(effect, info.id, info.traceparent))
         elif isinstance(effect, StartTimer):
             uow.new_timers.append(NewTimer(effect.wait_id, info.id, effect.node_id, effect.spec))
         elif isinstance(effect, OpenSubscription):

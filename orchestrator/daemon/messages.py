@@ -323,7 +323,7 @@ async def _correlate_to(
     process = await context.processes.get(db, row.definition_id)
     transition = step.message_correlated(process, state, wait_id, message.variables)
     uow.changed_instances[state.id] = transition.state
-    info = InstanceInfo(state.id, row.process_key, row.business_key)
+    info = InstanceInfo(state.id, row.process_key, row.business_key, row.traceparent)
     wait = next(w for w in state.waits if w.id == wait_id)
     detail = {"message_id": message.message_id, "name": message.name}
     uow.record(state.id, "message_correlated", wait.node_id, None, detail)

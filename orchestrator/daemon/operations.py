@@ -81,7 +81,9 @@ async def retry(db: Session, context: EngineContext, command: RetryCommand) -> O
         instance_active=instance["status"] == "active",
     )
     uow = UnitOfWork()
-    info = InstanceInfo(task.instance_id, instance["process_key"], instance["business_key"])
+    info = InstanceInfo(
+        task.instance_id, instance["process_key"], instance["business_key"], instance["traceparent"]
+    )
     process = await context.processes.get(db, instance["definition_id"])
     only = fetch_list(process.nodes.get(task.node_id))
     apply_task_decision(uow, task, decision, info, variables_for_task(instance, task.id, only))
@@ -99,7 +101,9 @@ async def _restart_call(
     process = await context.processes.get(db, instance["definition_id"])
     start = restart_call(process, state_from_record(instance), task.id)
     task.status, task.worker_id = "claimed", CALL_HOLDER
-    uow.outbox.append(calls.start_child(start, attempt=task.attempt))
+    uow.outbox.append(
+        calls.start_child(start, attempt=task.attempt, traceparent=instance["traceparent"])
+    )
 
 
 async def _refuse_cancelling_a_called_instance(db: Session, instance: Row) -> None:
@@ -162,7 +166,12 @@ async def cancel(
     uow = UnitOfWork()
     transition = cancel_instance(state_from_record(instance), command.reason)
     uow.changed_instances[transition.state.id] = transition.state
-    info = InstanceInfo(transition.state.id, instance["process_key"], instance["business_key"])
+    info = InstanceInfo(
+        transition.state.id,
+        instance["process_key"],
+        instance["business_key"],
+        instance["traceparent"],
+    )
     apply_transition(uow, info, transition)
     notices = []
     for record in await db.open_tasks_of_instance(instance["id"]):

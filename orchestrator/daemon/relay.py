@@ -23,6 +23,7 @@ from orchestrator.daemon.supervisor import wait_for_any
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Store
 from orchestrator.store.unit_of_work import OutboxMessage, PublishedRow
+from orchestrator.tracing import TRACEPARENT
 
 _ENGINE_ROUTES = frozenset({OUTBOX_TO_REPORTS, OUTBOX_TO_COMMANDS})
 log = logging.getLogger(__name__)
@@ -56,12 +57,11 @@ class Relay:
             exchange, routing_key = self._topology.reports_exchange, REPORT_ROUTING_KEY
         elif routing_key == OUTBOX_TO_COMMANDS:
             exchange, routing_key = self._topology.commands_exchange, COMMAND_ROUTING_KEY
+        headers = {PUBLISHED_AT_HEADER: published_at_ms}
+        if message.traceparent is not None:  # its instance's trace, for the worker and spans
+            headers[TRACEPARENT] = message.traceparent
         return Outgoing(
-            exchange,
-            routing_key,
-            message.body,
-            message_id=message.message_id,
-            headers={PUBLISHED_AT_HEADER: published_at_ms},
+            exchange, routing_key, message.body, message_id=message.message_id, headers=headers
         )
 
     async def publish(self, rows: list[PublishedRow]) -> int:

@@ -10,9 +10,12 @@ and dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from typing import Any
 
+from orchestrator import tracing
 from orchestrator.broker.batches import ack_all, ack_each
 from orchestrator.daemon.held import Held, HeldMessages
 from orchestrator.daemon.last_written import RowCopies, StaleCopy
@@ -29,6 +32,25 @@ log = logging.getLogger(__name__)
 #: A report with the message that carried it and its own bytes (for a dead letter).
 ReportItem = tuple[Message, bytes, IncomingReport]
 HeldReport = tuple[bytes, IncomingReport]
+
+
+def _round_span(
+    batch: list[Message], items: list[ReportItem]
+) -> contextlib.AbstractContextManager[Any]:
+    """With OpenTelemetry, a span of the round, linked to the trace of each report it
+    applies (a report's own traceparent, else its message's header): a round serves many
+    instances, so it belongs to none of their traces."""
+    if not tracing.enabled():
+        return contextlib.nullcontext()
+    traceparents = (
+        item.report.traceparent or tracing.header_traceparent(message.headers)
+        for message, _, item in items
+    )
+    return tracing.span(
+        "orchestrator report round",
+        links=tracing.links_to(traceparents),
+        attributes={"orchestrator.messages": len(batch), "orchestrator.reports": len(items)},
+    )
 
 
 class ReportRounds(RoundPart):
@@ -61,7 +83,8 @@ class ReportRounds(RoundPart):
         began = time.perf_counter()
         items, dead = self.parse(batch)
         parsed_at = time.perf_counter()
-        await self._apply_and_settle(batch, items, dead, {})
+        with _round_span(batch, items):
+            await self._apply_and_settle(batch, items, dead, {})
         self._context.metrics.round(len(items), time.perf_counter() - began)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(

@@ -315,7 +315,7 @@ class ReportBatch:
 
     def _info(self, instance_id: str) -> InstanceInfo:
         row = self._instances[instance_id]
-        return InstanceInfo(instance_id, row.process_key, row.business_key)
+        return InstanceInfo(instance_id, row.process_key, row.business_key, row.traceparent)
 
     def _carry_out(self, item: IncomingReport, task: TaskRow, decision: lifecycle.Decision) -> None:
         """Write what the task's lifecycle decided; answer the worker."""

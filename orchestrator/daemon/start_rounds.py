@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from orchestrator import tracing
 from orchestrator.broker.batches import ack_each
 from orchestrator.broker.deadline import split_lapsed
 from orchestrator.daemon.commands import OperatorCommands
@@ -67,12 +68,55 @@ class StartRounds(RoundPart):
                 settled.append(message)
                 continue
             if isinstance(command, StartCommand):
-                starts.append((message, command))
+                starts.append((message, _traced(message, command)))
                 settled.append(message)
             else:
                 self._commands.answer_in_background(message, command)
         await self._sender.dead_letter(dead, self._topology.commands_queue)
-        await self._run(starts, answers, settled=settled)
+        if starts and tracing.enabled():
+            await self._run_in_spans(starts, answers, settled)
+        else:
+            await self._run(starts, answers, settled=settled)
+
+    async def _run_in_spans(
+        self,
+        starts: list[tuple[Message, StartCommand]],
+        answers: list[tuple[Message, CommandResult]],
+        settled: list[Message],
+    ) -> None:
+        """`_run` with OpenTelemetry: a span per start, a child of its caller's span (a new
+        trace without one), whose traceparent the instance keeps, so its tasks are children
+        of it; and a span of the round, linked to each of them."""
+        spans: dict[int, Any] = {}
+        traced: list[tuple[Message, StartCommand]] = []
+        for message, command in starts:
+            span = tracing.start_span(
+                f"orchestrator start {command.process_key}",
+                parent=command.traceparent,
+                kind="consumer",
+                attributes={"orchestrator.process_key": command.process_key},
+            )
+            traceparent = tracing.traceparent_of(span) if span is not None else None
+            if span is not None and traceparent is not None:
+                spans[id(message)] = span
+                command = command.model_copy(update={"traceparent": traceparent})
+            traced.append((message, command))
+        links = tracing.links_to(command.traceparent for _, command in traced)
+        try:
+            with tracing.span(
+                "orchestrator start round",
+                links=links,
+                attributes={"orchestrator.starts": len(starts)},
+            ):
+                await self._run(traced, answers, settled=settled)
+        finally:
+            for message, result in answers:
+                span = spans.get(id(message))
+                if span is not None and isinstance(result, dict) and "instance_id" in result:
+                    span.set_attribute("orchestrator.instance_id", str(result["instance_id"]))
+                    span.set_attribute("orchestrator.created", bool(result.get("created")))
+            for span in spans.values():
+                span.end()
 
     async def drop_lapsed(self, lapsed: list[tuple[Message, str]]) -> None:
         """Commands whose sender's deadline passed before they arrived (the sender gave up on
@@ -188,3 +232,13 @@ class StartRounds(RoundPart):
         self.started(uow)
         await self._sender.send(rows, [])
         return [*results]
+
+
+def _traced(message: Message, command: StartCommand) -> StartCommand:
+    """The start with its caller's trace: the body's `traceparent`, else the message's
+    header (a bad one in either is ignored)."""
+    if command.traceparent is None:
+        traceparent = tracing.header_traceparent(message.headers)
+        if traceparent is not None:
+            return command.model_copy(update={"traceparent": traceparent})
+    return command

@@ -30,6 +30,7 @@ from orchestrator.store.errors import NeedsLocks
 from orchestrator.store.rows import DefinitionRef
 from orchestrator.store.store import Session
 from orchestrator.store.unit_of_work import InstanceRow, PublishedRow, UnitOfWork
+from orchestrator.tracing import new_traceparent
 
 StartResult = dict[str, Any] | OrchestratorError
 
@@ -259,14 +260,19 @@ class StartBatch:
         transition = start_instance(
             start.process, start.instance_id, command.variables, _called_by(command), start_at
         )
+        # Every instance has a trace: its caller's, else a new one.
+        traceparent = command.traceparent or new_traceparent()
         row = InstanceRow(
             start.definition.id,
             command.process_key,
             command.business_key,
             transition.state.status,
+            traceparent,
         )
         self._uow.new_instances.append((row, transition.state))
-        info = InstanceInfo(start.instance_id, command.process_key, command.business_key)
+        info = InstanceInfo(
+            start.instance_id, command.process_key, command.business_key, traceparent
+        )
         apply_transition(self._uow, info, transition)
         self._uow.count("instances_started")
         start.result = {

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 from pydantic.config import JsonDict
+
+from orchestrator.tracing import valid_traceparent
 
 WIRE_VERSION = 1
 Variables = dict[str, Any]
@@ -38,6 +40,14 @@ class _Wire(BaseModel):
 #: A UUID in its usual text form: the engine makes every task, instance and incident id.
 Uuid = Annotated[str, WithJsonSchema({"type": "string", "format": "uuid"})]
 
+
+#: A W3C traceparent; anything else reads as absent (a bad trace context never refuses a
+#: message).
+TraceParent = Annotated[str | None, BeforeValidator(valid_traceparent)]
+_TRACEPARENT = (
+    "W3C Trace Context traceparent (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, "
+    "lower case). Optional; a value that is not one is ignored."
+)
 
 _TASK_ID = "The task's id (a UUID), copied from the task message; the same for every attempt."
 _ATTEMPT = "The attempt, copied from the task message (1, 2, ...)."
@@ -146,6 +156,11 @@ class _Report(_Wire):
         description="Your worker process's id, unique among all workers and the same in all "
         "its reports: the engine records the lease holder by it, and sends unasked notices "
         "(task_revoked on a cancel) to the queue <ns>.worker.<worker_id>.",
+    )
+    traceparent: TraceParent = Field(
+        None,
+        description=_TRACEPARENT + " The trace of the task this reports on (the task "
+        "message's traceparent header), with your span's id if you record one.",
     )
 
 
@@ -379,6 +394,12 @@ class StartCommand(_Wire):
         None,
         description="Engine-internal: the timer or message start event that starts the "
         "instance (default: the none start event). Clients leave it out.",
+    )
+    traceparent: TraceParent = Field(
+        None,
+        description=_TRACEPARENT + " The caller's trace: the instance and all its tasks join "
+        "it (the message's traceparent header stands in when this is absent; with neither, "
+        "the engine starts a new trace). Not part of the idempotent payload.",
     )
 
 

@@ -90,7 +90,7 @@ JOIN unnest($1::text[], $2::text[]) AS u (p, b) ON k.process_key = u.p AND k.bus
 -- Instance rows are locked in id order, so concurrent engines never deadlock. An instance
 -- another session holds is skipped, not waited for: its reports wait for a later round.
 SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq,
-       scopes, version
+       scopes, version, traceparent
 FROM process_instances
 WHERE id IN (SELECT instance_id FROM tasks WHERE id = ANY($1::uuid[]))
 ORDER BY id FOR UPDATE SKIP LOCKED;
@@ -114,7 +114,7 @@ WHERE id IN (
     SELECT id FROM outbox WHERE claimed_until < now()
     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
 )
-RETURNING id, routing_key, message_id, body;
+RETURNING id, routing_key, message_id, body, traceparent;
 
 -- name: bump_counter
 INSERT INTO engine_counters (engine_id, name, value) VALUES ($1, $2, $3)
@@ -125,7 +125,7 @@ ON CONFLICT (engine_id, name) DO UPDATE SET value = engine_counters.value + excl
 SELECT t.id, t.instance_id, t.node_id, t.topic, t.status, t.attempt, t.retries_left,
        t.lock_ms, t.worker_id, t.lease_expires_at, t.lease_expiries, t.last_error,
        t.last_error_details, t.version, i.process_key, i.business_key, i.variables, i.tokens, i.scopes,
-       i.definition_id
+       i.definition_id, i.traceparent
 FROM tasks t JOIN process_instances i ON i.id = t.instance_id
 WHERE (t.status = 'claimed' AND t.lease_expires_at < now())
    OR (t.status = 'retry_wait' AND t.due_at <= now())
@@ -159,7 +159,8 @@ SELECT t.id, t.instance_id, t.node_id, t.topic, t.status, t.attempt, t.retries_l
        t.lock_ms, t.worker_id, t.lease_expires_at, t.lease_expiries, t.last_error,
        t.last_error_details, t.version, t.redispatches,
        (extract(epoch FROM now() - t.dispatched_at) * 1000)::bigint AS waited_ms,
-       i.process_key, i.business_key, i.variables, i.tokens, i.scopes, i.definition_id
+       i.process_key, i.business_key, i.variables, i.tokens, i.scopes, i.definition_id,
+       i.traceparent
 FROM tasks t JOIN process_instances i ON i.id = t.instance_id
 WHERE t.status = 'queued' AND t.topic = $1
   AND t.dispatched_at <= now() - make_interval(secs => $2::bigint / 1000.0)
@@ -215,7 +216,7 @@ SELECT graph FROM process_definitions;
 
 -- name: lock_instance
 SELECT id, definition_id, process_key, business_key, status, variables, tokens, seq,
-       scopes, version
+       scopes, version, traceparent
 FROM process_instances WHERE id = $1 FOR UPDATE;
 
 -- name: open_tasks_of_instance
@@ -269,7 +270,7 @@ FROM process_instances c WHERE c.parent_id = $1 ORDER BY c.started_at, c.id;
 -- timer whose instance a round holds is left for the next pass).
 SELECT m.id AS timer_id, m.node_id AS timer_node, m.kind, m.spec, m.due_at, m.fired,
        i.id, i.definition_id, i.process_key, i.business_key, i.status, i.variables,
-       i.tokens, i.seq, i.scopes, i.version
+       i.tokens, i.seq, i.scopes, i.version, i.traceparent
 FROM timers m JOIN process_instances i ON i.id = m.instance_id
 WHERE m.due_at <= $1
 ORDER BY m.due_at, m.id LIMIT $2
@@ -342,7 +343,7 @@ WHERE message_id = $1;
 -- The oldest subscription to (name, correlation key) whose instance no other session holds,
 -- with that instance locked: its wait id and the instance's row.
 SELECT s.id AS wait_id, i.id, i.definition_id, i.process_key, i.business_key, i.status,
-       i.variables, i.tokens, i.seq, i.scopes, i.version
+       i.variables, i.tokens, i.seq, i.scopes, i.version, i.traceparent
 FROM message_subscriptions s JOIN process_instances i ON i.id = s.instance_id
 WHERE s.name = $1
   AND (s.correlation_key = $2::text OR (s.correlation_key IS NULL AND $2::text IS NULL))

@@ -236,7 +236,10 @@ class Store:
         async with self._pool.acquire() as conn:
             records = await conn.fetch(Q.claim_lapsed_outbox, self._outbox_claim_ms, limit)
         return [
-            PublishedRow(r["id"], OutboxMessage(r["routing_key"], r["message_id"], r["body"]))
+            PublishedRow(
+                r["id"],
+                OutboxMessage(r["routing_key"], r["message_id"], r["body"], r["traceparent"]),
+            )
             for r in records
         ]
 

@@ -77,6 +77,8 @@ class OutboxMessage:
     routing_key: str
     message_id: str
     body: bytes
+    #: The `traceparent` header it is published with (its instance's trace).
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,17 @@ class InstanceRow:
     process_key: str
     business_key: str | None
     status: str
+    #: The instance's W3C trace context (None: an instance started before traces existed).
+    traceparent: str | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> InstanceRow:
         return cls(
-            record["definition_id"], record["process_key"], record["business_key"], record["status"]
+            record["definition_id"],
+            record["process_key"],
+            record["business_key"],
+            record["status"],
+            record["traceparent"],
         )
 
 
@@ -395,7 +403,7 @@ class UnitOfWork:
             instances = [
                 _with_json(_new_instance_args(r, s), 5, 6, 8) for r, s in self.new_instances
             ]
-            parts["new_instances"] = _columns(instances, 10)
+            parts["new_instances"] = _columns(instances, 11)
         if self.changed_instances:
             changed = [
                 (*_with_json(state_to_row(s), 2, 3, 5), s.version)
@@ -436,8 +444,8 @@ class UnitOfWork:
         if self.resolved_incidents:
             parts["resolved_incidents"] = _columns(self.resolved_incidents, 3)
         if self.outbox:
-            messages = [(m.routing_key, m.message_id, m.body) for m in self.outbox]
-            parts["new_outbox"] = [outbox_claim_ms, *_columns(messages, 3)]
+            messages = [(m.routing_key, m.message_id, m.body, m.traceparent) for m in self.outbox]
+            parts["new_outbox"] = [outbox_claim_ms, *_columns(messages, 4)]
         if self.start_keys:
             parts["start_keys"] = _columns(self.start_keys, 3)
         if self.latest_definitions:
@@ -490,6 +498,7 @@ def _new_instance_args(row: InstanceRow, state: InstanceState) -> tuple[Any, ...
         seq,
         scopes,
         parent,
+        row.traceparent,
     )
 
 

@@ -8,14 +8,14 @@
 -- part: new_instances
 INSERT INTO process_instances
     (id, definition_id, process_key, business_key, status, variables, tokens, seq, ended_at,
-     scopes, parent_id)
+     scopes, parent_id, traceparent)
 SELECT u.id, u.definition_id, u.process_key, u.business_key, u.status, u.variables::jsonb,
        u.tokens::jsonb, u.seq, CASE WHEN u.status = 'active' THEN NULL ELSE now() END,
-       u.scopes::jsonb, u.parent_id
+       u.scopes::jsonb, u.parent_id, u.traceparent
 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::integer[], $9::text[], $10::uuid[])
+            $7::text[], $8::integer[], $9::text[], $10::uuid[], $11::text[])
     AS u (id, definition_id, process_key, business_key, status, variables, tokens, seq,
-          scopes, parent_id)
+          scopes, parent_id, traceparent)
 
 -- part: changed_instances
 -- Only a row still at the version the batch read is written (the statement's guard counts
@@ -147,9 +147,11 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u (id, task_id, resolution)
 WHERE (i.id = u.id OR i.task_id = u.task_id) AND i.resolved_at IS NULL
 
 -- part: new_outbox
-INSERT INTO outbox (routing_key, message_id, body, claimed_until)
-SELECT u.routing_key, u.message_id, u.body, now() + make_interval(secs => $1::integer / 1000.0)
-FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u (routing_key, message_id, body)
+INSERT INTO outbox (routing_key, message_id, body, claimed_until, traceparent)
+SELECT u.routing_key, u.message_id, u.body, now() + make_interval(secs => $1::integer / 1000.0),
+       u.traceparent
+FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[])
+    AS u (routing_key, message_id, body, traceparent)
 RETURNING id
 
 -- part: start_keys

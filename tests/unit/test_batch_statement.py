@@ -30,7 +30,7 @@ def test_statement_holds_only_the_parts_given_in_file_order() -> None:
     parts = load_parts()
     # Given out of file order: the statement and its arguments still follow the file.
     given = {
-        "new_outbox": [5000, ["rk"], ["id"], [b"body"]],
+        "new_outbox": [5000, ["rk"], ["id"], [b"body"], [None]],
         "changed_tasks": [[f"t{i}"] for i in range(11)],
     }
     sql, args = batch_statement(given, expected_rows=1)
