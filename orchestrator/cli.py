@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from orchestrator import logs
+from orchestrator import logs, tracing
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.errors import NotFound, OrchestratorError
@@ -207,6 +207,14 @@ _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any
 }
 
 
+#: The processes that export spans when OTEL_* says where, by their default service name.
+_TRACED_PROCESSES = {
+    "engine": "orchestrator-engine",
+    "worker": "orchestrator-worker",
+    "start": "orchestrator-cli",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
@@ -221,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
+    if args.command in _TRACED_PROCESSES:
+        # With the otel extra and OTEL_* asking for an exporter (docs/operations.md#traces).
+        tracing.configure_from_environment(_TRACED_PROCESSES[args.command])
     if args.command == "engine":
         from orchestrator.daemon.app import run_engine
 

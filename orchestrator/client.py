@@ -24,6 +24,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from orchestrator import tracing
 from orchestrator.broker.connection import connect
 from orchestrator.broker.deadline import stamp
 from orchestrator.broker.probe import QueueProbe
@@ -177,6 +178,10 @@ class Client:
         cutoff = deadline - min(REPLY_ALLOWANCE_S, total * REPLY_ALLOWANCE_SHARE)
         await self._wait_for_engine(cutoff, deadline)
         body = orjson.dumps(command.model_dump(mode="json"))
+        # A start's trace travels as the header too, for any consumer that reads only those.
+        trace = tracing.trace_headers(
+            command.traceparent if isinstance(command, StartCommand) else None
+        )
         correlation_id = str(uuid.uuid4())
         future: asyncio.Future[CommandReply] = loop.create_future()
         self._waiting[correlation_id] = future
@@ -187,7 +192,7 @@ class Client:
             while True:
                 now = loop.time()
                 if next_send <= now < cutoff:
-                    if await self._send(body, correlation_id, cutoff - now, deadline - now):
+                    if await self._send(body, correlation_id, cutoff - now, deadline - now, trace):
                         sends += 1
                         next_send = loop.time() + gap
                         gap *= 2
@@ -207,15 +212,24 @@ class Client:
             raise OrchestratorError(f"the client was closed before {command.type} was answered")
         return _unwrap(future.result())
 
-    async def _send(self, body: bytes, correlation_id: str, ttl_s: float, wait_s: float) -> bool:
+    async def _send(
+        self,
+        body: bytes,
+        correlation_id: str,
+        ttl_s: float,
+        wait_s: float,
+        trace: dict[str, str] | None = None,
+    ) -> bool:
         """Publish once, to take effect within `ttl_s` or never; whether the broker took it
-        (its confirm came within `wait_s`)."""
+        (its confirm came within `wait_s`). `trace`: more headers (a start's traceparent)."""
         if self._publisher is None or self._replies is None:
             return False
         ttl_ms = int(ttl_s * 1000)
         if ttl_ms < 1:
             return False
         headers, expiration = stamp(ttl_ms)
+        if trace:
+            headers = {**headers, **trace}
         message = Outgoing(
             self._topology.commands_exchange,
             COMMAND_ROUTING_KEY,
@@ -305,17 +319,42 @@ class Client:
         idempotency_key: str | None = None,
         version: int | None = None,
         timeout: float | None = None,
+        traceparent: str | None = None,
     ) -> Started:
         """Start an instance once. Without a key, one is made here and reused on every
-        resend of this call (not by a later call: pass your own key to retry a call)."""
+        resend of this call (not by a later call: pass your own key to retry a call).
+
+        The instance joins the W3C trace `traceparent`; without one, with OpenTelemetry, a
+        producer span of this call, a child of the current span (else the engine starts a
+        new trace)."""
+        if traceparent is not None and tracing.valid_traceparent(traceparent) is None:
+            raise ValueError(f"not a W3C traceparent: {traceparent!r}")
         command = StartCommand(
             process_key=process_key,
             version=version,
             business_key=business_key,
             idempotency_key=idempotency_key or str(uuid.uuid4()),
             variables=variables or {},
+            traceparent=traceparent,
         )
-        result = await self._call(command, timeout)
+        if traceparent is not None or not tracing.enabled():
+            result = await self._call(command, timeout)
+            return Started(result["instance_id"], result["created"])
+        return await self._start_in_span(command, timeout)
+
+    async def _start_in_span(self, command: StartCommand, timeout: float | None) -> Started:
+        with tracing.span(
+            f"orchestrator start {command.process_key}",
+            kind="producer",
+            attributes={"orchestrator.process_key": command.process_key},
+        ) as span:
+            if span is not None:
+                traced = tracing.traceparent_of(span)
+                command = command.model_copy(update={"traceparent": traced})
+            result = await self._call(command, timeout)
+            if span is not None:
+                span.set_attribute("orchestrator.instance_id", str(result["instance_id"]))
+                span.set_attribute("orchestrator.created", bool(result["created"]))
         return Started(result["instance_id"], result["created"])
 
     async def deploy(

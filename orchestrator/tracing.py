@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Link, Span, SpanKind, Tracer
+    from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +85,39 @@ except ImportError:  # the extra is not installed: propagation only
     INSTALLED = False
 
 _SCOPE = "orchestrator"
-_provider_seen = False
+_global_provider_seen = False
+#: A provider given to `use_provider`, used instead of OpenTelemetry's global one.
+_provider: TracerProvider | None = None
+
+
+def use_provider(provider: TracerProvider | None) -> None:
+    """Emit spans through `provider` rather than OpenTelemetry's global provider (None: the
+    global one again). For an application that keeps its provider to itself, and for
+    tests, which cannot unset a global provider."""
+    global _provider
+    _provider = provider
 
 
 def enabled() -> bool:
-    """Whether spans are worth making: OpenTelemetry is installed and the application (or
-    `configure_from_environment`) set a tracer provider. Checked once per round or message
-    before any span work, so that without one the cost is this call. A provider, once set,
-    stays: the answer is cached then."""
-    global _provider_seen
-    if _provider_seen:
+    """Whether spans are worth making: OpenTelemetry is installed and a tracer provider was
+    set (the application's global one, `use_provider`, or `configure_from_environment`).
+    Checked once per round or message before any span work, so that without one the cost
+    is this call. A global provider, once set, stays: the answer is cached then."""
+    global _global_provider_seen
+    if _provider is not None or _global_provider_seen:
         return True
     if not INSTALLED:
         return False
     provider = _otel_trace.get_tracer_provider()
-    _provider_seen = not isinstance(
+    _global_provider_seen = not isinstance(
         provider, _otel_trace.ProxyTracerProvider | _otel_trace.NoOpTracerProvider
     )
-    return _provider_seen
+    return _global_provider_seen
 
 
 def _tracer() -> Tracer:
+    if _provider is not None:
+        return _provider.get_tracer(_SCOPE)
     return _otel_trace.get_tracer(_SCOPE)
 
 
@@ -219,6 +231,13 @@ def span(
     finally:
         _otel_context.detach(token)
         started.end()
+
+
+def set_outcome(span: Span, outcome: str, error: str | None = None) -> None:
+    """How a handler ended, on its span: a failure is an error, a business error is not."""
+    span.set_attribute("orchestrator.outcome", outcome)
+    if error is not None:
+        span.set_status(_otel_trace.Status(_otel_trace.StatusCode.ERROR, error[:200]))
 
 
 # --- the SDK's provider, for the CLI's processes --------------------------------------------

@@ -38,6 +38,10 @@ class TaskInfo:
     lease or a release. None on the first attempt."""
     previous_error_details: str | None = None
     """The previous failure's details (a traceback, say), when it sent any."""
+    traceparent: str | None = None
+    """The instance's W3C trace context, from the task message's `traceparent` header: one
+    trace id for the whole instance (its start, every task, every handler). None when the
+    message had none (an engine of an older version)."""
 
     @property
     def lock_s(self) -> float:
@@ -85,6 +89,12 @@ class TaskContext:
     @property
     def previous_error(self) -> str | None:
         return self.info.previous_error
+
+    @property
+    def traceparent(self) -> str | None:
+        """The task's W3C trace context (see TaskInfo.traceparent). With OpenTelemetry, the
+        handler runs inside its span instead: use the current span for your own."""
+        return self.info.traceparent
 
     async def extend_lock(
         self, *, lock_s: float | None = None, lock_ms: int | None = None

@@ -23,7 +23,9 @@ _TRACEBACK_LIMIT = 4_000
 _MESSAGE_LIMIT = 10_000
 
 
-def info_of(task: TaskMessage, published_at_ms: float | None = None) -> TaskInfo:
+def info_of(
+    task: TaskMessage, published_at_ms: float | None = None, traceparent: str | None = None
+) -> TaskInfo:
     return TaskInfo(
         task_id=task.task_id,
         attempt=task.attempt,
@@ -39,15 +41,20 @@ def info_of(task: TaskMessage, published_at_ms: float | None = None) -> TaskInfo
         published_at_ms=published_at_ms,
         previous_error=task.previous_error.message if task.previous_error else None,
         previous_error_details=task.previous_error.details if task.previous_error else None,
+        traceparent=traceparent,
     )
 
 
-async def run_handler(handler: Handler, context: TaskContext, worker_id: str) -> Outcome:
-    """A dict completes; BpmnError is a business error; anything else is a failure."""
+async def run_handler(
+    handler: Handler, context: TaskContext, worker_id: str, traceparent: str | None = None
+) -> Outcome:
+    """A dict completes; BpmnError is a business error; anything else is a failure. The
+    report carries `traceparent` (the handler's span), else the task's."""
     ids: dict[str, Any] = {
         "task_id": context.info.task_id,
         "attempt": context.info.attempt,
         "worker_id": worker_id,
+        "traceparent": traceparent or context.info.traceparent,
     }
     try:
         result = await handler(context)

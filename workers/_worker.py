@@ -25,7 +25,7 @@ from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
 
-from orchestrator import aio
+from orchestrator import aio, tracing
 from orchestrator.broker.connection import backoff, connect, retrying, worth_retrying
 from orchestrator.broker.publisher import Outgoing, Publisher
 from orchestrator.broker.topology import (
@@ -93,6 +93,8 @@ class _Running:
     claim_sent: bool = False
     revoked: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The trace its reports carry: the task message's, then the handler span's.
+    traceparent: str | None = None
 
 
 def _published_at_ms(delivery: AbstractIncomingMessage) -> float | None:
@@ -368,7 +370,7 @@ class Worker:
                 # channel, so this is the one to ack when the outcome is confirmed.
                 existing.delivery = delivery
             return
-        item = _Running(task, delivery)
+        item = _Running(task, delivery, traceparent=tracing.header_traceparent(delivery.headers))
         self._running[key] = item
         item.handler = asyncio.create_task(self._execute(item))
 
@@ -429,12 +431,53 @@ class Worker:
 
     async def _call_handler(self, handler: Handler, item: _Running) -> Report:
         task = item.task
+        published_at_ms = _published_at_ms(item.delivery)
         context = TaskContext(
-            info_of(task, _published_at_ms(item.delivery)),
+            info_of(task, published_at_ms, item.traceparent),
             dict(task.variables),
             lambda lock_ms: self._extend(item, lock_ms),
         )
-        return await run_handler(handler, context, self.worker_id)
+        if not tracing.enabled():
+            return await run_handler(handler, context, self.worker_id)
+        return await self._handler_in_span(handler, item, context, published_at_ms)
+
+    async def _handler_in_span(
+        self, handler: Handler, item: _Running, context: TaskContext, published_at_ms: float | None
+    ) -> Report:
+        """With OpenTelemetry: the task's wait in its queue (from the engine's publish to
+        now, as a span after the fact) and a span around its handler, both in the task's
+        trace; the reports from here on carry the handler span's id."""
+        task = item.task
+        attributes: dict[str, str | int] = {
+            "messaging.system": "rabbitmq",
+            "messaging.destination.name": self._topology.task_queue(task.topic),
+            "orchestrator.topic": task.topic,
+            "orchestrator.task_id": task.task_id,
+            "orchestrator.attempt": task.attempt,
+            "orchestrator.instance_id": task.instance_id,
+            "orchestrator.process_key": task.process_key,
+            "orchestrator.worker_id": self.worker_id,
+        }
+        if published_at_ms is not None:
+            tracing.record_span(
+                f"orchestrator queue wait {task.topic}",
+                parent=item.traceparent,
+                start_ns=int(published_at_ms * 1_000_000),
+                end_ns=time.time_ns(),
+                attributes=attributes,
+            )
+        with tracing.span(
+            f"orchestrator handle {task.topic}",
+            parent=item.traceparent,
+            kind="consumer",
+            attributes=attributes,
+        ) as span:
+            if span is not None:
+                item.traceparent = tracing.traceparent_of(span) or item.traceparent
+            report = await run_handler(handler, context, self.worker_id, item.traceparent)
+            if span is not None:
+                tracing.set_outcome(span, report.type, getattr(report, "error_message", None))
+            return report
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -446,6 +489,7 @@ class Worker:
             "task_id": item.task.task_id,
             "attempt": item.task.attempt,
             "worker_id": self.worker_id,
+            "traceparent": item.traceparent,
         }
 
     async def _claim(self, item: _Running) -> None:

@@ -28,9 +28,11 @@ async def run_task(
     lock: LockStatus = HELD,
     previous_error: str | None = None,
     lock_ms: int | None = None,
+    traceparent: str | None = None,
 ) -> Outcome:
     """The report the worker would send for this handler run; extend_lock answers `lock`.
-    (`lock_ms` is the older name of `lock_s`, in milliseconds.)"""
+    (`lock_ms` is the older name of `lock_s`, in milliseconds.) `traceparent`: the task
+    message's trace context header."""
     task_id = str(uuid.uuid4())
     info = TaskInfo(
         task_id=task_id,
@@ -44,6 +46,7 @@ async def run_task(
         lock_ms=to_ms(from_ms(lock_s, lock_ms)),
         idempotency_key=task_id,
         previous_error=previous_error,
+        traceparent=traceparent,
     )
 
     async def extend(_lock_ms: int) -> LockStatus:
