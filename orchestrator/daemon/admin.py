@@ -81,6 +81,8 @@ async def describe_instance(db: Session, instance_id: str) -> dict[str, Any]:
         "tasks": tasks,
         "scopes": describe_scopes(row["tokens"], row["scopes"]),
         "parent_id": str(row["parent_id"]) if row["parent_id"] is not None else None,
+        # The W3C trace its tasks carry: look the instance up in a tracing backend by it.
+        "traceparent": row["traceparent"],
         "children": await db.instance_children(instance_id),
         "incidents": await db.instance_incidents(instance_id),
         "timers": await db.instance_timers(instance_id),

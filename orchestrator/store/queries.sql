@@ -179,7 +179,7 @@ SELECT id, graph FROM process_definitions WHERE id > $1 ORDER BY id LIMIT $2;
 
 -- name: instance_row
 SELECT i.id, i.process_key, d.version, i.business_key, i.status, i.variables, i.tokens,
-       i.scopes, i.parent_id, i.started_at, i.ended_at
+       i.scopes, i.parent_id, i.started_at, i.ended_at, i.traceparent
 FROM process_instances i JOIN process_definitions d ON d.id = i.definition_id
 WHERE i.id = $1;
 
