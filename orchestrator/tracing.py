@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
-_HEX = frozenset("0123456789abcdef")
+_TRACEPARENT_FORMAT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -39,14 +41,9 @@ def valid_traceparent(value: object) -> str | None:
             value = value.decode("ascii")
         except UnicodeDecodeError:
             return None
-    if not isinstance(value, str) or len(value) != 55:
+    if not isinstance(value, str) or _TRACEPARENT_FORMAT.fullmatch(value) is None:
         return None
-    if value[:3] != "00-" or value[35] != "-" or value[52] != "-":
-        return None
-    trace_id, span_id, flags = value[3:35], value[36:52], value[53:]
-    if not _HEX.issuperset(trace_id + span_id + flags):
-        return None
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+    if value[3:35] == _ZERO_TRACE or value[36:52] == _ZERO_SPAN:
         return None
     return value
 
@@ -86,6 +83,10 @@ except ImportError:  # the extra is not installed: propagation only
 
 _SCOPE = "orchestrator"
 _global_provider_seen = False
+#: Without a provider, the global one is looked at again at most once a second (per task,
+#: the look cost a worker more than the rest of the trace context did).
+_LOOK_EVERY_S = 1.0
+_next_look_s = 0.0
 #: A provider given to `use_provider`, used instead of OpenTelemetry's global one.
 _provider: TracerProvider | None = None
 
@@ -102,12 +103,17 @@ def enabled() -> bool:
     """Whether spans are worth making: OpenTelemetry is installed and a tracer provider was
     set (the application's global one, `use_provider`, or `configure_from_environment`).
     Checked once per round or message before any span work, so that without one the cost
-    is this call. A global provider, once set, stays: the answer is cached then."""
-    global _global_provider_seen
+    is this call. A global provider, once set, stays: the answer is cached then; one set
+    later is noticed within a second."""
+    global _global_provider_seen, _next_look_s
     if _provider is not None or _global_provider_seen:
         return True
     if not INSTALLED:
         return False
+    now = time.monotonic()
+    if now < _next_look_s:
+        return False
+    _next_look_s = now + _LOOK_EVERY_S
     provider = _otel_trace.get_tracer_provider()
     _global_provider_seen = not isinstance(
         provider, _otel_trace.ProxyTracerProvider | _otel_trace.NoOpTracerProvider
@@ -294,4 +300,6 @@ def _install_provider(service_name: str, exporter_name: str) -> bool:
     provider = TracerProvider(resource=resource)  # OTEL_TRACES_SAMPLER and span limits too
     provider.add_span_processor(BatchSpanProcessor(exporter))
     _otel_trace.set_tracer_provider(provider)
+    global _next_look_s
+    _next_look_s = 0.0  # noticed at the next look, not a second later
     return True
