@@ -21,7 +21,7 @@ from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from tests.support.harness import running_engine, running_worker, sequential_process, wait_until
-from workers import TaskContext, Worker
+from workers import TaskContext, TaskFailure, Worker
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +31,17 @@ CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TOPICS = ["trace-a", "trace-b"]
 
 
-def tracing_worker(settings: Settings, seen: dict[str, list[str | None]]) -> Worker:
-    """Handlers that note the traceparent each task arrived with, by instance."""
+def tracing_worker(
+    settings: Settings, seen: dict[str, list[str | None]], fail_first: str | None = None
+) -> Worker:
+    """Handlers that note the traceparent each task arrived with, by instance; the first
+    attempt of `fail_first` fails, to be retried at once."""
     worker = Worker("traced", settings=settings)
 
     async def note(task: TaskContext) -> dict[str, Any]:
         seen.setdefault(task.info.instance_id, []).append(task.traceparent)
+        if task.info.topic == fail_first and task.attempt == 1:
+            raise TaskFailure("once", retries=1, retry_delay_s=0)
         return {}
 
     for topic in [*TOPICS, "child-work"]:
@@ -96,7 +101,8 @@ async def test_the_callers_trace_reaches_every_task_and_report_of_its_instance(
     settings: Settings, db: Any, deployed: Client
 ) -> None:
     seen: dict[str, list[str | None]] = {}
-    async with ReportTap(settings) as tap, running_worker(tracing_worker(settings, seen)):
+    worker = tracing_worker(settings, seen, fail_first="trace-b")
+    async with ReportTap(settings) as tap, running_worker(worker):
         given = (await deployed.start("traced", traceparent=CALLER)).instance_id
         untraced = (await deployed.start("traced")).instance_id
         await wait_until(
@@ -109,19 +115,24 @@ async def test_the_callers_trace_reaches_every_task_and_report_of_its_instance(
 
         await wait_until(all_reports_tapped, timeout=10, what="the four completions")
     assert await trace_of(db, given) == CALLER
-    assert seen[given] == [CALLER, CALLER]  # both tasks' messages carried it
+    # Every task message carried it: both tasks', and the retry's of the one that failed.
+    assert seen[given] == [CALLER, CALLER, CALLER]
     # A start without one gets a new trace of its own, the same for all of its tasks.
     made = await trace_of(db, untraced)
     assert made is not None and tracing.valid_traceparent(made) == made
     assert tracing.trace_id_of(made) != CALLER_TRACE
-    assert seen[untraced] == [made, made]
-    task_traces = {r["task_id"]: r.get("traceparent") for r in tap.reports}
+    assert seen[untraced] == [made, made, made]
     tasks = await db.fetch(
         "SELECT id, instance_id FROM tasks WHERE instance_id = ANY($1::uuid[])",
         [given, untraced],
     )
     expected = {str(t["id"]): CALLER if str(t["instance_id"]) == given else made for t in tasks}
-    assert task_traces == expected  # every report carried its task's trace on
+    # Every report (claims, the failure, the completions) carried its task's trace on.
+    assert {r["task_id"] for r in tap.reports} == set(expected)
+    assert [r.get("traceparent") for r in tap.reports] == [
+        expected[r["task_id"]] for r in tap.reports
+    ]
+    assert "failed" in {r["type"] for r in tap.reports}
 
 
 async def test_a_called_instance_shares_its_callers_trace(
