@@ -35,6 +35,7 @@ from orchestrator.errors import (
 )
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Session, Store
+from orchestrator.tracing import valid_traceparent
 from orchestrator.web.auth import Role, bearer, parse_tokens, permits, role_of
 from orchestrator.web.openapi import Endpoint, document
 from orchestrator.web.params import (
@@ -193,6 +194,8 @@ async def start_instance(request: Request) -> Response:
         business_key=body.business_key,
         idempotency_key=body.idempotency_key,
         version=body.version,
+        # The HTTP caller's W3C trace, if it sent one (a bad one is ignored, as on the wire).
+        traceparent=valid_traceparent(request.headers.get("traceparent")),
     )
     result = {"instance_id": started.instance_id, "created": started.created}
     return json(result, 201 if started.created else 200)

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 READ = {"Authorization": "Bearer reader-token-1"}
 OPERATE = {"Authorization": "Bearer operator-token-1"}
+CALLER_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def waiting_process(key: str, topic: str) -> bytes:
@@ -115,7 +116,7 @@ async def test_the_http_api(settings: Settings, topics: set[str]) -> None:
         made = await http.post(
             "/api/instances",
             json={"process_key": "webflow", "business_key": "via-http", "variables": {"n": 1}},
-            headers=OPERATE,
+            headers={**OPERATE, "traceparent": CALLER_TRACE},
         )
         assert made.status_code == 201, made.text
         new_id = made.json()["instance_id"]
@@ -125,6 +126,7 @@ async def test_the_http_api(settings: Settings, topics: set[str]) -> None:
         assert cancelled.status_code == 200, cancelled.text
         gone = (await http.get(f"/api/instances/{new_id}", headers=READ)).json()
         assert gone["state"] == "cancelled" and gone["variables"] == {"n": 1}
+        assert gone["traceparent"] == CALLER_TRACE  # the HTTP caller's trace
         again = await http.post(f"/api/instances/{new_id}/cancel", headers=OPERATE)
         assert again.status_code == 200  # a second cancel changes nothing
         missing = await http.post(
