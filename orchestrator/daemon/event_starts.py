@@ -26,6 +26,7 @@ def start_at_event(
     variables: dict[str, Any] | None = None,
     business_key: str | None = None,
     instance_id: str | None = None,
+    traceparent: str | None = None,
 ) -> OutboxMessage:
     body: dict[str, Any] = {
         "v": WIRE_VERSION,
@@ -39,7 +40,11 @@ def start_at_event(
     }
     if instance_id is not None:
         body["instance_id"] = instance_id
-    return OutboxMessage(OUTBOX_TO_COMMANDS, f"start:{idempotency_key}", orjson.dumps(body))
+    if traceparent is not None:  # the trace of the message that starts it
+        body["traceparent"] = traceparent
+    return OutboxMessage(
+        OUTBOX_TO_COMMANDS, f"start:{idempotency_key}", orjson.dumps(body), traceparent
+    )
 
 
 def message_start_instance(message_id: str, process_key: str) -> str:

@@ -20,6 +20,7 @@ from orchestrator.daemon.sender import DeadLetter, Message, Sender
 from orchestrator.daemon.supervisor import sleep_or_stop
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.model.wire import DEFAULT_MESSAGE_TTL_MS
+from orchestrator.tracing import header_traceparent
 
 log = logging.getLogger(__name__)
 #: Between tries of a message while the database is away or its instances stay locked.
@@ -68,6 +69,7 @@ class MessageQueue:
             body.variables,
             body.message_id or "",
             DEFAULT_MESSAGE_TTL_MS if body.ttl_ms is None else body.ttl_ms,
+            header_traceparent(message.headers),
         )
         while True:
             try:

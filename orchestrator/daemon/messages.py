@@ -78,6 +78,8 @@ class Incoming:
     variables: dict[str, Any]
     message_id: str
     ttl_ms: int = DEFAULT_MESSAGE_TTL_MS
+    #: Its producer's W3C trace (the AMQP header): an instance it starts joins it.
+    traceparent: str | None = None
 
     @property
     def payload_hash(self) -> bytes:
@@ -204,6 +206,7 @@ def _start_by_message(uow: UnitOfWork, starts: list[MessageStart], message: Inco
                 variables=message.variables,
                 business_key=message.correlation_key,
                 instance_id=instance_id,
+                traceparent=message.traceparent,
             )
         )
     uow.count("messages_started")

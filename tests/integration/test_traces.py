@@ -20,7 +20,13 @@ from orchestrator import tracing
 from orchestrator.broker.topology import REPORT_ROUTING_KEY, Topology
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from tests.support.harness import running_engine, running_worker, sequential_process, wait_until
+from tests.support.harness import (
+    publish_raw,
+    running_engine,
+    running_worker,
+    sequential_process,
+    wait_until,
+)
 from workers import TaskContext, TaskFailure, Worker
 
 pytestmark = pytest.mark.integration
@@ -151,6 +157,36 @@ async def test_a_called_instance_shares_its_callers_trace(
     for child in children:
         handled = seen[str(child["id"])]
         assert handled and {tracing.trace_id_of(t or "") for t in handled} == {CALLER_TRACE}
+
+
+async def test_a_message_that_starts_an_instance_brings_its_trace(
+    settings: Settings, db: Any, deployed: Client
+) -> None:
+    on_message = {
+        "key": "traced-by-message",
+        "nodes": [
+            {"id": "s", "type": "start_event", "message": {"name": "order-placed"}},
+            {"id": "work", "type": "service_task", "topic": "trace-a"},
+            {"id": "e", "type": "end_event"},
+        ],
+        "flows": [{"id": "f1", "from": "s", "to": "work"}, {"id": "f2", "from": "work", "to": "e"}],
+    }
+    seen: dict[str, list[str | None]] = {}
+    async with running_worker(tracing_worker(settings, seen)):
+        await deployed.deploy(orjson.dumps(on_message).decode())
+        body = orjson.dumps({"v": 1, "name": "order-placed", "correlation_key": "A-1"})
+        exchange = Topology(settings.namespace).messages_exchange
+        await publish_raw(
+            settings, exchange, "", body, message_id="m1", headers={"traceparent": CALLER}
+        )
+
+        async def handled() -> bool:
+            return bool(seen)
+
+        await wait_until(handled, timeout=20, what="the started instance's task")
+    ((instance_id, traces),) = seen.items()
+    assert traces == [CALLER]
+    assert await trace_of(db, instance_id) == CALLER
 
 
 @pytest.fixture

@@ -14,13 +14,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator import tracing
+from orchestrator.broker.topology import Topology
 from orchestrator.daemon.calls import start_child
 from orchestrator.daemon.effects import InstanceInfo, task_message
 from orchestrator.daemon.parsing import parse_command, parse_reports
+from orchestrator.daemon.relay import Relay
 from orchestrator.daemon.start_rounds import _traced
 from orchestrator.engine.state import CalledBy, StartChild
 from orchestrator.model.wire import Completed, StartCommand
-from orchestrator.store.unit_of_work import TaskRow
+from orchestrator.store.unit_of_work import OutboxMessage, TaskRow
 from workers import TaskContext
 from workers.testing import run_task
 
@@ -197,3 +199,11 @@ def test_the_environment_installs_a_provider_only_when_it_asks_for_an_exporter(
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert tracing.configure_from_environment("test") is False
+
+
+def test_the_relay_publishes_an_outbox_rows_traceparent_as_its_header() -> None:
+    relay = Relay(None, None, None, Topology("orch"))  # type: ignore[arg-type]
+    traced = relay._outgoing(OutboxMessage("topic", "t1:1", b"{}", VALID), "1.000")
+    assert traced.headers == {"x-orch-published-at-ms": "1.000", "traceparent": VALID}
+    untraced = relay._outgoing(OutboxMessage("topic", "t1:1", b"{}"), "1.000")
+    assert "traceparent" not in untraced.headers
