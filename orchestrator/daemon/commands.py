@@ -31,6 +31,7 @@ from orchestrator.model.wire import (
     GetInstanceCommand,
     ListIncidentsCommand,
     RetryCommand,
+    SetVariablesCommand,
     StatsCommand,
 )
 from orchestrator.store.errors import RETRYABLE, DataError, LockBusy
@@ -76,6 +77,7 @@ class OperatorCommands:
             DeployCommand: self._deploy,
             RetryCommand: self._retry,
             CancelCommand: self._cancel,
+            SetVariablesCommand: self._set_variables,
             GetInstanceCommand: self._get_instance,
             StatsCommand: self._stats,
             ListIncidentsCommand: self._list_incidents,
@@ -142,6 +144,10 @@ class OperatorCommands:
             done = await operations.cancel(db, self._context, command, self._topology)
         await self._sender.send(done.publish, done.notices)
         return done.result
+
+    async def _set_variables(self, command: SetVariablesCommand) -> dict[str, Any]:
+        async with self._operating() as db:
+            return await operations.set_instance_variables(db, command)
 
     async def _get_instance(self, command: GetInstanceCommand) -> dict[str, Any]:
         async with self._reading() as db:

@@ -111,6 +111,22 @@ async def test_the_http_api(settings: Settings, topics: set[str]) -> None:
         bad_body = await http.post("/api/instances", content=b"[1]", headers=OPERATE)
         assert bad_body.status_code == 422 and bad_body.json()["field"] == "body"
 
+        # set variables: the operator role, a non-empty object, the wire's size limit
+        path = f"/api/instances/{started[1]}/variables"
+        shown = {"variables": {"limit": 500, "html": "<script>x</script>"}}
+        assert (await http.post(path, json=shown, headers=READ)).status_code == 403
+        set_ok = await http.post(path, json=shown, headers=OPERATE)
+        assert set_ok.status_code == 200, set_ok.text
+        assert set_ok.json()["names"] == ["html", "limit"]
+        after = (await http.get(f"/api/instances/{started[1]}", headers=READ)).json()
+        assert after["variables"] == shown["variables"]
+        empty = await http.post(path, json={"variables": {}}, headers=OPERATE)
+        assert empty.status_code == 422 and empty.json()["field"] == "variables"
+        no_scope = await http.post(path, json={**shown, "scope": "nope"}, headers=OPERATE)
+        assert no_scope.status_code == 404
+        huge = {"variables": {"blob": "x" * 1_100_000}}
+        assert (await http.post(path, json=huge, headers=OPERATE)).status_code == 413
+
         # start and cancel through the API
         made = await http.post(
             "/api/instances",
