@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractRobustConnection
 from orchestrator import aio
 from orchestrator.broker.batches import BatchConsumer
 from orchestrator.broker.connection import connect
+from orchestrator.broker.probe import QueueCounts, QueueProbe, queue_counts
 from orchestrator.broker.publisher import Publisher
 from orchestrator.broker.topology import Topology, declare_core
 from orchestrator.config import Settings
@@ -101,7 +102,14 @@ class Engine:
         """With ORCH_METRICS_PORT: the loop that reads the metrics' database gauges."""
         if self.settings.metrics_port is None:
             return {}
-        return {"metrics": self.context.metrics.refresh_forever(self.store, self.stop)}
+        probe = QueueProbe(self.connection)
+
+        async def queues() -> QueueCounts:
+            return await queue_counts(probe, self.topology, sorted(self.relay.task_topics))
+
+        metrics = self.context.metrics
+        self.relay.on_confirmed = metrics.confirmed
+        return {"metrics": metrics.refresh_forever(self.store, self.stop, queues=queues)}
 
     async def open(self) -> None:
         if self.settings.metrics_port is not None:

@@ -111,6 +111,8 @@ def apply_task_decision(
         uow.task_incident(task, incident.kind, incident.message, incident.details)
     if decision.counter is not None:
         uow.count(decision.counter)
+        if decision.counter == "leases_expired":
+            uow.task_events.append(("expired", task.topic))
     if decision.resend:  # the same attempt again: the row only restarts its dispatch clock
         uow.redispatched.append((task.id, task.attempt))
     if decision.sends and task.topic != CALL_TOPIC:  # a call is started again by its caller
