@@ -36,6 +36,7 @@ from orchestrator.broker.topology import (
 )
 from orchestrator.config import Settings
 from orchestrator.errors import ServiceUnavailable
+from orchestrator.metrics_http import MetricsPortInUse
 from orchestrator.model.wire import (
     NOTICE_ADAPTER,
     BpmnErrorReport,
@@ -320,8 +321,8 @@ class Worker:
     def _serve_metrics(self, port: int) -> None:
         try:
             self.metrics.server.start(port)
-        except OSError as exc:  # another worker of this process has the port, say
-            log.warning("worker %s: no metrics on port %d: %s", self.worker_id, port, exc)
+        except MetricsPortInUse as exc:  # another worker of this process has it: work on
+            log.warning("worker %s: %s; serving no metrics", self.worker_id, exc)
 
     def _stop_handler(self, item: _Running, why: str) -> None:
         """Cancel a running handler whose task is not ours to finish; nothing is reported."""

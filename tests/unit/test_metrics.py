@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
-from prometheus_client import generate_latest
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.broker.probe import QueueCounts
 from orchestrator.daemon.metrics import EngineMetrics
+from orchestrator.metrics_http import MetricsPortInUse, MetricsServer
 from orchestrator.model.wire import Completed
 from orchestrator.store.unit_of_work import (
     InstanceRow,
@@ -183,3 +186,13 @@ def test_every_metric_the_dashboard_queries_exists() -> None:
     }
     assert queried, "the dashboard queries nothing"
     assert queried <= exported, sorted(queried - exported)
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = MetricsServer(CollectorRegistry())
+        with pytest.raises(MetricsPortInUse, match=f"ORCH_METRICS_PORT {port}"):
+            server.start(port, addr="127.0.0.1")
