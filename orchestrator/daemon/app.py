@@ -36,6 +36,7 @@ from orchestrator.daemon.sender import Sender
 from orchestrator.daemon.supervisor import supervise
 from orchestrator.daemon.timers import TimerScheduler
 from orchestrator.store.store import Store
+from orchestrator.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,7 @@ class Engine:
             limits=settings.session_limits(),
             application_name=f"orchestrator {self.engine_id}",
         )
-        if settings.metrics_port is not None:  # nothing counted when nothing is served
-            self._store.on_commit = self.context.metrics.committed
+        self._store.on_commit = self._committed
         async with self.store.session() as db:
             await db.migrate()
             topics = await admin.deployed_topics(db)
@@ -151,6 +151,22 @@ class Engine:
                     "leaves in the outbox and task tables will pile up; turn it on"
                 )
         return topics
+
+    def _committed(self, uow: UnitOfWork) -> None:
+        """After each commit: log the incidents it raised (with their ids, for JSON logs),
+        and count it for the metrics when they are served (nothing is counted otherwise)."""
+        for incident_id, instance_id, task_id, node_id, kind, message, _, attempt in uow.incidents:
+            log.warning(
+                "incident %s (%s) at %s of instance %s: %s",
+                incident_id,
+                kind,
+                node_id,
+                instance_id,
+                message,
+                extra={"instance_id": instance_id, "task_id": task_id, "attempt": attempt},
+            )
+        if self.settings.metrics_port is not None:
+            self.context.metrics.committed(uow)
 
     async def _open_broker(self, topics: set[str]) -> None:
         """Connect, declare the topology, and open the publisher and the relay."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -370,8 +371,9 @@ async def test_cancel_of_a_completed_instance_is_refused(
 
 
 async def test_an_operator_fixes_a_variable_and_retries_the_incident(
-    settings: Settings, topics: set[str]
+    settings: Settings, topics: set[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="orchestrator.daemon")
     worker = payment_worker(settings)
     seen: list[Any] = []
 
@@ -401,6 +403,18 @@ async def test_an_operator_fixes_a_variable_and_retries_the_incident(
     assert done["variables"]["note"] == "<b>fixed</b>"
     (entry,) = [h for h in done["history"] if h["kind"] == "variables_set"]
     assert entry["detail"] == {"names": ["card", "note"]}
+    # The engine's log lines carry the ids (fields of the JSON lines, ORCH_LOG_FORMAT=json).
+    raised = next(
+        r for r in caplog.records if r.getMessage().startswith(f"incident {incident['id']}")
+    )
+    assert (raised.instance_id, raised.task_id, raised.attempt) == (
+        started.instance_id,
+        incident["task_id"],
+        2,
+    )
+    operator = [r for r in caplog.records if r.getMessage().startswith("operator ")]
+    assert [r.getMessage().split(" ")[1] for r in operator] == ["set", "retried"]
+    assert all(r.instance_id == started.instance_id for r in operator)
 
 
 async def test_set_variables_refuses_an_unknown_scope_and_an_empty_set(
