@@ -36,6 +36,7 @@ from orchestrator.broker.topology import (
 )
 from orchestrator.config import Settings
 from orchestrator.errors import ServiceUnavailable
+from orchestrator.logs import current_task
 from orchestrator.metrics_http import MetricsPortInUse
 from orchestrator.model.wire import (
     NOTICE_ADAPTER,
@@ -374,6 +375,8 @@ class Worker:
         item.handler = asyncio.create_task(self._execute(item))
 
     async def _execute(self, item: _Running) -> None:
+        task = item.task  # this asyncio task's log lines carry its ids (JSON logs)
+        current_task.set({"instance_id": task.instance_id, "topic": task.topic, **self._ids(item)})
         topic = self._topics[item.task.topic]
         report: Report | None = None
         if topic.slots is None:
