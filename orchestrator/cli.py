@@ -115,6 +115,10 @@ def _add_client_commands(commands: Subcommands) -> None:
     cancel = commands.add_parser("cancel", help="cancel an active instance")
     cancel.add_argument("id", help="instance id")
     cancel.add_argument("--reason")
+    set_vars = commands.add_parser("set-variables", help="set variables of an active instance")
+    set_vars.add_argument("id", help="instance id")
+    set_vars.add_argument("vars", help="the variables as a JSON object: '{\"limit\": 500}'")
+    set_vars.add_argument("--scope", help="a scope id (orchestrator instance ID lists them)")
     correlate = commands.add_parser(
         "correlate", help="send a message to the instance waiting for it (or buffer it)"
     )
@@ -155,10 +159,24 @@ async def _start(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     return {"instance_id": started.instance_id, "created": started.created}
 
 
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise SystemExit(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{what} must be a JSON object")
+    return value
+
+
+async def _set_variables(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    return await client.set_variables(
+        args.id, _json_object(args.vars, "the variables"), scope=args.scope
+    )
+
+
 async def _correlate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
-    variables = orjson.loads(args.vars)
-    if not isinstance(variables, dict):
-        raise SystemExit("--vars must be a JSON object")
+    variables = _json_object(args.vars, "--vars")
     return await client.correlate(
         args.name, args.key, variables=variables, message_id=args.message_id, ttl=args.ttl
     )
@@ -203,6 +221,7 @@ _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any
     "stats": lambda c, args: c.stats(args.process),
     "retry": _retry,
     "cancel": lambda c, args: c.cancel(args.id, reason=args.reason),
+    "set-variables": _set_variables,
     "correlate": _correlate,
 }
 

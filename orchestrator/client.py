@@ -53,6 +53,7 @@ from orchestrator.model.wire import (
     GetInstanceCommand,
     ListIncidentsCommand,
     RetryCommand,
+    SetVariablesCommand,
     StartCommand,
     StatsCommand,
 )
@@ -416,6 +417,19 @@ class Client:
     ) -> dict[str, Any]:
         """End an active instance; its open tasks are withdrawn."""
         command = CancelCommand(instance_id=instance_id, reason=reason)
+        return await self._call(command, timeout)
+
+    async def set_variables(
+        self,
+        instance_id: str,
+        variables: dict[str, Any],
+        *,
+        scope: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Set variables of an active instance: in the process scope, or locally in `scope`
+        (a scope id from get_instance). Answers {instance_id, scope, names}."""
+        command = SetVariablesCommand(instance_id=instance_id, variables=variables, scope=scope)
         return await self._call(command, timeout)
 
     async def correlate(

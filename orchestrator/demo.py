@@ -10,10 +10,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -21,6 +22,8 @@ from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.services import resolve
 from orchestrator.subprocesses import spawn, stop
+
+T = TypeVar("T")
 
 WORKER_SPEC = "workers.examples.order:worker"
 
@@ -50,22 +53,39 @@ async def _demo(settings: Settings, instances: int, workers: int, timeout: float
     logs = Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        processes.append(_spawn(settings, logs / "engine.log", "engine"))
+        ports = _metrics_ports(settings.metrics_port, workers)
+        processes.append(_spawn(settings, logs / "engine.log", ports[0], "engine"))
         for index in range(workers):
-            processes.append(_spawn(settings, logs / f"worker-{index}.log", "worker", WORKER_SPEC))
+            log = logs / f"worker-{index}.log"
+            processes.append(_spawn(settings, log, ports[index + 1], "worker", WORKER_SPEC))
         return await _drive(settings, instances, timeout, processes, logs)
     finally:
         await asyncio.to_thread(stop, processes)
         services.stop()
 
 
-def _spawn(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
+def _metrics_ports(first: int | None, workers: int) -> list[int | None]:
+    """With ORCH_METRICS_PORT: the engine serves /metrics on it and each worker process on
+    the ports after it (processes on one host cannot share a port)."""
+    if first is None:
+        return [None] * (workers + 1)
+    sys.stderr.write(
+        f"metrics: engine on port {first}, workers on {first + 1}..{first + workers}\n"
+    )
+    return [first + index for index in range(workers + 1)]
+
+
+def _spawn(
+    settings: Settings, log: Path, metrics_port: int | None, *args: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "ORCH_DATABASE_URL": settings.database_url,
         "ORCH_AMQP_URL": settings.amqp_url,
         "ORCH_NAMESPACE": settings.namespace,
     }
+    if metrics_port is not None:
+        env["ORCH_METRICS_PORT"] = str(metrics_port)
     return spawn([sys.executable, "-m", "orchestrator", *args], output=log, env=env)
 
 
@@ -77,7 +97,8 @@ async def _drive(
     logs: Path,
 ) -> int:
     async with Client(settings, name="orchestrator-demo") as client:
-        deployed = await client.deploy(example_definition(), filename="order.bpmn")
+        deploying = client.deploy(example_definition(), filename="order.bpmn")
+        deployed = await _unless_one_dies(deploying, processes, logs)
         _status(
             f"deployed {deployed['process_key']} v{deployed['version']}; "
             f"engine and workers log to {logs}"
@@ -106,6 +127,31 @@ async def _drive(
     sys.stderr.write("\n")
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     return 0 if summary["completed"] == instances else 1
+
+
+async def _unless_one_dies(
+    work: Coroutine[Any, Any, T], processes: list[subprocess.Popen[bytes]], logs: Path
+) -> T:
+    """`work`'s result; if a process the demo started exits first (a port in use, say),
+    stop at once with its log's last line instead of waiting for a client timeout."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        dead = next((p for p in processes if p.poll() is not None), None)
+        if dead is not None:
+            task.cancel()
+            raise SystemExit(f"a demo process exited early: {_last_line(dead, logs)}")
+        await asyncio.wait({task}, timeout=0.2)
+    return task.result()
+
+
+def _last_line(process: subprocess.Popen[bytes], logs: Path) -> str:
+    """What the dead process said last: the last line of the log whose process it was
+    (engine.log for the engine, the first one, worker-N.log for the others)."""
+    name = "engine.log" if process.args[-1] == "engine" else "a worker's log"  # type: ignore[index]
+    log = logs / "engine.log"
+    lines = log.read_text(errors="replace").strip().splitlines() if name == "engine.log" else []
+    said = f": {lines[-1]}" if lines else f" (exit status {process.returncode})"
+    return f"{name}{said}; logs in {logs}"
 
 
 async def _wait_for_completion(

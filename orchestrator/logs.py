@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +12,24 @@ import orjson
 
 #: Fields a log call may pass with `extra=` that the JSON line carries when present.
 EXTRA_FIELDS = ("instance_id", "task_id", "attempt", "worker_id", "topic", "process_key")
+
+
+#: The task a worker's handler runs for (set by the SDK in the handler's asyncio task): every
+#: line logged in it, the handler's own included, carries its ids (TaskFields).
+current_task: ContextVar[Mapping[str, Any] | None] = ContextVar("orch_current_task", default=None)
+
+
+class TaskFields(logging.Filter):
+    """Adds the ids of `current_task` to a record that does not carry them already. Add it to
+    your own handler if your application configures logging itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = current_task.get()
+        if fields:
+            attributes = record.__dict__
+            for name, value in fields.items():
+                attributes.setdefault(name, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,6 +60,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure(level: str, log_format: str) -> None:
     """The root logger's handler: text lines, or JSON ones (`log_format` "json")."""
     handler = logging.StreamHandler()
+    handler.addFilter(TaskFields())
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )

@@ -36,6 +36,8 @@ from orchestrator.broker.topology import (
 )
 from orchestrator.config import Settings
 from orchestrator.errors import ServiceUnavailable
+from orchestrator.logs import current_task
+from orchestrator.metrics_http import MetricsPortInUse
 from orchestrator.model.wire import (
     NOTICE_ADAPTER,
     BpmnErrorReport,
@@ -322,8 +324,8 @@ class Worker:
     def _serve_metrics(self, port: int) -> None:
         try:
             self.metrics.server.start(port)
-        except OSError as exc:  # another worker of this process has the port, say
-            log.warning("worker %s: no metrics on port %d: %s", self.worker_id, port, exc)
+        except MetricsPortInUse as exc:  # another worker of this process has it: work on
+            log.warning("worker %s: %s; serving no metrics", self.worker_id, exc)
 
     def _stop_handler(self, item: _Running, why: str) -> None:
         """Cancel a running handler whose task is not ours to finish; nothing is reported."""
@@ -375,6 +377,8 @@ class Worker:
         item.handler = asyncio.create_task(self._execute(item))
 
     async def _execute(self, item: _Running) -> None:
+        task = item.task  # this asyncio task's log lines carry its ids (JSON logs)
+        current_task.set({"instance_id": task.instance_id, "topic": task.topic, **self._ids(item)})
         topic = self._topics[item.task.topic]
         report: Report | None = None
         if topic.slots is None:

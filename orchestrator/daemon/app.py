@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractRobustConnection
 from orchestrator import aio
 from orchestrator.broker.batches import BatchConsumer
 from orchestrator.broker.connection import connect
+from orchestrator.broker.probe import QueueCounts, QueueProbe, queue_counts
 from orchestrator.broker.publisher import Publisher
 from orchestrator.broker.topology import Topology, declare_core
 from orchestrator.config import Settings
@@ -35,6 +36,7 @@ from orchestrator.daemon.sender import Sender
 from orchestrator.daemon.supervisor import supervise
 from orchestrator.daemon.timers import TimerScheduler
 from orchestrator.store.store import Store
+from orchestrator.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,14 @@ class Engine:
         """With ORCH_METRICS_PORT: the loop that reads the metrics' database gauges."""
         if self.settings.metrics_port is None:
             return {}
-        return {"metrics": self.context.metrics.refresh_forever(self.store, self.stop)}
+        probe = QueueProbe(self.connection)
+
+        async def queues() -> QueueCounts:
+            return await queue_counts(probe, self.topology, sorted(self.relay.task_topics))
+
+        metrics = self.context.metrics
+        self.relay.on_confirmed = metrics.confirmed
+        return {"metrics": metrics.refresh_forever(self.store, self.stop, queues=queues)}
 
     async def open(self) -> None:
         if self.settings.metrics_port is not None:
@@ -132,8 +141,7 @@ class Engine:
             limits=settings.session_limits(),
             application_name=f"orchestrator {self.engine_id}",
         )
-        if settings.metrics_port is not None:  # nothing counted when nothing is served
-            self._store.on_commit = self.context.metrics.committed
+        self._store.on_commit = self._committed
         async with self.store.session() as db:
             await db.migrate()
             topics = await admin.deployed_topics(db)
@@ -143,6 +151,22 @@ class Engine:
                     "leaves in the outbox and task tables will pile up; turn it on"
                 )
         return topics
+
+    def _committed(self, uow: UnitOfWork) -> None:
+        """After each commit: log the incidents it raised (with their ids, for JSON logs),
+        and count it for the metrics when they are served (nothing is counted otherwise)."""
+        for incident_id, instance_id, task_id, node_id, kind, message, _, attempt in uow.incidents:
+            log.warning(
+                "incident %s (%s) at %s of instance %s: %s",
+                incident_id,
+                kind,
+                node_id,
+                instance_id,
+                message,
+                extra={"instance_id": instance_id, "task_id": task_id, "attempt": attempt},
+            )
+        if self.settings.metrics_port is not None:
+            self.context.metrics.committed(uow)
 
     async def _open_broker(self, topics: set[str]) -> None:
         """Connect, declare the topology, and open the publisher and the relay."""

@@ -31,6 +31,7 @@ from orchestrator.model.wire import (
     GetInstanceCommand,
     ListIncidentsCommand,
     RetryCommand,
+    SetVariablesCommand,
     StatsCommand,
 )
 from orchestrator.store.errors import RETRYABLE, DataError, LockBusy
@@ -76,6 +77,7 @@ class OperatorCommands:
             DeployCommand: self._deploy,
             RetryCommand: self._retry,
             CancelCommand: self._cancel,
+            SetVariablesCommand: self._set_variables,
             GetInstanceCommand: self._get_instance,
             StatsCommand: self._stats,
             ListIncidentsCommand: self._list_incidents,
@@ -135,13 +137,40 @@ class OperatorCommands:
         async with self._operating() as db:
             done = await operations.retry(db, self._context, command)
         await self._sender.send(done.publish, done.notices)
-        return done.result
+        result = done.result
+        if not result["already_retried"]:
+            log.info(
+                "operator retried incident %s: task %s attempt %s",
+                result["incident_id"],
+                result["task_id"],
+                result["attempt"],
+                extra=_ids(result),
+            )
+        return result
 
     async def _cancel(self, command: CancelCommand) -> dict[str, Any]:
         async with self._operating() as db:
             done = await operations.cancel(db, self._context, command, self._topology)
         await self._sender.send(done.publish, done.notices)
+        if not done.result["already_cancelled"]:
+            log.info(
+                "operator cancelled instance %s (%s)",
+                command.instance_id,
+                command.reason or "no reason given",
+                extra=_ids(done.result),
+            )
         return done.result
+
+    async def _set_variables(self, command: SetVariablesCommand) -> dict[str, Any]:
+        async with self._operating() as db:
+            result = await operations.set_instance_variables(db, command)
+        log.info(
+            "operator set variables %s of instance %s",
+            ", ".join(result["names"]),
+            command.instance_id,
+            extra=_ids(result),
+        )
+        return result
 
     async def _get_instance(self, command: GetInstanceCommand) -> dict[str, Any]:
         async with self._reading() as db:
@@ -182,3 +211,12 @@ class OperatorCommands:
             lock_timeout_ms=READ_LOCK_TIMEOUT_MS,
             statement_timeout_ms=READ_STATEMENT_TIMEOUT_MS,
         )
+
+
+def _ids(result: dict[str, Any]) -> dict[str, Any]:
+    """The ids of an operator action's result, as a log record's fields (JSON logs)."""
+    return {
+        "instance_id": result.get("instance_id"),
+        "task_id": result.get("task_id"),
+        "attempt": result.get("attempt"),
+    }

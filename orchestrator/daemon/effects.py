@@ -40,8 +40,9 @@ class InstanceInfo:
     id: str
     process_key: str
     business_key: str | None
-    #: The instance's W3C trace context: the header of its task messages.
-    traceparent: str | None = None
+    #: The instance's W3C trace context: the header of its task messages (required, so that
+    #: no new caller forgets it; None only for instances started before traces).
+    traceparent: str | None
 
 
 #: The worker id a call activity's task is held by while its child runs.
@@ -113,6 +114,8 @@ def apply_task_decision(
         uow.task_incident(task, incident.kind, incident.message, incident.details)
     if decision.counter is not None:
         uow.count(decision.counter)
+        if decision.counter == "leases_expired":
+            uow.task_events.append(("expired", task.topic))
     if decision.resend:  # the same attempt again: the row only restarts its dispatch clock
         uow.redispatched.append((task.id, task.attempt))
     if decision.sends and task.topic != CALL_TOPIC:  # a call is started again by its caller

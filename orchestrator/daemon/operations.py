@@ -23,13 +23,14 @@ from orchestrator.daemon.effects import (
 from orchestrator.daemon.reports import Notice
 from orchestrator.engine import task as lifecycle
 from orchestrator.engine.activities import CALL_TOPIC
-from orchestrator.engine.step import cancel_instance, restart_call
+from orchestrator.engine.step import cancel_instance, restart_call, set_variables
 from orchestrator.errors import InvalidCommand, InvalidState, NotFound
 from orchestrator.model.definition import fetch_list
 from orchestrator.model.wire import (
     CancelCommand,
     ListIncidentsCommand,
     RetryCommand,
+    SetVariablesCommand,
     TaskRevoked,
 )
 from orchestrator.store.rows import Row
@@ -186,6 +187,37 @@ async def cancel(
         uow.resolved_incidents.append((str(row["id"]), None, "instance cancelled"))
     publish = await db.write(uow)
     return OperationResult({**result, "cancelled_tasks": len(uow.changed_tasks)}, publish, notices)
+
+
+async def set_instance_variables(db: Session, command: SetVariablesCommand) -> dict[str, Any]:
+    """Set the variables under the instance's lock, through the same write as a round."""
+    instance = await db.lock_instance(command.instance_id)
+    if instance is None:
+        raise NotFound(f"instance {command.instance_id} does not exist")
+    if instance["status"] != "active":
+        raise InvalidState(
+            f"instance {instance['id']} is {instance['status']}: only an active instance's "
+            "variables can be set"
+        )
+    state = state_from_record(instance)
+    if command.scope is not None and all(s.id != command.scope for s in state.scopes):
+        raise NotFound(f"instance {instance['id']} has no scope {command.scope}")
+    transition = set_variables(state, command.scope, command.variables)
+    uow = UnitOfWork()
+    uow.changed_instances[transition.state.id] = transition.state
+    info = InstanceInfo(
+        transition.state.id,
+        instance["process_key"],
+        instance["business_key"],
+        instance["traceparent"],
+    )
+    apply_transition(uow, info, transition)
+    await db.write(uow)
+    return {
+        "instance_id": str(instance["id"]),
+        "scope": command.scope,
+        "names": sorted(command.variables),
+    }
 
 
 def _revoke_notice(task: TaskRow, revoked: TaskRevoked, topology: Topology) -> Notice:

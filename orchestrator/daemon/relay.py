@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aio_pika.abc import AbstractChannel
 
@@ -42,6 +42,8 @@ class Relay:
         self._declare_channel = declare_channel
         self._topology = topology
         self._declared: set[str] = set()
+        #: Told of every batch of confirmed rows, with the confirm's time (the metrics).
+        self.on_confirmed: Callable[[list[PublishedRow], float], None] | None = None
         #: Rows whose messages the broker confirmed, deleted together every few ms.
         self._confirmed: list[int] = []
         self._have_confirmed = asyncio.Event()
@@ -94,6 +96,9 @@ class Relay:
         if unanswered:  # best effort: workers ask again, clients resend
             log.warning("could not send %d answers: %s", len(unanswered), unanswered[0])
         confirmed = [row.id for row, error in zip(rows, results, strict=True) if error is None]
+        if self.on_confirmed is not None and confirmed:
+            done = [row for row, error in zip(rows, results, strict=True) if error is None]
+            self.on_confirmed(done, time.monotonic())
         failed = len(rows) - len(confirmed)
         if failed:
             first = next(error for error in results if error is not None)
@@ -134,6 +139,11 @@ class Relay:
             self._have_confirmed.set()
             return False
         return True
+
+    @property
+    def task_topics(self) -> frozenset[str]:
+        """The task queues' topics this engine declared."""
+        return frozenset(self._declared)
 
     async def sweep_once(self, limit: int = 500) -> int:
         """Publish rows whose committing engine did not (it died, or the broker was away)."""

@@ -191,6 +191,13 @@ class ReportBatch:
 
     def _apply(self, item: IncomingReport, task: TaskRow) -> None:
         report = item.report
+        waiting = task.status == "queued" and task.attempt == report.attempt
+        self._apply_report(item, report, task)
+        # A worker took the waiting attempt: a claim, or an outcome sent without one.
+        if waiting and (task.status != "queued" or task.attempt != report.attempt):
+            self._uow.task_events.append(("claimed", task.topic))
+
+    def _apply_report(self, item: IncomingReport, report: Report, task: TaskRow) -> None:
         if isinstance(report, Claimed):
             self._claim(item, report, task)
         elif isinstance(report, Completed | BpmnErrorReport):

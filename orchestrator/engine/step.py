@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from orchestrator.definitions.graph import Process
@@ -27,6 +29,7 @@ __all__ = [
     "error_task",
     "message_correlated",
     "restart_call",
+    "set_variables",
     "start_instance",
     "timer_fired",
 ]
@@ -146,6 +149,30 @@ def cancel_instance(state: InstanceState, reason: str | None) -> Transition:
         state.id, "cancelled", state.variables, (), state.seq, state.version, (), state.called_by
     )
     return Transition(ended, effects)
+
+
+def set_variables(
+    state: InstanceState, scope_id: str | None, values: Mapping[str, Any]
+) -> Transition:
+    """An operator sets variables of an active instance: in the process scope (`scope_id`
+    None) or, locally, in one of its scopes (Camunda's setVariablesLocal). Nothing moves:
+    the next condition, mapping or task sees the new values; tasks already sent keep theirs."""
+    if state.status != "active":
+        raise EngineStepError(f"instance {state.id} is {state.status}, not active")
+    detail: dict[str, Any] = {"names": sorted(values)}
+    node_id: str | None = None
+    if scope_id is None:
+        changed = replace(state, variables={**state.variables, **values})
+    else:
+        scope = next((s for s in state.scopes if s.id == scope_id), None)
+        if scope is None:
+            raise EngineStepError(f"instance {state.id} has no scope {scope_id}")
+        node_id, detail["scope"] = scope.node_id, scope_id
+        updated = replace(scope, variables={**scope.variables, **values})
+        changed = replace(
+            state, scopes=tuple(updated if s.id == scope_id else s for s in state.scopes)
+        )
+    return Transition(changed, (Record("variables_set", node_id=node_id, detail=detail),))
 
 
 def _waiting(state: InstanceState, task_id: str) -> Token:

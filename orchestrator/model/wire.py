@@ -460,6 +460,25 @@ class CancelCommand(_Wire):
     reason: str | None = Field(None, max_length=1000, description="Kept in its history.")
 
 
+class SetVariablesCommand(_Wire):
+    """Set variables of an active instance, as an operator: in the process scope, or locally
+    in one of its scopes (the `scope` ids `get_instance` lists). Nothing else moves: tasks
+    already sent keep the values they were sent with. Setting the same values again changes
+    nothing, so a resend is safe. Answered with {instance_id, scope, names}."""
+
+    type: Literal["set_variables"] = "set_variables"
+    instance_id: Uuid = Field(description="The instance (a UUID).")
+    variables: Variables = Field(
+        min_length=1, description="The variables to set (JSON values), at least one."
+    )
+    scope: str | None = Field(
+        None,
+        max_length=200,
+        description="A scope of the instance (an embedded subprocess, a multi-instance "
+        "element...); null: the process scope.",
+    )
+
+
 #: A message waits in the buffer this long by default when no instance waits for it.
 DEFAULT_MESSAGE_TTL_MS = 3_600_000
 #: The longest a message may wait in the buffer: 30 days.
@@ -523,6 +542,7 @@ Command = Annotated[
     | ListIncidentsCommand
     | RetryCommand
     | CancelCommand
+    | SetVariablesCommand
     | CorrelateCommand
     | DeliverBufferedCommand,
     Field(discriminator="type"),

@@ -6,6 +6,7 @@ turns the decisions into one statement (see batch_statement.py).
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,6 +109,8 @@ class PublishedRow:
 
     id: int
     message: OutboxMessage
+    #: time.monotonic() when its transaction wrote it (0: read back by the sweeper, untimed).
+    written_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,8 @@ class UnitOfWork:
     closed_waits: list[tuple[str, str]] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
+    #: (event, topic) for the metrics: "claimed", "expired" (not written to the database).
+    task_events: list[tuple[str, str]] = field(default_factory=list)
     incidents: list[tuple[Any, ...]] = field(default_factory=list)
     #: (task_id, slot) -> [task_id, slot, kind, attempt, worker_id, hash, duplicates, conflicts]
     ledger_inserts: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
@@ -363,7 +368,8 @@ class UnitOfWork:
         if isinstance(revoked, str):  # a connection without the store's jsonb codec
             revoked = orjson.loads(revoked)
         self.revoked = [(str(t), int(a), str(w)) for t, a, w in revoked]
-        return [PublishedRow(i, m) for i, m in zip(ids, self.outbox, strict=True)]
+        now = time.monotonic()
+        return [PublishedRow(i, m, now) for i, m in zip(ids, self.outbox, strict=True)]
 
     def _parts(self, outbox_claim_ms: int, engine_id: str) -> dict[str, list[Any]]:
         """The parameters of each part of the batch statement that has rows to write."""

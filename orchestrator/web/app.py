@@ -50,6 +50,7 @@ from orchestrator.web.params import (
     Page,
     RetryBody,
     StartBody,
+    VariablesBody,
     invalid,
     parse,
 )
@@ -207,6 +208,12 @@ async def cancel_instance(request: Request) -> Response:
     return json(await _client(request).cancel(wanted.id, reason=body.reason))
 
 
+async def set_variables(request: Request) -> Response:
+    wanted = parse(InstanceId, dict(request.path_params))
+    body = await _body(request, VariablesBody)
+    return json(await _client(request).set_variables(wanted.id, body.variables, scope=body.scope))
+
+
 async def retry_incident(request: Request) -> Response:
     wanted = parse(InstanceId, dict(request.path_params))
     body = await _body(request, RetryBody)
@@ -272,6 +279,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "cancel an active instance",
         "operator",
         body=CancelBody,
+        path_params=(("id", _UUID),),
+    ),
+    Endpoint(
+        "POST",
+        "/api/instances/{id}/variables",
+        set_variables,
+        "set variables of an active instance",
+        "operator",
+        body=VariablesBody,
         path_params=(("id", _UUID),),
     ),
     Endpoint(

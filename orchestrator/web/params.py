@@ -114,6 +114,13 @@ class RetryBody(_Body):
     retries: int = Field(1, ge=1, le=1000, description="Attempts before the next incident.")
 
 
+class VariablesBody(_Body):
+    variables: dict[str, Any] = Field(min_length=1, description="The variables to set.")
+    scope: str | None = Field(
+        None, max_length=200, description="A scope id from the instance; null: the process."
+    )
+
+
 class MessageBody(_Body):
     name: str = Field(min_length=1, max_length=500, description="The message name.")
     correlation_key: str | None = Field(None, max_length=2000, description="Its correlation key.")

@@ -78,8 +78,14 @@ async def test_the_engine_and_the_worker_serve_their_counts(
         async def engine_counted() -> bool:
             samples = await _scrape(engine_port)
             done = ("orch_instances_total", (("process", "metered"), ("state", "completed")))
-            return samples.get(done, 0) >= instances and any(
-                name == "orch_outbox_waiting" for name, _ in samples
+            names = {name for name, _ in samples}
+            return (
+                samples.get(done, 0) >= instances
+                and {
+                    "orch_outbox_waiting",
+                    "orch_queue_consumers",
+                }
+                <= names
             )
 
         # The gauges are read from PostgreSQL every few seconds: wait for the first read.
@@ -94,6 +100,13 @@ async def test_the_engine_and_the_worker_serve_their_counts(
         assert worker_samples[completed] >= instances
         assert worker_samples[("orch_worker_task_seconds_count", (("topic", topic),))] >= instances
         assert worker_samples[("orch_worker_tasks_in_flight", (("topic", topic),))] == 0
+        assert engine[("orch_tasks_dispatched_total", (("topic", topic),))] >= instances
+        assert engine[("orch_tasks_claimed_total", (("topic", topic),))] == instances
+        assert engine[("orch_queue_consumers", (("topic", topic),))] == 1
+        assert engine[("orch_queue_messages", (("topic", topic),))] == 0
+    # Every first send was written by this engine, so every one is timed.
+    assert engine[("orch_task_dispatch_seconds_count", ())] >= 2 * instances
+    assert engine[("orch_reports_waiting", ())] == 0
     started = ("orch_instances_total", (("process", "metered"), ("state", "started")))
     assert engine[started] == instances
     assert engine[("orch_engine_events_total", (("event", "tasks_created"),))] >= 2 * instances

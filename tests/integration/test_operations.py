@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.client import Client
 from orchestrator.config import Settings
@@ -366,6 +368,66 @@ async def test_cancel_of_a_completed_instance_is_refused(
             await client.cancel(started.instance_id)
         with pytest.raises(NotFound):
             await client.cancel("00000000-0000-0000-0000-000000000000")
+
+
+async def test_an_operator_fixes_a_variable_and_retries_the_incident(
+    settings: Settings, topics: set[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="orchestrator.daemon")
+    worker = payment_worker(settings)
+    seen: list[Any] = []
+
+    @worker.task(CHARGE)
+    async def charge(task: TaskContext) -> dict[str, Any]:
+        seen.append(task.variables.get("card"))
+        if task.variables.get("card") != "valid":
+            raise TaskFailure("card rejected")
+        return {"charged": True}
+
+    async with payment_setup(settings, topics, worker) as client:
+        started = await client.start("pay", business_key="fix", variables={"card": "expired"})
+        incident = await wait_for_incident(client, started.instance_id)
+        answer = await client.set_variables(
+            started.instance_id, {"card": "valid", "note": "<b>fixed</b>"}
+        )
+        await client.retry(incident_id=incident["id"])
+        done = await wait_for_state(client, started.instance_id, "completed")
+        with pytest.raises(InvalidState, match="only an active instance"):
+            await client.set_variables(started.instance_id, {"card": "x"})
+        with pytest.raises(NotFound):
+            await client.set_variables("00000000-0000-0000-0000-000000000000", {"x": 1})
+
+    assert answer == {"instance_id": started.instance_id, "scope": None, "names": ["card", "note"]}
+    assert seen == ["expired", "expired", "valid"]
+    assert done["variables"]["card"] == "valid"
+    assert done["variables"]["note"] == "<b>fixed</b>"
+    (entry,) = [h for h in done["history"] if h["kind"] == "variables_set"]
+    assert entry["detail"] == {"names": ["card", "note"]}
+    # The engine's log lines carry the ids (fields of the JSON lines, ORCH_LOG_FORMAT=json).
+    raised = next(
+        r for r in caplog.records if r.getMessage().startswith(f"incident {incident['id']}")
+    )
+    assert (raised.instance_id, raised.task_id, raised.attempt) == (
+        started.instance_id,
+        incident["task_id"],
+        2,
+    )
+    operator = [r for r in caplog.records if r.getMessage().startswith("operator ")]
+    assert [r.getMessage().split(" ")[1] for r in operator] == ["set", "retried"]
+    assert all(r.instance_id == started.instance_id for r in operator)
+
+
+async def test_set_variables_refuses_an_unknown_scope_and_an_empty_set(
+    settings: Settings, topics: set[str]
+) -> None:
+    async with payment_setup(settings, topics) as client:
+        started = await client.start("pay", business_key="scope", variables={})
+        with pytest.raises(NotFound, match="no scope"):
+            await client.set_variables(started.instance_id, {"x": 1}, scope="nope")
+        with pytest.raises(ValidationError):
+            await client.set_variables(started.instance_id, {})
+        instance = await client.get_instance(started.instance_id)
+    assert "x" not in instance["variables"]
 
 
 # --- heartbeats --------------------------------------------------------------------------------

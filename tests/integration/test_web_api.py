@@ -10,13 +10,18 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.core import NotSet
 
 from orchestrator.client import Client
 from orchestrator.config import Settings
-from orchestrator.web.app import create_app
+from orchestrator.web.app import ENDPOINTS, create_app
+from orchestrator.web.openapi import document
 from tests.support.harness import running_engine
 
 pytestmark = pytest.mark.integration
@@ -112,6 +117,22 @@ async def test_the_http_api(settings: Settings, topics: set[str]) -> None:
         bad_body = await http.post("/api/instances", content=b"[1]", headers=OPERATE)
         assert bad_body.status_code == 422 and bad_body.json()["field"] == "body"
 
+        # set variables: the operator role, a non-empty object, the wire's size limit
+        path = f"/api/instances/{started[1]}/variables"
+        shown = {"variables": {"limit": 500, "html": "<script>x</script>"}}
+        assert (await http.post(path, json=shown, headers=READ)).status_code == 403
+        set_ok = await http.post(path, json=shown, headers=OPERATE)
+        assert set_ok.status_code == 200, set_ok.text
+        assert set_ok.json()["names"] == ["html", "limit"]
+        after = (await http.get(f"/api/instances/{started[1]}", headers=READ)).json()
+        assert after["variables"] == shown["variables"]
+        empty = await http.post(path, json={"variables": {}}, headers=OPERATE)
+        assert empty.status_code == 422 and empty.json()["field"] == "variables"
+        no_scope = await http.post(path, json={**shown, "scope": "nope"}, headers=OPERATE)
+        assert no_scope.status_code == 404
+        huge = {"variables": {"blob": "x" * 1_100_000}}
+        assert (await http.post(path, json=huge, headers=OPERATE)).status_code == 413
+
         # start and cancel through the API
         made = await http.post(
             "/api/instances",
@@ -180,3 +201,59 @@ async def test_fuzzed_list_queries_never_fail_the_server(settings: Settings) -> 
             answer: Any = await http.get(path, params=params, headers=READ)
             assert answer.status_code < 500, (path, params, answer.text)
             assert answer.status_code in (200, 422), (path, params, answer.text)
+
+
+def schema_cases(per_operation: int) -> list[Any]:
+    """Requests schemathesis generates from the published OpenAPI document, for every
+    operation: valid ones and (negative mode) ones that break the schema. Drawn first, sent
+    afterwards from the event loop the engine runs in."""
+    schema = schemathesis.openapi.from_dict(document(ENDPOINTS))
+    drawn: list[Any] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @hypothesis_settings(
+                max_examples=per_operation,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(operation.as_strategy(mode))
+            def draw(case: Any) -> None:
+                drawn.append(case)
+
+            with contextlib.suppress(Unsatisfiable):  # nothing to break: no parameters
+                draw()
+    return drawn
+
+
+async def test_requests_generated_from_the_openapi_document_never_fail_the_server(
+    settings: Settings, topics: set[str]
+) -> None:
+    topics.add("web-work")
+    cases = schema_cases(per_operation=20)
+    statuses: dict[tuple[str, str], set[int]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_engine(settings))
+        client = await stack.enter_async_context(Client(settings))
+        await client.deploy(waiting_process("webflow", "web-work").decode())
+        http = await stack.enter_async_context(api(settings))
+        for case in cases:
+            body = case.body
+            if not isinstance(body, bytes):
+                body = None if isinstance(body, NotSet) else orjson.dumps(body)
+            answer = await http.request(
+                case.method,
+                case.formatted_path,
+                params=case.query or None,
+                content=body,
+                headers={"content-type": "application/json", **OPERATE},
+            )
+            request = (case.method, case.formatted_path, case.query, str(case.body)[:300])
+            assert answer.status_code < 500, (request, answer.text)
+            statuses.setdefault((case.method, case.path), set()).add(answer.status_code)
+    # Every operation was reached, and the checks refused what broke the schema.
+    assert len(statuses) == len(ENDPOINTS)
+    assert 422 in statuses[("GET", "/api/instances")]
+    assert 422 in statuses[("POST", "/api/instances/{id}/variables")]

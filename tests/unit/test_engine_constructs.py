@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,14 @@ from orchestrator.engine.state import (
     Transition,
     WithdrawTask,
 )
-from orchestrator.engine.step import complete_task, error_task, start_instance
+from orchestrator.engine.step import (
+    EngineStepError,
+    cancel_instance,
+    complete_task,
+    error_task,
+    set_variables,
+    start_instance,
+)
 
 
 def process(nodes: list[dict[str, Any]], flows: list[tuple[str, str, str | None]]) -> Process:
@@ -410,6 +418,31 @@ def test_a_message_sent_again_carries_the_variables_of_its_task_scope() -> None:
     assert scopes is None  # a flat process stores no scopes at all
     flat_record = {"variables": variables, "tokens": tokens, "scopes": scopes}
     assert variables_for_task(flat_record, open_tasks(flat.state)["a"]) == {"x": 1}
+
+
+def test_an_operator_sets_variables_in_the_process_or_locally_in_a_scope() -> None:
+    first = start(SUBPROCESS, outer=1)
+    sub = next(s for s in first.state.scopes if s.node_id == "sub")
+    in_process = set_variables(first.state, None, {"outer": 2, "fixed": True})
+    assert in_process.state.variables == {"outer": 2, "fixed": True}
+    assert in_process.state.tokens == first.state.tokens  # nothing moves
+    assert [(r.kind, r.node_id, r.detail) for r in in_process.effects if isinstance(r, Record)] == [
+        ("variables_set", None, {"names": ["fixed", "outer"]})
+    ]
+    local = set_variables(in_process.state, sub.id, {"local": 7})
+    assert next(s for s in local.state.scopes if s.id == sub.id).variables == {"local": 7}
+    assert local.state.variables == in_process.state.variables
+    assert first.state.variables == {"outer": 1}  # the old state is left as it was
+    # The process-scope values last to the end; the local one stays in its scope.
+    tasks = open_tasks(local.state)
+    mid = complete_task(SUBPROCESS, local.state, tasks["inner_a"], {})
+    done = complete_task(SUBPROCESS, mid.state, tasks["inner_b"], {"local": 9})
+    assert done.state.variables == {"outer": 2, "fixed": True}
+    with pytest.raises(EngineStepError, match="no scope"):
+        set_variables(first.state, "nope", {"x": 1})
+    cancelled = cancel_instance(first.state, None).state
+    with pytest.raises(EngineStepError, match="not active"):
+        set_variables(cancelled, None, {"x": 1})
 
 
 def test_a_scope_closed_by_an_error_after_one_of_its_tokens_ended_ends_once() -> None:

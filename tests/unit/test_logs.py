@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from orchestrator.logs import JsonFormatter
+from orchestrator.logs import JsonFormatter, TaskFields, current_task
 
 
 def _record(**extra: object) -> logging.LogRecord:
@@ -48,3 +48,21 @@ def test_an_exception_is_one_field() -> None:
         )
     data = orjson.loads(JsonFormatter().format(record))
     assert "ValueError: boom" in data["exc_info"]
+
+
+def test_lines_logged_while_a_task_runs_carry_its_ids() -> None:
+    fields = TaskFields()
+    record = _record()
+    token = current_task.set({"task_id": "t1", "instance_id": "i1", "attempt": 2})
+    try:
+        assert fields.filter(record)
+        passed = _record(task_id="explicit")
+        fields.filter(passed)
+    finally:
+        current_task.reset(token)
+    data = orjson.loads(JsonFormatter().format(record))
+    assert (data["task_id"], data["instance_id"], data["attempt"]) == ("t1", "i1", 2)
+    assert orjson.loads(JsonFormatter().format(passed))["task_id"] == "explicit"
+    outside = _record()
+    fields.filter(outside)
+    assert "task_id" not in orjson.loads(JsonFormatter().format(outside))

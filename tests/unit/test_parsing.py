@@ -100,7 +100,7 @@ def test_engine_task_messages_match_the_wire_model() -> None:
         lease_expires_at=None,
         lease_expiries=0,
     )
-    message = task_message(task, InstanceInfo(task.instance_id, "p", "bk"), {"a": [1]})
+    message = task_message(task, InstanceInfo(task.instance_id, "p", "bk", None), {"a": [1]})
     parsed = TaskMessage.model_validate_json(message.body)
     assert (parsed.task_id, parsed.attempt, parsed.variables) == (task.id, 2, {"a": [1]})
     optional = {"headers", "user_task"}  # only on tasks that have them
