@@ -160,13 +160,14 @@ def current_traceparent() -> str | None:
     return traceparent_of(_otel_trace.get_current_span())
 
 
-def links_to(traceparents: Iterable[str | None]) -> list[Link]:
-    """Span links to the spans these traceparents name: a round serves many instances, so it
-    links to their traces rather than pretending to belong to one."""
+def links_to(traceparents: Iterable[object]) -> list[Link]:
+    """Span links to the spans these traceparents name (anything that is not one is left
+    out): a round serves many instances, so it links to their traces rather than pretending
+    to belong to one."""
     if not INSTALLED:
         return []
-    seen = {traceparent for traceparent in traceparents if traceparent is not None}
-    return [_otel_trace.Link(_span_context(traceparent)) for traceparent in sorted(seen)]
+    valid = {t for t in map(valid_traceparent, traceparents) if t is not None}
+    return [_otel_trace.Link(_span_context(traceparent)) for traceparent in sorted(valid)]
 
 
 def _kind(name: str) -> SpanKind:

@@ -94,10 +94,13 @@ def test_a_bad_traceparent_on_the_wire_is_ignored_not_refused() -> None:
         "attempt": 1,
         "worker_id": "w",
     }
-    body = orjson.dumps([{**report, "traceparent": "00-zz"}, {**report, "traceparent": VALID}])
+    # A report's is taken as it comes (checked only where used: the span links), so
+    # nothing in it can refuse the report.
+    bad = ["00-zz", 42, {"a": 1}, None]
+    body = orjson.dumps([{**report, "traceparent": value} for value in [*bad, VALID]])
     parsed = parse_reports(body, 1 << 20)
-    assert [p.reason for p in parsed] == [None, None]
-    assert [p.report.traceparent for p in parsed if p.report] == [None, VALID]
+    assert [p.reason for p in parsed] == [None] * 5
+    assert [p.report.traceparent for p in parsed if p.report] == [*bad, VALID]
 
 
 def test_a_start_takes_the_header_when_its_body_has_no_traceparent() -> None:
@@ -176,7 +179,7 @@ def test_a_failing_block_marks_its_span(spans: InMemorySpanExporter) -> None:
 
 def test_links_name_each_trace_once(spans: InMemorySpanExporter) -> None:
     other = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
-    links = tracing.links_to([VALID, None, other, VALID])
+    links = tracing.links_to([VALID, None, other, VALID, "00-zz", 42])
     assert sorted(f"{link.context.trace_id:032x}" for link in links) == ["1" * 32, TRACE_ID]
 
 
