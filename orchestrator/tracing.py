@@ -3,8 +3,9 @@ the optional extra is installed (`pip install 'orchestrator[otel]'`).
 
 Propagation needs nothing installed: a `traceparent` (W3C Trace Context, version 00) travels
 as an AMQP header and, on starts and reports, as a JSON field; each instance keeps one in
-PostgreSQL. Spans are emitted only when `opentelemetry` imports; every helper here is a cheap
-no-op otherwise, so the hot path pays a header entry and nothing more.
+PostgreSQL. Spans are made only when OpenTelemetry is installed and a tracer provider is set
+(`enabled`); every span helper here is a cheap no-op otherwise, so the hot path pays a header
+entry and a column and nothing more.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The header names of OpenTelemetry's messaging conventions (and of W3C Trace Context).
+#: The header name of OpenTelemetry's messaging conventions (and of W3C Trace Context).
 TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
 
 _TRACEPARENT_FORMAT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE = "0" * 32

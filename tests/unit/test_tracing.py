@@ -3,6 +3,9 @@ and the spans helpers against OpenTelemetry's in-memory exporter."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -210,3 +213,33 @@ def test_the_relay_publishes_an_outbox_rows_traceparent_as_its_header() -> None:
     assert traced.headers == {"x-orch-published-at-ms": "1.000", "traceparent": VALID}
     untraced = relay._outgoing(OutboxMessage("topic", "t1:1", b"{}"), "1.000")
     assert "traceparent" not in untraced.headers
+
+
+def test_everything_works_without_opentelemetry_installed() -> None:
+    """The extra is optional: with `opentelemetry` not importable, propagation still works
+    and every span helper is a no-op (run in a fresh interpreter that cannot import it)."""
+    script = f"""
+import sys
+sys.modules["opentelemetry"] = None  # import opentelemetry now raises ImportError
+from orchestrator import tracing
+import orchestrator.client, orchestrator.daemon.report_rounds, orchestrator.daemon.start_rounds
+import workers
+assert not tracing.INSTALLED and not tracing.enabled()
+assert tracing.start_span("x") is None and tracing.links_to([{VALID!r}]) == []
+with tracing.span("x") as nothing:
+    assert nothing is None
+assert tracing.current_traceparent() is None
+assert tracing.configure_from_environment("x") is False
+assert tracing.valid_traceparent({VALID!r}) == {VALID!r}
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "console"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
