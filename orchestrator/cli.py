@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -95,6 +96,11 @@ def _add_client_commands(commands: Subcommands) -> None:
     start.add_argument("--idempotency-key")
     start.add_argument("--version", type=int)
     start.add_argument("--vars", default="{}", help="variables as a JSON object")
+    start.add_argument(
+        "--traceparent",
+        default=os.environ.get("TRACEPARENT"),
+        help="the W3C trace the instance joins (default: $TRACEPARENT)",
+    )
     instance = commands.add_parser("instance", help="show an instance as JSON")
     instance.add_argument("id")
     stats = commands.add_parser("stats", help="instance counts and engine counters")
@@ -155,8 +161,17 @@ async def _start(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         business_key=args.business_key,
         idempotency_key=args.idempotency_key,
         version=args.version,
+        traceparent=_traceparent(args.traceparent),
     )
     return {"instance_id": started.instance_id, "created": started.created}
+
+
+def _traceparent(text: str | None) -> str | None:
+    if not text:
+        return None
+    if tracing.valid_traceparent(text) is None:
+        raise SystemExit(f"--traceparent (or $TRACEPARENT) is not a W3C traceparent: {text!r}")
+    return text
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from orchestrator import tracing
 from orchestrator.broker.topology import Topology
+from orchestrator.cli import _traceparent, build_parser
 from orchestrator.daemon.calls import start_child
 from orchestrator.daemon.effects import InstanceInfo, task_message
 from orchestrator.daemon.parsing import parse_command, parse_reports
@@ -243,3 +244,11 @@ print("ok")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_the_command_line_start_takes_a_traceparent() -> None:
+    args = build_parser().parse_args(["start", "order", "--traceparent", VALID])
+    assert _traceparent(args.traceparent) == VALID
+    assert _traceparent(None) is None and _traceparent("") is None
+    with pytest.raises(SystemExit, match="not a W3C traceparent"):
+        _traceparent("nope")
