@@ -1,0 +1,429 @@
+"""The diagram the operations page draws: BPMN 2.0 XML with diagram interchange (DI).
+
+A BPMN file whose DI has a shape for every node of the process is drawn as deployed. A YAML
+or JSON definition (or BPMN without DI) gets BPMN XML generated from the model, laid out
+left to right: each node in the layer of its longest path from a start, embedded
+subprocesses laid out inside their box, event subprocesses in a row below.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from orchestrator.definitions.bpmn.detect import reads_as_xml
+from orchestrator.definitions.bpmn.names import BPMN
+from orchestrator.definitions.bpmn.reader import read_bpmn
+from orchestrator.definitions.bpmn.safe_xml import read_xml
+from orchestrator.definitions.loader import parse_source
+from orchestrator.model.definition import (
+    ErrorBoundaryEvent,
+    MessageBoundaryEvent,
+    Node,
+    ProcessDefinition,
+    SequenceFlow,
+    StartEvent,
+    SubProcess,
+    TimerBoundaryEvent,
+)
+
+BPMNDI = "http://www.omg.org/spec/BPMN/20100524/DI"
+DC = "http://www.omg.org/spec/DD/20100524/DC"
+DI = "http://www.omg.org/spec/DD/20100524/DI"
+
+TASK = (100.0, 80.0)
+EVENT = (36.0, 36.0)
+GATEWAY = (50.0, 50.0)
+GAP_X = 60.0
+GAP_Y = 50.0
+#: Room inside an expanded subprocess around what it holds.
+PAD = 30.0
+MARGIN = 40.0
+
+_Boundary = ErrorBoundaryEvent | TimerBoundaryEvent | MessageBoundaryEvent
+_TAG = {
+    "start_event": "startEvent",
+    "end_event": "endEvent",
+    "error_end_event": "endEvent",
+    "terminate_end_event": "endEvent",
+    "service_task": "serviceTask",
+    "user_task": "userTask",
+    "manual_task": "manualTask",
+    "receive_task": "receiveTask",
+    "call_activity": "callActivity",
+    "subprocess": "subProcess",
+    "exclusive_gateway": "exclusiveGateway",
+    "parallel_gateway": "parallelGateway",
+    "inclusive_gateway": "inclusiveGateway",
+    "event_based_gateway": "eventBasedGateway",
+    "error_boundary_event": "boundaryEvent",
+    "timer_boundary_event": "boundaryEvent",
+    "message_boundary_event": "boundaryEvent",
+    "timer_catch_event": "intermediateCatchEvent",
+    "message_catch_event": "intermediateCatchEvent",
+}
+_EVENT_DEFINITION = {
+    "error_end_event": "errorEventDefinition",
+    "terminate_end_event": "terminateEventDefinition",
+    "error_boundary_event": "errorEventDefinition",
+    "timer_boundary_event": "timerEventDefinition",
+    "message_boundary_event": "messageEventDefinition",
+    "timer_catch_event": "timerEventDefinition",
+    "message_catch_event": "messageEventDefinition",
+}
+
+
+@dataclass(frozen=True)
+class Box:
+    x: float
+    y: float
+    w: float
+    h: float
+
+    def moved(self, dx: float, dy: float) -> Box:
+        return Box(self.x + dx, self.y + dy, self.w, self.h)
+
+    @property
+    def cx(self) -> float:
+        return self.x + self.w / 2
+
+    @property
+    def cy(self) -> float:
+        return self.y + self.h / 2
+
+
+@dataclass
+class Layout:
+    """Where each node is (by id) and the bends of each flow (by id)."""
+
+    boxes: dict[str, Box] = field(default_factory=dict)
+    waypoints: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+def diagram_xml(source: str, key: str) -> tuple[str, bool]:
+    """The XML to draw for process `key` of a deployed source, and whether it was generated."""
+    if reads_as_xml(source):
+        found = next((p for p in read_bpmn(source) if p.key == key), None)
+        if found is None:
+            raise ValueError(f"the source holds no process {key!r}")
+        definition = ProcessDefinition.model_validate(found.data)
+        if {node.id for node in definition.nodes} <= _shapes(source):
+            return source, False
+    else:
+        definition = ProcessDefinition.model_validate(parse_source(source))
+    return generate_bpmn(definition), True
+
+
+def _shapes(source: str) -> set[str]:
+    """The elements the file's DI draws."""
+    root = read_xml(source).root
+    return {shape.get("bpmnElement", "") for shape in root.iter(f"{{{BPMNDI}}}BPMNShape")} - {""}
+
+
+# --- the layout ------------------------------------------------------------------------------
+
+
+def layout(definition: ProcessDefinition) -> Layout:
+    result = Layout()
+    _, _, boxes = _place_scope(definition, None)
+    result.boxes = {node_id: box.moved(MARGIN, MARGIN) for node_id, box in boxes.items()}
+    nodes = {node.id: node for node in definition.nodes}
+    for flow in definition.flows:
+        result.waypoints[flow.id] = _route(flow, nodes, result.boxes)
+    return result
+
+
+def _size(node: Node) -> tuple[float, float]:
+    if node.type.endswith("_gateway"):
+        return GATEWAY
+    if node.type.endswith("_event"):
+        return EVENT
+    return TASK
+
+
+def _place_scope(
+    definition: ProcessDefinition, scope: str | None
+) -> tuple[float, float, dict[str, Box]]:
+    """Lay out the nodes whose parent is `scope` (and, inside them, theirs): its width,
+    height and the boxes, relative to the scope's corner."""
+    members = [n for n in definition.nodes if n.parent == scope]
+    boundaries = [n for n in members if isinstance(n, _Boundary)]
+    event_subs = [n for n in members if isinstance(n, SubProcess) and n.triggered_by_event]
+    skip = {n.id for n in boundaries} | {n.id for n in event_subs}
+    flowing = [n for n in members if n.id not in skip]
+
+    inner: dict[str, tuple[float, float, dict[str, Box]]] = {}
+    sizes: dict[str, tuple[float, float]] = {}
+    for node in [*flowing, *event_subs]:
+        if isinstance(node, SubProcess):
+            inner[node.id] = _place_scope(definition, node.id)
+            w, h, _ = inner[node.id]
+            sizes[node.id] = (max(w + 2 * PAD, TASK[0]), max(h + 2 * PAD, TASK[1]))
+        else:
+            sizes[node.id] = _size(node)
+
+    host = {n.id: n.attached_to for n in boundaries}
+    ids = [n.id for n in flowing]
+    edges = [
+        (host.get(f.source, f.source), f.target)
+        for f in definition.flows
+        if host.get(f.source, f.source) in sizes and f.target in sizes
+    ]
+    columns = _columns(ids, edges, starts=[n.id for n in flowing if isinstance(n, StartEvent)])
+
+    boxes: dict[str, Box] = {}
+    height = max((_stack_height(col, sizes) for col in columns), default=0.0)
+    x = 0.0
+    for column in columns:
+        width = max(sizes[i][0] for i in column)
+        y = (height - _stack_height(column, sizes)) / 2
+        for node_id in column:
+            w, h = sizes[node_id]
+            boxes[node_id] = Box(x + (width - w) / 2, y, w, h)
+            y += h + GAP_Y
+        x += width + GAP_X
+    width = max(x - GAP_X, 0.0)
+
+    if event_subs:  # no flows reach them: a row of their own below the rest
+        y = height + GAP_Y if boxes else 0.0
+        x = 0.0
+        for sub in event_subs:
+            w, h = sizes[sub.id]
+            boxes[sub.id] = Box(x, y, w, h)
+            x += w + GAP_X
+        width = max(width, x - GAP_X)
+        height = y + max(sizes[s.id][1] for s in event_subs)
+
+    for sub_id, (_, _, nested) in inner.items():
+        corner = boxes[sub_id]
+        boxes.update({i: b.moved(corner.x + PAD, corner.y + PAD) for i, b in nested.items()})
+
+    on_host: dict[str, int] = {}
+    for boundary in boundaries:  # on the bottom edge of the activity they are attached to
+        activity = boxes.get(boundary.attached_to)
+        if activity is None:
+            continue
+        index = on_host[boundary.attached_to] = on_host.get(boundary.attached_to, 0) + 1
+        w, h = EVENT
+        cx = activity.x + activity.w - 20 - (index - 1) * (w + 8)
+        boxes[boundary.id] = Box(cx - w / 2, activity.y + activity.h - h / 2, w, h)
+    if boundaries:
+        height += EVENT[1] / 2
+    return width, height, boxes
+
+
+def _stack_height(column: list[str], sizes: dict[str, tuple[float, float]]) -> float:
+    return sum(sizes[i][1] for i in column) + GAP_Y * (len(column) - 1)
+
+
+def _columns(ids: list[str], edges: list[tuple[str, str]], starts: list[str]) -> list[list[str]]:
+    """Longest-path layering of the graph without its back edges (loops), each layer ordered
+    by where its predecessors stand, so flows cross less."""
+    following: dict[str, list[str]] = {i: [] for i in ids}
+    for source, target in edges:
+        if source != target:
+            following[source].append(target)
+    forward = _without_back_edges(ids, following, starts)
+    layer = {i: 0 for i in ids}
+    for node_id in _topological(ids, forward):
+        for target in forward[node_id]:
+            layer[target] = max(layer[target], layer[node_id] + 1)
+    columns: list[list[str]] = [[] for _ in range(max(layer.values(), default=-1) + 1)]
+    for node_id in ids:
+        columns[layer[node_id]].append(node_id)
+    position = {i: float(n) for n, i in enumerate(columns[0])} if columns else {}
+    preceding: dict[str, list[str]] = {i: [] for i in ids}
+    for source, targets in forward.items():
+        for target in targets:
+            preceding[target].append(source)
+    for column in columns[1:]:
+        known = [position[p] for i in column for p in preceding[i] if p in position]
+        fallback = sum(known) / len(known) if known else 0.0
+
+        def rank(node_id: str, fallback: float = fallback) -> float:
+            seen = [position[p] for p in preceding[node_id] if p in position]
+            return sum(seen) / len(seen) if seen else fallback
+
+        column.sort(key=rank)
+        position.update({i: float(n) for n, i in enumerate(column)})
+    return columns
+
+
+def _without_back_edges(
+    ids: list[str], following: dict[str, list[str]], starts: list[str]
+) -> dict[str, list[str]]:
+    """The edges a depth-first walk from the starts does not find closing a cycle."""
+    state: dict[str, int] = {}  # 1: on the walk's path, 2: done
+    forward: dict[str, list[str]] = {i: [] for i in ids}
+    for root in [*starts, *ids]:
+        if root in state:
+            continue
+        state[root] = 1
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(following[root]))]
+        while stack:
+            node_id, rest = stack[-1]
+            target = next(rest, None)
+            if target is None:
+                state[node_id] = 2
+                stack.pop()
+            elif state.get(target) == 1:
+                continue  # a back edge: it closes a loop
+            else:
+                forward[node_id].append(target)
+                if target not in state:
+                    state[target] = 1
+                    stack.append((target, iter(following[target])))
+    return forward
+
+
+def _topological(ids: list[str], forward: dict[str, list[str]]) -> list[str]:
+    waiting = {i: 0 for i in ids}
+    for targets in forward.values():
+        for target in targets:
+            waiting[target] += 1
+    ready = [i for i in ids if waiting[i] == 0]
+    ordered: list[str] = []
+    while ready:
+        node_id = ready.pop(0)
+        ordered.append(node_id)
+        for target in forward[node_id]:
+            waiting[target] -= 1
+            if waiting[target] == 0:
+                ready.append(target)
+    return ordered
+
+
+def _route(
+    flow: SequenceFlow, nodes: dict[str, Node], boxes: dict[str, Box]
+) -> list[tuple[float, float]]:
+    """Right angles: out of the source's right side (a boundary event's bottom), into the
+    target's left; a loop back runs below both."""
+    source, target = boxes[flow.source], boxes[flow.target]
+    if isinstance(nodes[flow.source], _Boundary):
+        if target.x > source.cx:
+            return [(source.cx, source.y + source.h), (source.cx, target.cy), (target.x, target.cy)]
+        below = max(source.y + source.h, target.y + target.h) + 20
+        return [(source.cx, source.y + source.h), (source.cx, below), (target.cx, below),
+                (target.cx, target.y + target.h)]  # fmt: skip
+    right = source.x + source.w
+    if target.x >= right:
+        if abs(source.cy - target.cy) < 1:
+            return [(right, source.cy), (target.x, target.cy)]
+        middle = (right + target.x) / 2
+        return [(right, source.cy), (middle, source.cy), (middle, target.cy), (target.x, target.cy)]
+    below = max(source.y + source.h, target.y + target.h) + GAP_Y / 2
+    return [(source.cx, source.y + source.h), (source.cx, below), (target.cx, below),
+            (target.cx, target.y + target.h)]  # fmt: skip
+
+
+# --- the XML ---------------------------------------------------------------------------------
+
+
+def generate_bpmn(definition: ProcessDefinition) -> str:
+    """BPMN 2.0 XML for the model, its DI from `layout`: what bpmn-js draws for a definition
+    deployed without one. Only what the drawing shows (types, names, markers)."""
+    for prefix, namespace in (("bpmn", BPMN), ("bpmndi", BPMNDI), ("dc", DC), ("di", DI)):
+        ET.register_namespace(prefix, namespace)
+    used = {node.id for node in definition.nodes} | {flow.id for flow in definition.flows}
+    process_id = _fresh(definition.key, used)
+    namespace = "https://orchestrator.dev/generated"
+    root = ET.Element(
+        _b("definitions"), {"id": _fresh("definitions", used), "targetNamespace": namespace}
+    )
+    process = ET.SubElement(root, _b("process"), {"id": process_id, "isExecutable": "true"})
+    if definition.name:
+        process.set("name", definition.name)
+    elements = {node.id: _semantic(node, used) for node in definition.nodes}
+    for node in definition.nodes:
+        parent = elements.get(node.parent) if node.parent else None
+        (process if parent is None else parent).append(elements[node.id])
+    nodes = {node.id: node for node in definition.nodes}
+    for flow in definition.flows:
+        attributes = {"id": flow.id, "sourceRef": flow.source, "targetRef": flow.target}
+        if flow.name:
+            attributes["name"] = flow.name
+        scope = nodes[flow.source].parent
+        container = elements.get(scope) if scope else None
+        ET.SubElement(process if container is None else container, _b("sequenceFlow"), attributes)
+
+    drawn = layout(definition)
+    diagram = ET.SubElement(root, f"{{{BPMNDI}}}BPMNDiagram", {"id": _fresh("diagram", used)})
+    plane = ET.SubElement(
+        diagram,
+        f"{{{BPMNDI}}}BPMNPlane",
+        {"id": _fresh("plane", used), "bpmnElement": process_id},
+    )
+    for node in definition.nodes:
+        box = drawn.boxes[node.id]
+        attributes = {"id": _fresh(f"{node.id}_di", used), "bpmnElement": node.id}
+        if isinstance(node, SubProcess):
+            attributes["isExpanded"] = "true"
+        shape = ET.SubElement(plane, f"{{{BPMNDI}}}BPMNShape", attributes)
+        ET.SubElement(shape, f"{{{DC}}}Bounds", _bounds(box))
+    for flow in definition.flows:
+        edge = ET.SubElement(
+            plane,
+            f"{{{BPMNDI}}}BPMNEdge",
+            {"id": _fresh(f"{flow.id}_di", used), "bpmnElement": flow.id},
+        )
+        for x, y in drawn.waypoints[flow.id]:
+            ET.SubElement(edge, f"{{{DI}}}waypoint", {"x": _num(x), "y": _num(y)})
+    return ET.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def _semantic(node: Node, used: set[str]) -> ET.Element:
+    element = ET.Element(_b(_TAG[node.type]), {"id": node.id})
+    if node.name:
+        element.set("name", node.name)
+    elif _TAG[node.type].endswith(("Task", "Activity", "subProcess")):
+        element.set("name", node.id)  # an empty box says nothing
+    if isinstance(node, _Boundary):
+        element.set("attachedToRef", node.attached_to)
+        if not isinstance(node, ErrorBoundaryEvent) and not node.interrupting:
+            element.set("cancelActivity", "false")
+    if isinstance(node, SubProcess) and node.triggered_by_event:
+        element.set("triggeredByEvent", "true")
+    multi = getattr(node, "multi_instance", None)
+    if multi is not None:
+        loop = ET.SubElement(element, _b("multiInstanceLoopCharacteristics"))
+        if multi.sequential:
+            loop.set("isSequential", "true")
+    definition = _EVENT_DEFINITION.get(node.type)
+    if isinstance(node, StartEvent):
+        if not node.interrupting:
+            element.set("isInterrupting", "false")
+        definition = (
+            "timerEventDefinition"
+            if node.timer
+            else "messageEventDefinition"
+            if node.message
+            else "errorEventDefinition"
+            if node.error
+            else None
+        )
+    if definition is not None:
+        ET.SubElement(element, _b(definition), {"id": _fresh(f"{node.id}_event", used)})
+    return element
+
+
+def _b(local: str) -> str:
+    return f"{{{BPMN}}}{local}"
+
+
+def _fresh(base: str, used: set[str]) -> str:
+    """An XML id no element of the definition has."""
+    candidate, n = base, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{base}_{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _bounds(box: Box) -> dict[str, str]:
+    return {"x": _num(box.x), "y": _num(box.y), "width": _num(box.w), "height": _num(box.h)}
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.1f}"
