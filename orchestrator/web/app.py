@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from orchestrator.client import Client
 from orchestrator.config import Settings
@@ -35,7 +37,9 @@ from orchestrator.errors import (
 )
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Session, Store
+from orchestrator.web import pages
 from orchestrator.web.auth import Role, bearer, parse_tokens, permits, role_of
+from orchestrator.web.diagram import diagram_xml
 from orchestrator.web.openapi import Endpoint, document
 from orchestrator.web.params import (
     CancelBody,
@@ -162,6 +166,23 @@ async def get_definition(request: Request) -> Response:
     return json(found)
 
 
+async def get_diagram(request: Request) -> Response:
+    """The BPMN XML the page draws: as deployed when it has a diagram, else generated."""
+    wanted = parse(DefinitionId, dict(request.path_params))
+    async with _reading(request) as db:
+        found = await db.web_definition(wanted.key, wanted.version)
+    if found is None:
+        raise NotFound(f"definition {wanted.key} version {wanted.version} does not exist")
+    xml, generated = diagram_xml(str(found["source"]), wanted.key)
+    return json({"key": wanted.key, "version": wanted.version, "generated": generated, "xml": xml})
+
+
+async def whoami(request: Request) -> Response:
+    """The role of the presented token: the page shows actions to operators only."""
+    role = role_of(bearer(request.headers.get("authorization")), request.app.state.tokens)
+    return json({"role": role})
+
+
 async def list_instances(request: Request) -> Response:
     query = _query(request, InstanceQuery)
     async with _reading(request) as db:
@@ -258,6 +279,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(("key", {"type": "string"}), ("version", {"type": "integer", "minimum": 1})),
     ),
     Endpoint(
+        "GET",
+        "/api/definitions/{key}/{version}/diagram",
+        get_diagram,
+        "its BPMN XML with a diagram (generated when deployed without one)",
+        path_params=(("key", {"type": "string"}), ("version", {"type": "integer", "minimum": 1})),
+    ),
+    Endpoint("GET", "/api/whoami", whoami, "the role of the presented token"),
+    Endpoint(
         "GET", "/api/instances", list_instances, "instances, newest first", query=InstanceQuery
     ),
     Endpoint(
@@ -340,8 +369,9 @@ def _guarded(
     return run
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The application; its lifespan opens a store (a small pool) and a client."""
+def create_app(settings: Settings, bpmn_js: Path = pages.BPMN_JS) -> Starlette:
+    """The application; its lifespan opens a store (a small pool) and a client. `bpmn_js`:
+    where the page's diagram library is (a test points it elsewhere)."""
     tokens = parse_tokens(settings.web_tokens)
     if not tokens:
         log.warning("ORCH_WEB_TOKENS is not set: every /api request will be refused")
@@ -365,11 +395,15 @@ def create_app(settings: Settings) -> Starlette:
             await client.close()
             await store.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route(e.path, _guarded(e, tokens), methods=[e.method], name=e.path) for e in ENDPOINTS
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    routes += pages.routes(bpmn_js)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(pages.SecurityHeaders)]
+    )
     app.state.settings = settings
+    app.state.tokens = tokens
     return app
 
 
