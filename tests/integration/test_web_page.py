@@ -222,9 +222,15 @@ async def test_the_page_shows_data_as_text_and_draws_a_yaml_definition(
             badges = [b.text for b in chrome.find_elements(By.CSS_SELECTOR, ".orch-badge")]
             assert "3" in badges  # three tokens wait at the task
             assert "0/3 ✓ · 3 started" in badges  # its multi-instance progress
-            # a read token sees no actions
+            # a read token sees no actions; an operator's cancels
             assert chrome.find_elements(By.CSS_SELECTOR, "#cancel, button.retry") == []
             assert page_errors(chrome) == []
+            chrome.find_element(By.ID, "logout").click()
+            log_in(chrome, base, f"/ui/instances/{instance_id}", "operator-token-1")
+            WebDriverWait(chrome, WAIT_S).until(lambda d: d.find_element(By.ID, "cancel")).click()
+            chrome.switch_to.alert.accept()
+            wait(chrome, "return document.getElementById('state').textContent === 'cancelled';",
+                 "the instance to be cancelled")  # fmt: skip
 
         await asyncio.to_thread(look)
 

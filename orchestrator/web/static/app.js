@@ -26,6 +26,11 @@
     return element;
   }
 
+  // The DOM's own replaceChildren writes null as "null": leave the empty ones out.
+  function fill(container, ...children) {
+    container.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  }
+
   function when(text) {
     return text ? String(text).replace('T', ' ').replace(/\.\d+/, '') : '';
   }
@@ -114,7 +119,7 @@
   }
 
   function failed(error) {
-    main.replaceChildren(h('p', { class: 'error', role: 'alert' }, 'Error: ' + error.message));
+    fill(main, h('p', { class: 'error', role: 'alert' }, 'Error: ' + error.message));
   }
 
   // --- login ------------------------------------------------------------------------------
@@ -141,7 +146,7 @@
       sessionStorage.setItem(ROLE, me.role);
       location.assign(safeNext());
     };
-    main.replaceChildren(
+    fill(main,
       h('h1', {}, 'Log in'),
       h(
         'form',
@@ -189,7 +194,7 @@
   async function instancesPage() {
     const params = new URLSearchParams(location.search);
     const page = await api('/api/instances?' + params);
-    main.replaceChildren(
+    fill(main,
       h('h1', {}, 'Instances'),
       filterForm(params),
       table(page.items, [
@@ -221,7 +226,7 @@
       next.delete('offset');
       return h('a', { href: location.pathname + '?' + next }, text);
     };
-    main.replaceChildren(
+    fill(main,
       h('h1', {}, params.get('open') === 'true' ? 'Open incidents' : 'Incidents'),
       h('p', {}, scope('true', 'open'), ' · ', scope('false', 'resolved'), ' · ', scope('all', 'all')),
       table(page.items, [
@@ -258,7 +263,7 @@
     const [scopesSection, scopesBody] = section('scopes', 'Scopes and tokens');
     const [waitsSection, waitsBody] = section('waits', 'Children, timers and subscriptions');
     const [historySection, historyBody] = section('history', 'History');
-    main.replaceChildren(
+    fill(main,
       h('h1', {}, 'Instance ', h('code', {}, id)),
       summary, actions, feedback,
       h('h2', {}, 'Diagram'), diagramNote, diagram,
@@ -280,7 +285,7 @@
     };
 
     const render = () => {
-      summary.replaceChildren(
+      fill(summary,
         h('dt', {}, 'Process'), h('dd', {}, h('a', { href: '/ui/instances?process=' + encodeURIComponent(detail.process_key) }, detail.process_key), ' version ' + detail.version),
         h('dt', {}, 'Business key'), h('dd', {}, detail.business_key || '—'),
         h('dt', {}, 'State'), h('dd', {}, h('span', { id: 'state', class: 'state-' + detail.state }, detail.state)),
@@ -288,7 +293,7 @@
         h('dt', {}, 'Ended'), h('dd', {}, when(detail.ended_at) || '—'),
         detail.parent_id ? [h('dt', {}, 'Called by'), h('dd', {}, instanceLink(detail.parent_id))] : null,
       );
-      actions.replaceChildren(
+      fill(actions,
         operator() && detail.state === 'active'
           ? h('button', {
             type: 'button',
@@ -302,7 +307,7 @@
           : null,
       );
       const incidents = [...detail.incidents].sort((a, b) => (a.resolved_at ? 1 : 0) - (b.resolved_at ? 1 : 0));
-      incidentsBody.replaceChildren(
+      fill(incidentsBody,
         incidents.length ? '' : h('p', { class: 'notice' }, 'none'),
         ...incidents.map((n) => h(
           'div',
@@ -310,7 +315,7 @@
           h('strong', {}, n.node_id || 'instance'), ' — ', n.kind, ', attempt ', String(n.attempt ?? ''), ', ', when(n.created_at),
           n.resolved_at ? ' — resolved ' + when(n.resolved_at) + ' (' + (n.resolution || '') + ')' : '',
           h('pre', { class: 'error-message' }, n.message || ''),
-          n.details ? shown(n.details) : null,
+          typeof n.details === 'string' ? h('pre', { class: 'details' }, n.details) : n.details ? shown(n.details) : null,
           !n.resolved_at && operator()
             ? h('button', {
               type: 'button',
@@ -320,7 +325,7 @@
             : null,
         )),
       );
-      tasksBody.replaceChildren(table(detail.tasks, [
+      fill(tasksBody, table(detail.tasks, [
         ['Element', (t) => t.node_id],
         ['Topic', (t) => t.topic],
         ['Status', (t) => t.status],
@@ -332,7 +337,7 @@
         ['Closed', (t) => when(t.closed_at)],
       ], 'task-table'));
       const scoped = detail.scopes.filter((s) => s.variables && Object.keys(s.variables).length);
-      variablesBody.replaceChildren(
+      fill(variablesBody,
         h('h3', {}, 'Instance'),
         variableTable(detail.variables || {}, 'variable-table'),
         ...scoped.map((s) => [
@@ -340,12 +345,12 @@
           variableTable(s.variables),
         ]),
       );
-      scopesBody.replaceChildren(table(detail.scopes, [
+      fill(scopesBody, table(detail.scopes, [
         ['Scope', (s) => s.kind + (s.node_id ? ' ' + s.node_id : '') + (s.element !== undefined ? ' #' + s.element : '')],
         ['Waiting at', (s) => s.tokens.map((t) => t.node_id + (t.task_id ? ' (task)' : '')).join(', ')],
         ['Multi-instance', (s) => (s.loop ? s.loop.started + ' started, ' + s.loop.completed + ' of ' + s.loop.elements + ' completed' : '')],
       ]));
-      waitsBody.replaceChildren(
+      fill(waitsBody,
         h('h3', {}, 'Children'),
         table(detail.children, [
           ['Instance', (c) => instanceLink(c.instance_id)],
@@ -363,7 +368,7 @@
           ['Element', (s) => s.node_id || ''], ['Message', (s) => s.name], ['Correlation key', (s) => s.correlation_key ?? ''],
         ]),
       );
-      historyBody.replaceChildren(table(detail.history, [
+      fill(historyBody, table(detail.history, [
         ['At', (e) => when(e.at)],
         ['Kind', (e) => e.kind],
         ['Element', (e) => e.node_id || ''],
@@ -415,7 +420,7 @@
       note.textContent = 'The diagram could not be drawn: ' + error.message;
       return null;
     }
-    viewer.get('canvas').zoom('fit-viewport');
+    viewer.get('canvas').zoom('fit-viewport', 'auto');
     note.textContent = answer.generated ? 'Laid out here: the definition was deployed without a diagram.' : '';
     container.setAttribute('data-drawn', answer.generated ? 'generated' : 'deployed');
     return { mark: overlay(viewer) };
@@ -501,7 +506,7 @@
     if (path === '/ui/instances') return instancesPage();
     if (path === '/ui/incidents') return incidentsPage();
     if (instance) return instancePage(decodeURIComponent(instance[1]));
-    main.replaceChildren(h('p', { class: 'error' }, 'No such page.'));
+    fill(main, h('p', { class: 'error' }, 'No such page.'));
   }
 
   route().catch(failed);
