@@ -172,19 +172,7 @@ def _place_scope(
     ]
     columns = _columns(ids, edges, starts=[n.id for n in flowing if isinstance(n, StartEvent)])
 
-    boxes: dict[str, Box] = {}
-    height = max((_stack_height(col, sizes) for col in columns), default=0.0)
-    x = 0.0
-    for column in columns:
-        width = max(sizes[i][0] for i in column)
-        y = (height - _stack_height(column, sizes)) / 2
-        for node_id in column:
-            w, h = sizes[node_id]
-            boxes[node_id] = Box(x + (width - w) / 2, y, w, h)
-            y += h + GAP_Y
-        x += width + GAP_X
-    width = max(x - GAP_X, 0.0)
-
+    width, height, boxes = _place_columns(columns, sizes)
     if event_subs:  # no flows reach them: a row of their own below the rest
         y = height + GAP_Y if boxes else 0.0
         x = 0.0
@@ -199,8 +187,32 @@ def _place_scope(
         corner = boxes[sub_id]
         boxes.update({i: b.moved(corner.x + PAD, corner.y + PAD) for i, b in nested.items()})
 
+    _place_boundaries(boundaries, boxes)
+    return width, height + (EVENT[1] / 2 if boundaries else 0.0), boxes
+
+
+def _place_columns(
+    columns: list[list[str]], sizes: dict[str, tuple[float, float]]
+) -> tuple[float, float, dict[str, Box]]:
+    """Each layer a column, its nodes stacked and centred on the tallest column's middle."""
+    boxes: dict[str, Box] = {}
+    height = max((_stack_height(col, sizes) for col in columns), default=0.0)
+    x = 0.0
+    for column in columns:
+        width = max(sizes[i][0] for i in column)
+        y = (height - _stack_height(column, sizes)) / 2
+        for node_id in column:
+            w, h = sizes[node_id]
+            boxes[node_id] = Box(x + (width - w) / 2, y, w, h)
+            y += h + GAP_Y
+        x += width + GAP_X
+    return max(x - GAP_X, 0.0), height, boxes
+
+
+def _place_boundaries(boundaries: list[_Boundary], boxes: dict[str, Box]) -> None:
+    """On the bottom edge of the activity they are attached to, from its right corner."""
     on_host: dict[str, int] = {}
-    for boundary in boundaries:  # on the bottom edge of the activity they are attached to
+    for boundary in boundaries:
         activity = boxes.get(boundary.attached_to)
         if activity is None:
             continue
@@ -208,9 +220,6 @@ def _place_scope(
         w, h = EVENT
         cx = activity.x + activity.w - 20 - (index - 1) * (w + 8)
         boxes[boundary.id] = Box(cx - w / 2, activity.y + activity.h - h / 2, w, h)
-    if boundaries:
-        height += EVENT[1] / 2
-    return width, height, boxes
 
 
 def _stack_height(column: list[str], sizes: dict[str, tuple[float, float]]) -> float:
