@@ -6,6 +6,7 @@ commands over AMQP, the same ones the CLI sends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -39,7 +40,7 @@ from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Session, Store
 from orchestrator.web import pages
 from orchestrator.web.auth import Role, bearer, parse_tokens, permits, role_of
-from orchestrator.web.diagram import diagram_xml
+from orchestrator.web.diagram import diagram_for
 from orchestrator.web.openapi import Endpoint, document
 from orchestrator.web.params import (
     CancelBody,
@@ -173,8 +174,17 @@ async def get_diagram(request: Request) -> Response:
         found = await db.web_definition(wanted.key, wanted.version)
     if found is None:
         raise NotFound(f"definition {wanted.key} version {wanted.version} does not exist")
-    xml, generated = diagram_xml(str(found["source"]), wanted.key)
-    return json({"key": wanted.key, "version": wanted.version, "generated": generated, "xml": xml})
+    # parsing a large file takes a while: not on the event loop
+    drawn = await asyncio.to_thread(diagram_for, str(found["source"]), wanted.key)
+    return json(
+        {
+            "key": wanted.key,
+            "version": wanted.version,
+            "generated": drawn.generated,
+            "diagram_id": drawn.diagram_id,
+            "xml": drawn.xml,
+        }
+    )
 
 
 async def whoami(request: Request) -> Response:

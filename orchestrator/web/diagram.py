@@ -17,6 +17,7 @@ from orchestrator.definitions.bpmn.names import BPMN
 from orchestrator.definitions.bpmn.reader import read_bpmn
 from orchestrator.definitions.bpmn.safe_xml import read_xml
 from orchestrator.definitions.loader import parse_source
+from orchestrator.errors import DefinitionError
 from orchestrator.model.definition import (
     ErrorBoundaryEvent,
     MessageBoundaryEvent,
@@ -101,24 +102,51 @@ class Layout:
     waypoints: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
-def diagram_xml(source: str, key: str) -> tuple[str, bool]:
-    """The XML to draw for process `key` of a deployed source, and whether it was generated."""
+@dataclass(frozen=True)
+class Diagram:
+    xml: str
+    #: Laid out here: the definition was deployed without a diagram.
+    generated: bool
+    #: Which BPMNDiagram of the file shows the process (a file may hold several); None: the
+    #: first.
+    diagram_id: str | None = None
+
+
+def diagram_for(source: str, key: str) -> Diagram:
+    """What to draw for process `key` of a deployed source."""
     if reads_as_xml(source):
         found = next((p for p in read_bpmn(source) if p.key == key), None)
         if found is None:
-            raise ValueError(f"the source holds no process {key!r}")
+            raise DefinitionError([f"the deployed source holds no process {key!r}"])
         definition = ProcessDefinition.model_validate(found.data)
-        if {node.id for node in definition.nodes} <= _shapes(source):
-            return source, False
+        root = read_xml(source).root
+        if {node.id for node in definition.nodes} <= _shapes(root):
+            return Diagram(source, False, _showing(root, key))
     else:
         definition = ProcessDefinition.model_validate(parse_source(source))
-    return generate_bpmn(definition), True
+    return Diagram(generate_bpmn(definition), True)
 
 
-def _shapes(source: str) -> set[str]:
+def _shapes(root: ET.Element) -> set[str]:
     """The elements the file's DI draws."""
-    root = read_xml(source).root
     return {shape.get("bpmnElement", "") for shape in root.iter(f"{{{BPMNDI}}}BPMNShape")} - {""}
+
+
+def _showing(root: ET.Element, process_id: str) -> str | None:
+    """The id of the BPMNDiagram whose plane is the process, or a collaboration with a
+    participant (pool) for it."""
+    pools = {
+        collaboration.get("id")
+        for collaboration in root.iter(f"{{{BPMN}}}collaboration")
+        for participant in collaboration.iter(f"{{{BPMN}}}participant")
+        if participant.get("processRef") == process_id
+    }
+    for diagram in root.iter(f"{{{BPMNDI}}}BPMNDiagram"):
+        plane = diagram.find(f"{{{BPMNDI}}}BPMNPlane")
+        shown = plane.get("bpmnElement") if plane is not None else None
+        if shown is not None and (shown == process_id or shown in pools):
+            return diagram.get("id")
+    return None
 
 
 # --- the layout ------------------------------------------------------------------------------

@@ -22,12 +22,13 @@ from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.web.app import create_app
 from tests.support import browser
-from tests.support.harness import running_engine, running_worker, wait_until
+from tests.support.harness import ROOT, running_engine, running_worker, wait_until
 from tests.support.services import running_in_ci
 from workers import TaskContext, TaskFailure, Worker
 
 pytestmark = pytest.mark.integration
 
+DATA = ROOT / "tests" / "data" / "bpmn"
 TOKENS = "reader-token-1=read,operator-token-1=operator"
 CHARGE = "page-charge"
 IDLE = "page-idle"
@@ -187,10 +188,10 @@ async def test_an_operator_retries_an_incident_from_the_page(
         await asyncio.to_thread(retry)
 
 
-async def test_the_page_shows_data_as_text_and_draws_a_yaml_definition(
+async def test_the_page_shows_data_as_text_and_draws_yaml_and_bpmn(
     settings: Settings, topics: set[str], chrome: webdriver.Chrome
 ) -> None:
-    topics.add(IDLE)
+    topics.update({IDLE, "reserve-stock"})
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(running_engine(settings))
         client = await stack.enter_async_context(Client(settings))
@@ -198,6 +199,8 @@ async def test_the_page_shows_data_as_text_and_draws_a_yaml_definition(
         variables = {"note": SCRIPT, "picture": IMAGE, "items": [1, 2, 3]}
         started = await client.start("pageidle", business_key=IMAGE, variables=variables)
         instance_id = started.instance_id
+        await client.deploy((DATA / "c7_order.bpmn").read_text())
+        modelled = (await client.start("order-c7", variables={"amount": 5})).instance_id
         base = await stack.enter_async_context(web_page(settings))
 
         def look() -> None:
@@ -222,9 +225,17 @@ async def test_the_page_shows_data_as_text_and_draws_a_yaml_definition(
             badges = [b.text for b in chrome.find_elements(By.CSS_SELECTOR, ".orch-badge")]
             assert "3" in badges  # three tokens wait at the task
             assert "0/3 ✓ · 3 started" in badges  # its multi-instance progress
-            # a read token sees no actions; an operator's cancels
+            # a read token sees no actions
             assert chrome.find_elements(By.CSS_SELECTOR, "#cancel, button.retry") == []
             assert page_errors(chrome) == []
+
+            # a BPMN file with its own diagram is drawn as deployed
+            chrome.get(f"{base}/ui/instances/{modelled}")
+            wait(chrome, marked("Task_Reserve", "orch-active"), "the modelled diagram")
+            assert chrome.find_element(By.ID, "diagram").get_attribute("data-drawn") == "deployed"
+            assert chrome.execute_script(marked("StartEvent_1", "orch-done"))
+
+            # an operator may cancel
             chrome.find_element(By.ID, "logout").click()
             log_in(chrome, base, f"/ui/instances/{instance_id}", "operator-token-1")
             WebDriverWait(chrome, WAIT_S).until(lambda d: d.find_element(By.ID, "cancel")).click()

@@ -12,7 +12,16 @@ from orchestrator.definitions.bpmn.reader import read_bpmn
 from orchestrator.definitions.bpmn.safe_xml import read_xml
 from orchestrator.definitions.loader import load_definition
 from orchestrator.model.definition import ProcessDefinition
-from orchestrator.web.diagram import BPMNDI, DC, DI, Box, diagram_xml, generate_bpmn, layout
+from orchestrator.web.diagram import (
+    BPMNDI,
+    DC,
+    DI,
+    Box,
+    Diagram,
+    diagram_for,
+    generate_bpmn,
+    layout,
+)
 from tests.support.harness import ROOT
 
 DATA = ROOT / "tests" / "data" / "bpmn"
@@ -131,7 +140,7 @@ def test_subprocess_contents_sit_inside_its_box() -> None:
 def test_bpmn_with_its_own_diagram_is_drawn_as_deployed() -> None:
     source = (DATA / "c7_order.bpmn").read_text()
     key = read_bpmn(source)[0].key
-    assert diagram_xml(source, key) == (source, False)
+    assert diagram_for(source, key) == Diagram(source, False, "BPMNDiagram_1")
 
 
 def test_bpmn_without_a_diagram_and_yaml_get_one() -> None:
@@ -139,7 +148,19 @@ def test_bpmn_without_a_diagram_and_yaml_get_one() -> None:
     key = read_bpmn(source)[0].key
     start = source.index("<bpmndi:BPMNDiagram")
     stripped = source[:start] + source[source.index("</bpmndi:BPMNDiagram>") + 21 :]
-    xml, generated = diagram_xml(stripped, key)
-    assert generated and "BPMNShape" in xml
-    xml, generated = diagram_xml(ORDER_YAML.read_text(), "order")
-    assert generated and 'bpmnElement="charge_payment"' in xml
+    drawn = diagram_for(stripped, key)
+    assert drawn.generated and "BPMNShape" in drawn.xml
+    drawn = diagram_for(ORDER_YAML.read_text(), "order")
+    assert drawn.generated and 'bpmnElement="charge_payment"' in drawn.xml
+
+
+def test_the_diagram_of_the_process_is_chosen_among_several() -> None:
+    source = (DATA / "c7_order.bpmn").read_text()
+    key = read_bpmn(source)[0].key
+    start = source.index("<bpmndi:BPMNDiagram")
+    other = (
+        '<bpmndi:BPMNDiagram id="Other"><bpmndi:BPMNPlane id="OtherPlane" bpmnElement="other" />'
+        "</bpmndi:BPMNDiagram>"
+    )
+    two = source[:start] + other + source[start:]
+    assert diagram_for(two, key).diagram_id == "BPMNDiagram_1"

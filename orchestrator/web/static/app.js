@@ -415,7 +415,7 @@
     }
     const viewer = new window.BpmnJS({ container });
     try {
-      await viewer.importXML(answer.xml);
+      await viewer.importXML(answer.xml, answer.diagram_id || undefined);
     } catch (error) {
       note.textContent = 'The diagram could not be drawn: ' + error.message;
       return null;
