@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import pairwise
 
 from orchestrator.definitions.bpmn.detect import reads_as_xml
 from orchestrator.definitions.bpmn.names import BPMN
@@ -41,6 +42,10 @@ GAP_Y = 50.0
 #: Room inside an expanded subprocess around what it holds.
 PAD = 30.0
 MARGIN = 40.0
+#: A flow's lane through a layer it skips.
+LANE = (0.0, 10.0)
+#: Lane ids are `flow id + this + layer`: no element id holds a NUL.
+_LANE_MARK = "\x00"
 
 _Boundary = ErrorBoundaryEvent | TimerBoundaryEvent | MessageBoundaryEvent
 _TAG = {
@@ -94,12 +99,12 @@ class Box:
         return self.y + self.h / 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class Layout:
     """Where each node is (by id) and the bends of each flow (by id)."""
 
-    boxes: dict[str, Box] = field(default_factory=dict)
-    waypoints: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    boxes: dict[str, Box]
+    waypoints: dict[str, list[tuple[float, float]]]
 
 
 @dataclass(frozen=True)
@@ -153,13 +158,33 @@ def _showing(root: ET.Element, process_id: str) -> str | None:
 
 
 def layout(definition: ProcessDefinition) -> Layout:
-    result = Layout()
-    _, _, boxes = _place_scope(definition, None)
-    result.boxes = {node_id: box.moved(MARGIN, MARGIN) for node_id, box in boxes.items()}
+    placed = _place_scope(definition, None).moved(MARGIN, MARGIN)
     nodes = {node.id: node for node in definition.nodes}
-    for flow in definition.flows:
-        result.waypoints[flow.id] = _route(flow, nodes, result.boxes)
-    return result
+    waypoints = {
+        flow.id: _route(flow, nodes, placed.boxes, placed.lanes.get(flow.id, []))
+        for flow in definition.flows
+    }
+    return Layout(placed.boxes, waypoints)
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """One scope laid out, relative to its corner."""
+
+    width: float
+    height: float
+    boxes: dict[str, Box]
+    #: Flow id -> where a flow that skips layers passes each layer between (a box as wide
+    #: as that layer, so no node sits in its way).
+    lanes: dict[str, list[Box]]
+
+    def moved(self, dx: float, dy: float) -> _Placed:
+        return _Placed(
+            self.width,
+            self.height,
+            {i: b.moved(dx, dy) for i, b in self.boxes.items()},
+            {f: [b.moved(dx, dy) for b in lane] for f, lane in self.lanes.items()},
+        )
 
 
 def _size(node: Node) -> tuple[float, float]:
@@ -170,35 +195,33 @@ def _size(node: Node) -> tuple[float, float]:
     return TASK
 
 
-def _place_scope(
-    definition: ProcessDefinition, scope: str | None
-) -> tuple[float, float, dict[str, Box]]:
-    """Lay out the nodes whose parent is `scope` (and, inside them, theirs): its width,
-    height and the boxes, relative to the scope's corner."""
+def _place_scope(definition: ProcessDefinition, scope: str | None) -> _Placed:
+    """Lay out the nodes whose parent is `scope` (and, inside them, theirs)."""
     members = [n for n in definition.nodes if n.parent == scope]
     boundaries = [n for n in members if isinstance(n, _Boundary)]
     event_subs = [n for n in members if isinstance(n, SubProcess) and n.triggered_by_event]
     skip = {n.id for n in boundaries} | {n.id for n in event_subs}
     flowing = [n for n in members if n.id not in skip]
 
-    inner: dict[str, tuple[float, float, dict[str, Box]]] = {}
+    inner: dict[str, _Placed] = {}
     sizes: dict[str, tuple[float, float]] = {}
     for node in [*flowing, *event_subs]:
         if isinstance(node, SubProcess):
             inner[node.id] = _place_scope(definition, node.id)
-            w, h, _ = inner[node.id]
+            w, h = inner[node.id].width, inner[node.id].height
             sizes[node.id] = (max(w + 2 * PAD, TASK[0]), max(h + 2 * PAD, TASK[1]))
         else:
             sizes[node.id] = _size(node)
 
     host = {n.id: n.attached_to for n in boundaries}
-    ids = [n.id for n in flowing]
     edges = [
-        (host.get(f.source, f.source), f.target)
+        (f.id, host.get(f.source, f.source), f.target, f.source in host)
         for f in definition.flows
         if host.get(f.source, f.source) in sizes and f.target in sizes
     ]
-    columns = _columns(ids, edges, starts=[n.id for n in flowing if isinstance(n, StartEvent)])
+    starts = [n.id for n in flowing if isinstance(n, StartEvent)]
+    columns, lanes = _columns([n.id for n in flowing], edges, starts)
+    sizes.update({d: LANE for lane in lanes.values() for d in lane})
 
     width, height, boxes = _place_columns(columns, sizes)
     if event_subs:  # no flows reach them: a row of their own below the rest
@@ -211,18 +234,23 @@ def _place_scope(
         width = max(width, x - GAP_X)
         height = y + max(sizes[s.id][1] for s in event_subs)
 
-    for sub_id, (_, _, nested) in inner.items():
+    placed_lanes = {f: [boxes.pop(d) for d in lane] for f, lane in lanes.items()}
+    for sub_id, nested in inner.items():
         corner = boxes[sub_id]
-        boxes.update({i: b.moved(corner.x + PAD, corner.y + PAD) for i, b in nested.items()})
+        moved = nested.moved(corner.x + PAD, corner.y + PAD)
+        boxes.update(moved.boxes)
+        placed_lanes.update(moved.lanes)
 
     _place_boundaries(boundaries, boxes)
-    return width, height + (EVENT[1] / 2 if boundaries else 0.0), boxes
+    height += EVENT[1] / 2 if boundaries else 0.0
+    return _Placed(width, height, boxes, placed_lanes)
 
 
 def _place_columns(
     columns: list[list[str]], sizes: dict[str, tuple[float, float]]
 ) -> tuple[float, float, dict[str, Box]]:
-    """Each layer a column, its nodes stacked and centred on the tallest column's middle."""
+    """Each layer a column, its nodes stacked and centred on the tallest column's middle; a
+    lane spans its column."""
     boxes: dict[str, Box] = {}
     height = max((_stack_height(col, sizes) for col in columns), default=0.0)
     x = 0.0
@@ -231,7 +259,8 @@ def _place_columns(
         y = (height - _stack_height(column, sizes)) / 2
         for node_id in column:
             w, h = sizes[node_id]
-            boxes[node_id] = Box(x + (width - w) / 2, y, w, h)
+            lane = _LANE_MARK in node_id
+            boxes[node_id] = Box(x, y, width, h) if lane else Box(x + (width - w) / 2, y, w, h)
             y += h + GAP_Y
         x += width + GAP_X
     return max(x - GAP_X, 0.0), height, boxes
@@ -254,11 +283,15 @@ def _stack_height(column: list[str], sizes: dict[str, tuple[float, float]]) -> f
     return sum(sizes[i][1] for i in column) + GAP_Y * (len(column) - 1)
 
 
-def _columns(ids: list[str], edges: list[tuple[str, str]], starts: list[str]) -> list[list[str]]:
-    """Longest-path layering of the graph without its back edges (loops), each layer ordered
-    by where its predecessors stand, so flows cross less."""
+def _columns(
+    ids: list[str], edges: list[tuple[str, str, str, bool]], starts: list[str]
+) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """Longest-path layering of the graph without its back edges (loops). A flow that skips
+    layers gets a lane in each layer between (so it runs around the nodes there, not through
+    them). Each layer is ordered by where its predecessors stand, so flows cross less; what
+    a boundary event leads to goes below. Edges: (flow, source, target, from a boundary)."""
     following: dict[str, list[str]] = {i: [] for i in ids}
-    for source, target in edges:
+    for _, source, target, _ in edges:
         if source != target:
             following[source].append(target)
     forward = _without_back_edges(ids, following, starts)
@@ -269,22 +302,40 @@ def _columns(ids: list[str], edges: list[tuple[str, str]], starts: list[str]) ->
     columns: list[list[str]] = [[] for _ in range(max(layer.values(), default=-1) + 1)]
     for node_id in ids:
         columns[layer[node_id]].append(node_id)
-    position = {i: float(n) for n, i in enumerate(columns[0])} if columns else {}
     preceding: dict[str, list[str]] = {i: [] for i in ids}
-    for source, targets in forward.items():
-        for target in targets:
-            preceding[target].append(source)
+    lanes: dict[str, list[str]] = {}
+    lower: set[str] = set()
+    for flow_id, source, target, from_boundary in edges:
+        if source == target or target not in forward[source]:
+            continue  # a loop back: routed below, not through the layers
+        chain = [f"{flow_id}{_LANE_MARK}{n}" for n in range(layer[source] + 1, layer[target])]
+        for n, lane in enumerate(chain):
+            columns[layer[source] + 1 + n].append(lane)
+        if chain:
+            lanes[flow_id] = chain
+        steps = [source, *chain, target]
+        for before, after in pairwise(steps):
+            preceding.setdefault(after, []).append(before)
+        if from_boundary:
+            lower.update(steps[1:])
+    _order(columns, preceding, lower)
+    return columns, lanes
+
+
+def _order(columns: list[list[str]], preceding: dict[str, list[str]], lower: set[str]) -> None:
+    """Sort each layer by the mean position of its predecessors (the barycentre)."""
+    position = {i: float(n) for n, i in enumerate(columns[0])} if columns else {}
     for column in columns[1:]:
-        known = [position[p] for i in column for p in preceding[i] if p in position]
+        known = [position[p] for i in column for p in preceding.get(i, []) if p in position]
         fallback = sum(known) / len(known) if known else 0.0
 
         def rank(node_id: str, fallback: float = fallback) -> float:
-            seen = [position[p] for p in preceding[node_id] if p in position]
-            return sum(seen) / len(seen) if seen else fallback
+            seen = [position[p] for p in preceding.get(node_id, []) if p in position]
+            mean = sum(seen) / len(seen) if seen else fallback
+            return mean + (0.5 if node_id in lower else 0.0)
 
         column.sort(key=rank)
         position.update({i: float(n) for n, i in enumerate(column)})
-    return columns
 
 
 def _without_back_edges(
@@ -332,26 +383,35 @@ def _topological(ids: list[str], forward: dict[str, list[str]]) -> list[str]:
 
 
 def _route(
-    flow: SequenceFlow, nodes: dict[str, Node], boxes: dict[str, Box]
+    flow: SequenceFlow, nodes: dict[str, Node], boxes: dict[str, Box], lanes: list[Box]
 ) -> list[tuple[float, float]]:
-    """Right angles: out of the source's right side (a boundary event's bottom), into the
-    target's left; a loop back runs below both."""
+    """Right angles: out of the source's right side (a boundary event's bottom, then under
+    its activity), through its lanes, into the target's left; a loop back runs below both."""
     source, target = boxes[flow.source], boxes[flow.target]
-    if isinstance(nodes[flow.source], _Boundary):
-        if target.x > source.cx:
-            return [(source.cx, source.y + source.h), (source.cx, target.cy), (target.x, target.cy)]
-        below = max(source.y + source.h, target.y + target.h) + 20
+    head: list[tuple[float, float]]
+    boundary = nodes[flow.source]
+    if isinstance(boundary, _Boundary):
+        # the further left on its activity, the deeper it turns: two never run together
+        activity = boxes[boundary.attached_to]
+        depth = GAP_Y / 3 + (activity.x + activity.w - source.cx) / 4
+        head = [(source.cx, source.y + source.h), (source.cx, source.y + source.h + depth)]
+    else:
+        head = [(source.x + source.w, source.cy)]
+    if target.x < head[-1][0]:
+        below = max(source.y + source.h, target.y + target.h) + GAP_Y / 2
         return [(source.cx, source.y + source.h), (source.cx, below), (target.cx, below),
                 (target.cx, target.y + target.h)]  # fmt: skip
-    right = source.x + source.w
-    if target.x >= right:
-        if abs(source.cy - target.cy) < 1:
-            return [(right, source.cy), (target.x, target.cy)]
-        middle = (right + target.x) / 2
-        return [(right, source.cy), (middle, source.cy), (middle, target.cy), (target.x, target.cy)]
-    below = max(source.y + source.h, target.y + target.h) + GAP_Y / 2
-    return [(source.cx, source.y + source.h), (source.cx, below), (target.cx, below),
-            (target.cx, target.y + target.h)]  # fmt: skip
+    ports = [*head]
+    for lane in lanes:
+        ports += [(lane.x, lane.cy), (lane.x + lane.w, lane.cy)]
+    ports.append((target.x, target.cy))
+    points = ports[: len(head)]
+    for (ax, ay), (bx, by) in pairwise(ports[len(head) - 1 :]):
+        if abs(ay - by) >= 1:  # turn in the gap before the next layer: no node stands there
+            middle = max(ax, bx - GAP_X / 2)
+            points += [(middle, ay), (middle, by)]
+        points.append((bx, by))
+    return points
 
 
 # --- the XML ---------------------------------------------------------------------------------

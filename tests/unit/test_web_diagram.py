@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from xml.etree.ElementTree import Element
 
@@ -164,3 +165,45 @@ def test_the_diagram_of_the_process_is_chosen_among_several() -> None:
     )
     two = source[:start] + other + source[start:]
     assert diagram_for(two, key).diagram_id == "BPMNDiagram_1"
+
+
+def _crosses(segment: tuple[tuple[float, float], tuple[float, float]], box: Box) -> bool:
+    """Does an upright or level segment run through the box's inside?"""
+    (x1, y1), (x2, y2) = segment
+    left, right = min(x1, x2), max(x1, x2)
+    top, bottom = min(y1, y2), max(y1, y2)
+    return (
+        left < box.x + box.w - 1
+        and right > box.x + 1
+        and top < box.y + box.h - 1
+        and bottom > box.y + 1
+    )
+
+
+@pytest.mark.parametrize(("name", "definition"), cases(), ids=[name for name, _ in cases()])
+def test_no_flow_runs_through_a_node(name: str, definition: ProcessDefinition) -> None:
+    drawn = layout(definition)
+    nodes = {node.id: node for node in definition.nodes}
+
+    def around(node_id: str) -> set[str]:
+        """The node, the activity it is attached to, and the subprocesses it sits in."""
+        found: set[str] = set()
+        current: str | None = node_id
+        while current is not None:
+            found.add(current)
+            attached = getattr(nodes[current], "attached_to", None)
+            if attached is not None:
+                found.add(attached)
+            current = nodes[attached or current].parent
+        return found
+
+    crossing = [
+        (flow.id, node_id)
+        for flow in definition.flows
+        for segment in pairwise(drawn.waypoints[flow.id])
+        for node_id, box in drawn.boxes.items()
+        if node_id not in around(flow.source) | around(flow.target)
+        and not nodes[node_id].type.endswith("boundary_event")  # they sit on an edge
+        and _crosses(segment, box)
+    ]
+    assert crossing == []
