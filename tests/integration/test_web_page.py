@@ -189,7 +189,7 @@ async def test_an_operator_retries_an_incident_from_the_page(
 
 
 async def test_the_page_shows_data_as_text_and_draws_yaml_and_bpmn(
-    settings: Settings, topics: set[str], chrome: webdriver.Chrome
+    settings: Settings, topics: set[str], chrome: webdriver.Chrome, tmp_path: Path
 ) -> None:
     topics.update({IDLE, "reserve-stock"})
     async with contextlib.AsyncExitStack() as stack:
@@ -244,6 +244,19 @@ async def test_the_page_shows_data_as_text_and_draws_yaml_and_bpmn(
                  "the instance to be cancelled")  # fmt: skip
 
         await asyncio.to_thread(look)
+        # without bpmn-js the page still works, and says why it draws nothing
+        bare = await stack.enter_async_context(web_page(settings, bpmn_js=tmp_path))
+
+        def look_without_bpmn_js() -> None:
+            log_in(chrome, bare, f"/ui/instances/{modelled}", "reader-token-1")
+            note = WebDriverWait(chrome, WAIT_S).until(
+                lambda d: d.find_element(By.ID, "diagram-note").text, "the note"
+            )
+            assert "bpmn-js is not installed" in note
+            assert chrome.find_element(By.ID, "state").text == "active"
+            assert chrome.find_elements(By.CSS_SELECTOR, "#diagram svg") == []
+
+        await asyncio.to_thread(look_without_bpmn_js)
 
 
 async def test_pages_need_no_token_but_data_does(

@@ -136,7 +136,13 @@
     const submit = async (event) => {
       event.preventDefault();
       const token = input.value.trim();
-      const answer = await fetch('/api/whoami', { headers: { Authorization: 'Bearer ' + token }, credentials: 'omit' });
+      let answer;
+      try {
+        answer = await fetch('/api/whoami', { headers: { Authorization: 'Bearer ' + token }, credentials: 'omit' });
+      } catch (error) {
+        message.textContent = 'The server does not answer: ' + error.message;
+        return;
+      }
       if (!answer.ok) {
         message.textContent = answer.status === 401 ? 'Unknown token.' : 'The server answered ' + answer.status + '.';
         return;
