@@ -170,6 +170,7 @@ async def test_an_operator_retries_an_incident_from_the_page(
             assert message.is_displayed() and message.text.startswith(FAILURE)
             assert chrome.find_element(By.ID, "state").text == "active"
             assert chrome.execute_script(marked("start", "orch-done"))  # the path so far
+            assert chrome.execute_script(marked("start_to_charge", "orch-done"))
             assert chrome.find_element(By.ID, "diagram").get_attribute("data-drawn") == "generated"
 
         await asyncio.to_thread(find_the_incident)
@@ -180,6 +181,7 @@ async def test_an_operator_retries_an_incident_from_the_page(
             wait(chrome, "return document.getElementById('state').textContent === 'completed';",
                  "the instance to complete")  # fmt: skip
             assert chrome.execute_script(marked("paid", "orch-done"))
+            assert chrome.execute_script(marked("charge_to_paid", "orch-done"))  # the path
             assert not chrome.execute_script(marked("charge", "orch-incident"))
             assert "Retry: done" in chrome.find_element(By.ID, "feedback").text
             assert chrome.find_elements(By.CSS_SELECTOR, ".incident.resolved")

@@ -468,6 +468,12 @@
         if (typeof d.flow === 'string') done.add(d.flow);
         if (Array.isArray(d.flows)) for (const flow of d.flows) done.add(flow);
       }
+      // Flows out of a gateway are in the history by id; any other flow was taken when
+      // both of its ends were reached.
+      const reached = (element) => done.has(element.id) || tokens.has(element.id);
+      for (const flow of registry.filter((e) => e.type === 'bpmn:SequenceFlow')) {
+        if (!/Gateway$/.test(flow.source.type) && reached(flow.source) && reached(flow.target)) done.add(flow.id);
+      }
       for (const id of done) if (!tokens.has(id) && !failing.has(id)) mark(id, 'orch-done');
       for (const [id, count] of tokens) {
         mark(id, 'orch-active');
