@@ -229,6 +229,7 @@ async def test_the_page_shows_data_as_text_and_draws_yaml_and_bpmn(
             assert "0/3 ✓ · 3 started" in badges  # its multi-instance progress
             # a read token sees no actions
             assert chrome.find_elements(By.CSS_SELECTOR, "#cancel, button.retry") == []
+            assert chrome.find_elements(By.ID, "set-variables") == []
             assert page_errors(chrome) == []
 
             # a BPMN file with its own diagram is drawn as deployed
@@ -237,9 +238,23 @@ async def test_the_page_shows_data_as_text_and_draws_yaml_and_bpmn(
             assert chrome.find_element(By.ID, "diagram").get_attribute("data-drawn") == "deployed"
             assert chrome.execute_script(marked("StartEvent_1", "orch-done"))
 
-            # an operator may cancel
+            # an operator may set variables (the value shown as text), then cancel
             chrome.find_element(By.ID, "logout").click()
             log_in(chrome, base, f"/ui/instances/{instance_id}", "operator-token-1")
+            values = WebDriverWait(chrome, WAIT_S).until(
+                lambda d: d.find_element(By.ID, "set-values")
+            )
+            values.send_keys("[1, 2]")  # not an object: refused on the page
+            chrome.find_element(By.ID, "set-submit").click()
+            assert "write a JSON object" in chrome.find_element(By.ID, "feedback").text
+            values.clear()
+            values.send_keys('{"limit": 500, "comment": "<b>checked</b>"}')
+            chrome.find_element(By.ID, "set-submit").click()
+            wait(chrome, "return document.getElementById('feedback').textContent.startsWith("
+                 "'Set variables: done');", "the variables to be set")  # fmt: skip
+            wait(chrome, "return document.getElementById('variable-table').textContent"
+                 ".includes('<b>checked</b>');", "the new value, as text")  # fmt: skip
+            assert "variables_set" in chrome.find_element(By.ID, "history-table").text
             WebDriverWait(chrome, WAIT_S).until(lambda d: d.find_element(By.ID, "cancel")).click()
             chrome.switch_to.alert.accept()
             wait(chrome, "return document.getElementById('state').textContent === 'cancelled';",

@@ -269,12 +269,37 @@
     const [scopesSection, scopesBody] = section('scopes', 'Scopes and tokens');
     const [waitsSection, waitsBody] = section('waits', 'Children, timers and subscriptions');
     const [historySection, historyBody] = section('history', 'History');
+    // Built once, not on every refresh: what the operator types stays while the page polls.
+    const scopeChoice = h('select', { id: 'set-scope', name: 'scope' });
+    const newValues = h('textarea', { id: 'set-values', name: 'variables', rows: 3, cols: 60, placeholder: '{"name": "value"}' });
+    const setForm = operator()
+      ? h('form', {
+        id: 'set-variables',
+        onsubmit: (event) => {
+          event.preventDefault();
+          let variables;
+          try {
+            variables = JSON.parse(newValues.value);
+          } catch (error) {
+            variables = undefined;
+          }
+          if (!variables || typeof variables !== 'object' || Array.isArray(variables)) {
+            feedback.className = 'error';
+            feedback.textContent = 'Set variables: write a JSON object, like {"limit": 500}';
+            return;
+          }
+          const body = { variables, scope: scopeChoice.value || null };
+          act('Set variables', '/api/instances/' + encodeURIComponent(id) + '/variables', body);
+        },
+      }, h('label', {}, 'Set in ', scopeChoice), ' ', newValues, ' ', h('button', { type: 'submit', id: 'set-submit' }, 'Set variables'))
+      : null;
     fill(main,
       h('h1', {}, 'Instance ', h('code', {}, id)),
       summary, actions, feedback,
       h('h2', {}, 'Diagram'), diagramNote, diagram,
       incidentsSection, tasksSection, variablesSection, scopesSection, waitsSection, historySection,
     );
+    if (setForm) variablesSection.append(setForm);
     const drawing = await drawDiagram(detail, diagram, diagramNote);
 
     const act = async (label, path, body) => {
@@ -342,6 +367,12 @@
         ['Created', (t) => when(t.created_at)],
         ['Closed', (t) => when(t.closed_at)],
       ], 'task-table'));
+      if (setForm) {
+        setForm.hidden = detail.state !== 'active';
+        const chosen = scopeChoice.value;
+        fill(scopeChoice, detail.scopes.map((s) => h('option', { value: s.scope || '' }, scopeName(s))));
+        scopeChoice.value = [...scopeChoice.options].some((o) => o.value === chosen) ? chosen : '';
+      }
       const scoped = detail.scopes.filter((s) => s.variables && Object.keys(s.variables).length);
       fill(variablesBody,
         h('h3', {}, 'Instance'),
@@ -398,6 +429,11 @@
     };
     render();
     if (detail.state === 'active') timer = setTimeout(refresh, POLL_MS);
+  }
+
+  function scopeName(scope) {
+    if (!scope.scope) return 'the process';
+    return scope.kind + ' ' + (scope.node_id || '') + (scope.element !== undefined ? ' #' + scope.element : '');
   }
 
   function variableTable(variables, id) {
