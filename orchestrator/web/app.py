@@ -379,9 +379,11 @@ def _guarded(
     return run
 
 
-def create_app(settings: Settings, bpmn_js: Path = pages.BPMN_JS) -> Starlette:
+def create_app(settings: Settings, bpmn_js: Path | None = None) -> Starlette:
     """The application; its lifespan opens a store (a small pool) and a client. `bpmn_js`:
-    where the page's diagram library is (a test points it elsewhere)."""
+    where the page's diagram library is (default: ORCH_WEB_BPMN_JS, else the checkout's)."""
+    if bpmn_js is None:
+        bpmn_js = Path(settings.web_bpmn_js) if settings.web_bpmn_js else pages.BPMN_JS
     tokens = parse_tokens(settings.web_tokens)
     if not tokens:
         log.warning("ORCH_WEB_TOKENS is not set: every /api request will be refused")
