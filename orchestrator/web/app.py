@@ -25,6 +25,7 @@ from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.daemon import admin
 from orchestrator.daemon.commands import READ_LOCK_TIMEOUT_MS, READ_STATEMENT_TIMEOUT_MS
+from orchestrator.definitions.bpmn.detect import reads_as_xml
 from orchestrator.errors import (
     BusinessKeyConflict,
     CommandTimeout,
@@ -156,24 +157,25 @@ async def list_definitions(request: Request) -> Response:
         return _page(await db.web_definitions(query.key, query.limit, query.offset), query)
 
 
-async def get_definition(request: Request) -> Response:
+async def _definition(request: Request) -> tuple[DefinitionId, dict[str, Any]]:
+    """The definition the path names, or NotFound."""
     wanted = parse(DefinitionId, dict(request.path_params))
     async with _reading(request) as db:
         found = await db.web_definition(wanted.key, wanted.version)
     if found is None:
         raise NotFound(f"definition {wanted.key} version {wanted.version} does not exist")
-    source = str(found["source"])
-    found["format"] = "bpmn" if source.lstrip("\ufeff \t\r\n").startswith("<") else "yaml"
+    return wanted, found
+
+
+async def get_definition(request: Request) -> Response:
+    _, found = await _definition(request)
+    found["format"] = "bpmn" if reads_as_xml(str(found["source"])) else "yaml"
     return json(found)
 
 
 async def get_diagram(request: Request) -> Response:
     """The BPMN XML the page draws: as deployed when it has a diagram, else generated."""
-    wanted = parse(DefinitionId, dict(request.path_params))
-    async with _reading(request) as db:
-        found = await db.web_definition(wanted.key, wanted.version)
-    if found is None:
-        raise NotFound(f"definition {wanted.key} version {wanted.version} does not exist")
+    wanted, found = await _definition(request)
     # parsing a large file takes a while: not on the event loop
     drawn = await asyncio.to_thread(diagram_for, str(found["source"]), wanted.key)
     return json(
