@@ -94,6 +94,9 @@ class Settings:
     #: Bearer tokens of the HTTP API (`orchestrator web`): `token=role,token2=role2`, each
     #: role `read` or `operator`. Unset: every /api request is refused.
     web_tokens: str | None = dataclasses.field(default=None, repr=False)
+    #: Where `orchestrator web` finds bpmn-js's `dist` folder (None: `web/node_modules` of a
+    #: checkout, which `./dev setup` fills; the container image sets it).
+    web_bpmn_js: str | None = None
     #: Serve Prometheus metrics on this port at /metrics, in the engine and in each worker
     #: process (None: no metrics served). See docs/operations.md.
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None

@@ -6,22 +6,26 @@ commands over AMQP, the same ones the CLI sends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from orchestrator.client import Client
 from orchestrator.config import Settings
 from orchestrator.daemon import admin
 from orchestrator.daemon.commands import READ_LOCK_TIMEOUT_MS, READ_STATEMENT_TIMEOUT_MS
+from orchestrator.definitions.bpmn.detect import reads_as_xml
 from orchestrator.errors import (
     BusinessKeyConflict,
     CommandTimeout,
@@ -36,7 +40,9 @@ from orchestrator.errors import (
 from orchestrator.store.errors import RETRYABLE
 from orchestrator.store.store import Session, Store
 from orchestrator.tracing import valid_traceparent
+from orchestrator.web import pages
 from orchestrator.web.auth import Role, bearer, parse_tokens, permits, role_of
+from orchestrator.web.diagram import diagram_for
 from orchestrator.web.openapi import Endpoint, document
 from orchestrator.web.params import (
     CancelBody,
@@ -152,15 +158,42 @@ async def list_definitions(request: Request) -> Response:
         return _page(await db.web_definitions(query.key, query.limit, query.offset), query)
 
 
-async def get_definition(request: Request) -> Response:
+async def _definition(request: Request) -> tuple[DefinitionId, dict[str, Any]]:
+    """The definition the path names, or NotFound."""
     wanted = parse(DefinitionId, dict(request.path_params))
     async with _reading(request) as db:
         found = await db.web_definition(wanted.key, wanted.version)
     if found is None:
         raise NotFound(f"definition {wanted.key} version {wanted.version} does not exist")
-    source = str(found["source"])
-    found["format"] = "bpmn" if source.lstrip("\ufeff \t\r\n").startswith("<") else "yaml"
+    return wanted, found
+
+
+async def get_definition(request: Request) -> Response:
+    _, found = await _definition(request)
+    found["format"] = "bpmn" if reads_as_xml(str(found["source"])) else "yaml"
     return json(found)
+
+
+async def get_diagram(request: Request) -> Response:
+    """The BPMN XML the page draws: as deployed when it has a diagram, else generated."""
+    wanted, found = await _definition(request)
+    # parsing a large file takes a while: not on the event loop
+    drawn = await asyncio.to_thread(diagram_for, str(found["source"]), wanted.key)
+    return json(
+        {
+            "key": wanted.key,
+            "version": wanted.version,
+            "generated": drawn.generated,
+            "diagram_id": drawn.diagram_id,
+            "xml": drawn.xml,
+        }
+    )
+
+
+async def whoami(request: Request) -> Response:
+    """The role of the presented token: the page shows actions to operators only."""
+    role = role_of(bearer(request.headers.get("authorization")), request.app.state.tokens)
+    return json({"role": role})
 
 
 async def list_instances(request: Request) -> Response:
@@ -261,6 +294,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(("key", {"type": "string"}), ("version", {"type": "integer", "minimum": 1})),
     ),
     Endpoint(
+        "GET",
+        "/api/definitions/{key}/{version}/diagram",
+        get_diagram,
+        "its BPMN XML with a diagram (generated when deployed without one)",
+        path_params=(("key", {"type": "string"}), ("version", {"type": "integer", "minimum": 1})),
+    ),
+    Endpoint("GET", "/api/whoami", whoami, "the role of the presented token"),
+    Endpoint(
         "GET", "/api/instances", list_instances, "instances, newest first", query=InstanceQuery
     ),
     Endpoint(
@@ -343,8 +384,11 @@ def _guarded(
     return run
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The application; its lifespan opens a store (a small pool) and a client."""
+def create_app(settings: Settings, bpmn_js: Path | None = None) -> Starlette:
+    """The application; its lifespan opens a store (a small pool) and a client. `bpmn_js`:
+    where the page's diagram library is (default: ORCH_WEB_BPMN_JS, else the checkout's)."""
+    if bpmn_js is None:
+        bpmn_js = Path(settings.web_bpmn_js) if settings.web_bpmn_js else pages.BPMN_JS
     tokens = parse_tokens(settings.web_tokens)
     if not tokens:
         log.warning("ORCH_WEB_TOKENS is not set: every /api request will be refused")
@@ -368,11 +412,15 @@ def create_app(settings: Settings) -> Starlette:
             await client.close()
             await store.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route(e.path, _guarded(e, tokens), methods=[e.method], name=e.path) for e in ENDPOINTS
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    routes += pages.routes(bpmn_js)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(pages.SecurityHeaders)]
+    )
     app.state.settings = settings
+    app.state.tokens = tokens
     return app
 
 

@@ -27,6 +27,8 @@ def another_value(name: str) -> Any:
         return "elsewhere"
     if name == "web_tokens":
         return "reader-token-1=read"
+    if name == "web_bpmn_js":
+        return "/opt/bpmn-js"
     if name == "metrics_port":  # off by default
         return 9464
     if name == "log_format":
