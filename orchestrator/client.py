@@ -326,10 +326,13 @@ class Client:
         resend of this call (not by a later call: pass your own key to retry a call).
 
         The instance joins the W3C trace `traceparent`; without one, with OpenTelemetry, a
-        producer span of this call, a child of the current span (else the engine starts a
-        new trace)."""
+        producer span of this call, a child of the current span (with no tracer provider
+        set, the current span's context as it is, e.g. one a propagator extracted), else
+        the engine starts a new trace."""
         if traceparent is not None and tracing.valid_traceparent(traceparent) is None:
             raise ValueError(f"not a W3C traceparent: {traceparent!r}")
+        if traceparent is None and not tracing.enabled():
+            traceparent = tracing.current_traceparent()
         command = StartCommand(
             process_key=process_key,
             version=version,
@@ -338,7 +341,7 @@ class Client:
             variables=variables or {},
             traceparent=traceparent,
         )
-        if traceparent is not None or not tracing.enabled():
+        if command.traceparent is not None or not tracing.enabled():
             result = await self._call(command, timeout)
             return Started(result["instance_id"], result["created"])
         return await self._start_in_span(command, timeout)

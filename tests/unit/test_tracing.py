@@ -252,3 +252,18 @@ def test_the_command_line_start_takes_a_traceparent() -> None:
     assert _traceparent(None) is None and _traceparent("") is None
     with pytest.raises(SystemExit, match="not a W3C traceparent"):
         _traceparent("nope")
+
+
+def test_without_a_provider_the_current_remote_context_is_still_passed_on() -> None:
+    """An application that extracted a caller's context (with no tracer provider of its
+    own) still has it as the current span: the client sends that on."""
+    from opentelemetry import context, trace
+
+    remote = trace.NonRecordingSpan(tracing._span_context(VALID))
+    token = context.attach(trace.set_span_in_context(remote))
+    try:
+        assert not tracing.enabled()
+        assert tracing.current_traceparent() == VALID
+    finally:
+        context.detach(token)
+    assert tracing.current_traceparent() is None
