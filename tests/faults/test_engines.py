@@ -57,7 +57,10 @@ async def test_engine_killed_repeatedly_with_two_replicas(workload: Workload) ->
     await workload.finish(exact_reports=False)
 
 
-JOIN_INSTANCES = 500
+#: At 55 a second, about 16 s of arrivals: five kill cycles (each waits for 100 more
+#: completions and for a new engine, over a second to start on a small machine) all land
+#: while instances still arrive.
+JOIN_INSTANCES = 900
 JOIN_KILLS = 5
 
 
@@ -79,7 +82,7 @@ async def test_engine_killed_amid_parallel_branches_and_joins(workload: Workload
     await workload.engines_consuming(2)
     workload.worker()
     workload.worker()
-    workload.start(rate=55)  # about 9 s of arrivals, 20-50 instances in branches at any time
+    workload.start(rate=55)  # 20-50 instances in branches at any time
 
     amid: list[tuple[int, int]] = []
     for _ in range(JOIN_KILLS):

@@ -27,6 +27,9 @@ TIMER_RATE = 50.0
 #: A burst's instances start over BURST / TIMER_RATE = 2 s; its timers are all due this long
 #: after the last of them started (step1 is done by then).
 TIMER_WAIT_S = 1.5
+#: Bursts come due this far apart: room for a kill and a new engine (an engine takes over a
+#: second to start on a small machine) before the next burst, which must find two running.
+BURST_GAP_S = 4.0
 #: From a moment before a burst is due, the test looks this often for an engine inside a
 #: timer pass, for at most CATCH_S; then it kills the oldest engine instead.
 CATCH_POLL_S = 0.002
@@ -36,13 +39,13 @@ CATCH_S = 0.5
 
 def burst_due(i: int) -> float:
     """Seconds after the first start when instance i's timer is due."""
-    return (i // BURST + 1) * BURST / TIMER_RATE + TIMER_WAIT_S
+    return (i // BURST) * BURST_GAP_S + BURST / TIMER_RATE + TIMER_WAIT_S
 
 
 @pytest.mark.timeout(120)
 async def test_engine_killed_while_timers_are_due(workload: Workload) -> None:
     # 500 instances in 5 bursts of 100 whose timers (a date, the `dueAt` variable) are all
-    # due at the same instant, 2 s apart: both engines fire each burst in passes that share
+    # due at the same instant, BURST_GAP_S apart: both engines fire each burst in passes that share
     # the due rows (SKIP LOCKED), and one of them is killed just as a burst comes due.
     workload.configure(
         "kill -9 engine while timers are due",
