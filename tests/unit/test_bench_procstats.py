@@ -4,6 +4,7 @@ peak of a group is the largest sample of any of its processes."""
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import signal
 import subprocess
@@ -36,9 +37,12 @@ async def test_the_peak_is_the_largest_sample() -> None:
     peak = PeakRss([os.getpid(), GONE], interval_s=0.01)
     before = rss_mb(os.getpid()) or 0.0
     async with peak.sampling():
-        held = b"x" * (64 * 2**20)  # written, so resident
+        # A mapping of its own, written, so resident: memory from the allocator could reuse
+        # pages an earlier test freed and left resident, and not grow the RSS at all.
+        held = mmap.mmap(-1, 64 * 2**20)
+        held.write(b"x" * len(held))
         await asyncio.sleep(0.1)
-        del held  # gone before the block ends: only the samples in between saw it
+        held.close()  # gone before the block ends: only the samples in between saw it
     assert peak.mb is not None and peak.mb >= before + 32
 
 
