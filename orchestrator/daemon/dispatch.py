@@ -171,12 +171,7 @@ class DispatchWatch:
                 read_for_ms=read_for_ms,
                 caught_up_for_ms=caught_up_for_ms,
             )
-            info = InstanceInfo(
-                task.instance_id,
-                record["process_key"],
-                record["business_key"],
-                record["traceparent"],
-            )
+            info = InstanceInfo.of_record(task.instance_id, record)
             variables = variables_for_task(record, task.id, fetch_list(node))
             apply_task_decision(uow, task, decision, info, variables)
         if uow.redispatched or uow.changed_tasks:

@@ -24,6 +24,7 @@ from orchestrator.engine.state import (
 )
 from orchestrator.engine.task import Decision, TaskState
 from orchestrator.model.wire import WIRE_VERSION
+from orchestrator.store.rows import Row
 from orchestrator.store.unit_of_work import (
     NewSubscription,
     NewTimer,
@@ -43,6 +44,14 @@ class InstanceInfo:
     #: The instance's W3C trace context: the header of its task messages (required, so that
     #: no new caller forgets it; None only for instances started before traces).
     traceparent: str | None
+
+    @classmethod
+    def of_record(cls, instance_id: str, record: Row) -> InstanceInfo:
+        """From a row with the instance's process_key, business_key and traceparent (its
+        own row, or a task's joined with it)."""
+        return cls(
+            instance_id, record["process_key"], record["business_key"], record["traceparent"]
+        )
 
 
 #: The worker id a call activity's task is held by while its child runs.

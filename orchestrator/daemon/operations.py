@@ -82,9 +82,7 @@ async def retry(db: Session, context: EngineContext, command: RetryCommand) -> O
         instance_active=instance["status"] == "active",
     )
     uow = UnitOfWork()
-    info = InstanceInfo(
-        task.instance_id, instance["process_key"], instance["business_key"], instance["traceparent"]
-    )
+    info = InstanceInfo.of_record(task.instance_id, instance)
     process = await context.processes.get(db, instance["definition_id"])
     only = fetch_list(process.nodes.get(task.node_id))
     apply_task_decision(uow, task, decision, info, variables_for_task(instance, task.id, only))
@@ -134,6 +132,14 @@ async def _find_incident(db: Session, command: RetryCommand) -> Row:
     return row
 
 
+async def _locked_instance(db: Session, instance_id: str) -> Row:
+    """The instance's row under its lock (the lock every writer of its tasks holds)."""
+    instance = await db.lock_instance(instance_id)
+    if instance is None:
+        raise NotFound(f"instance {instance_id} does not exist")
+    return instance
+
+
 def _found(row: Row | None, what: str) -> Row:
     """A row read again under its lock (it is never deleted)."""
     if row is None:
@@ -155,9 +161,7 @@ async def cancel(
     db: Session, context: EngineContext, command: CancelCommand, topology: Topology
 ) -> OperationResult:
     """End the instance; withdraw its open tasks; tell the workers holding them to stop."""
-    instance = await db.lock_instance(command.instance_id)
-    if instance is None:
-        raise NotFound(f"instance {command.instance_id} does not exist")
+    instance = await _locked_instance(db, command.instance_id)
     result = {"instance_id": str(instance["id"]), "already_cancelled": False}
     if instance["status"] == "cancelled":  # a resent command
         return OperationResult({**result, "already_cancelled": True})
@@ -167,12 +171,7 @@ async def cancel(
     uow = UnitOfWork()
     transition = cancel_instance(state_from_record(instance), command.reason)
     uow.changed_instances[transition.state.id] = transition.state
-    info = InstanceInfo(
-        transition.state.id,
-        instance["process_key"],
-        instance["business_key"],
-        instance["traceparent"],
-    )
+    info = InstanceInfo.of_record(transition.state.id, instance)
     apply_transition(uow, info, transition)
     notices = []
     for record in await db.open_tasks_of_instance(instance["id"]):
@@ -191,9 +190,7 @@ async def cancel(
 
 async def set_instance_variables(db: Session, command: SetVariablesCommand) -> dict[str, Any]:
     """Set the variables under the instance's lock, through the same write as a round."""
-    instance = await db.lock_instance(command.instance_id)
-    if instance is None:
-        raise NotFound(f"instance {command.instance_id} does not exist")
+    instance = await _locked_instance(db, command.instance_id)
     if instance["status"] != "active":
         raise InvalidState(
             f"instance {instance['id']} is {instance['status']}: only an active instance's "
@@ -205,13 +202,7 @@ async def set_instance_variables(db: Session, command: SetVariablesCommand) -> d
     transition = set_variables(state, command.scope, command.variables)
     uow = UnitOfWork()
     uow.changed_instances[transition.state.id] = transition.state
-    info = InstanceInfo(
-        transition.state.id,
-        instance["process_key"],
-        instance["business_key"],
-        instance["traceparent"],
-    )
-    apply_transition(uow, info, transition)
+    apply_transition(uow, InstanceInfo.of_record(transition.state.id, instance), transition)
     await db.write(uow)
     return {
         "instance_id": str(instance["id"]),

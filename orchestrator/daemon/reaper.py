@@ -55,9 +55,7 @@ async def reap_once(db: Session, context: EngineContext, *, limit: int) -> list[
     uow = UnitOfWork()
     for record in await db.lock_due_tasks(limit):
         task = TaskRow.from_record(record)
-        info = InstanceInfo(
-            task.instance_id, record["process_key"], record["business_key"], record["traceparent"]
-        )
+        info = InstanceInfo.of_record(task.instance_id, record)
         node = (await processes.get(db, record["definition_id"])).nodes[task.node_id]
         max_expiries = node.max_lease_expiries if isinstance(node, ServiceTask) else 5
         decision = lifecycle.due(task, max_expiries=max_expiries)

@@ -190,9 +190,7 @@ async def _fire(
         uow.closed_waits.append((timer_id, "timer"))
         uow.count("timers_stale")
         return None
-    info = InstanceInfo(
-        state.id, record["process_key"], record["business_key"], record["traceparent"]
-    )
+    info = InstanceInfo.of_record(state.id, record)
     try:
         spec = parse_timer(record["kind"], record["spec"])
         then = next_due(spec, record["due_at"], record["fired"] + 1)

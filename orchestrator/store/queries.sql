@@ -236,17 +236,6 @@ FROM incidents WHERE task_id = $1 AND resolved_at IS NULL ORDER BY created_at DE
 -- name: open_incidents_of_instance
 SELECT id, task_id FROM incidents WHERE instance_id = $1 AND resolved_at IS NULL;
 
--- name: list_incidents
-SELECT n.id, n.instance_id, p.process_key, p.business_key, n.task_id, n.node_id, n.kind,
-       n.message, n.details, n.attempt, n.created_at, n.resolved_at, n.resolution
-FROM incidents n
-JOIN process_instances p ON p.id = n.instance_id
-WHERE ($1::text IS NULL OR p.process_key = $1)
-  AND ($2::uuid IS NULL OR n.instance_id = $2)
-  AND ($3::boolean OR n.resolved_at IS NULL)
-ORDER BY n.created_at DESC, n.id
-LIMIT $4;
-
 -- name: archive_outcome
 -- Before an operator retries a task whose outcome was a business error: the recorded outcome
 -- moves to a per-attempt slot, so the new attempt can report one, and repeats of the old one
@@ -419,8 +408,8 @@ WHERE ($1::text IS NULL OR i.process_key = $1)
 ORDER BY i.started_at DESC, i.id
 LIMIT $8 OFFSET $9;
 
--- name: web_incidents
--- $3: null all, true open only, false resolved only.
+-- name: list_incidents
+-- Newest first. $3: null all, true open only, false resolved only.
 SELECT n.id, n.instance_id, p.process_key, p.business_key, n.task_id, n.node_id, n.kind,
        n.message, n.details, n.attempt, n.created_at, n.resolved_at, n.resolution
 FROM incidents n

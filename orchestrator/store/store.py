@@ -556,10 +556,8 @@ class Session:
     async def list_incidents(
         self, process_key: str | None, instance_id: str | None, include_resolved: bool, limit: int
     ) -> list[dict[str, Any]]:
-        rows = await self._conn.fetch(
-            Q.list_incidents, process_key, instance_id, include_resolved, limit
-        )
-        return [plain(row) for row in rows]
+        open_only = None if include_resolved else True
+        return await self.web_incidents(process_key, instance_id, open_only, limit, 0)
 
     async def web_definitions(
         self, key: str | None, limit: int, offset: int
@@ -587,7 +585,7 @@ class Session:
         offset: int,
     ) -> list[dict[str, Any]]:
         rows = await self._conn.fetch(
-            Q.web_incidents, process_key, instance_id, open_, limit, offset
+            Q.list_incidents, process_key, instance_id, open_, limit, offset
         )
         return [plain(row) for row in rows]
 
