@@ -79,16 +79,11 @@ async def test_the_engine_and_the_worker_serve_their_counts(
             samples = await _scrape(engine_port)
             done = ("orch_instances_total", (("process", "metered"), ("state", "completed")))
             names = {name for name, _ in samples}
-            return (
-                samples.get(done, 0) >= instances
-                and {
-                    "orch_outbox_waiting",
-                    "orch_queue_consumers",
-                }
-                <= names
-            )
+            # a read after the last task message went out: the outbox is empty by then
+            drained = samples.get(("orch_outbox_waiting", ()), -1) == 0
+            return samples.get(done, 0) >= instances and drained and "orch_queue_consumers" in names
 
-        # The gauges are read from PostgreSQL every few seconds: wait for the first read.
+        # The gauges are read from PostgreSQL every few seconds: wait for such a read.
         await wait_until(engine_counted, timeout=15, what="the engine's metrics", interval=0.2)
         engine = await _scrape(engine_port)
         worker_samples = await _scrape(worker_port)
@@ -112,4 +107,5 @@ async def test_the_engine_and_the_worker_serve_their_counts(
     assert engine[("orch_engine_events_total", (("event", "tasks_created"),))] >= 2 * instances
     assert engine[("orch_engine_events_total", (("event", "instances_completed"),))] == instances
     assert engine[("orch_round_reports_count", ())] >= 1
-    assert engine[("orch_outbox_waiting", ())] >= 0
+    assert engine[("orch_outbox_waiting", ())] == 0
+    assert engine[("orch_outbox_oldest_seconds", ())] == 0
