@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.definitions.bpmn import BpmnProcess, load_bpmn, read_bpmn
+from orchestrator.definitions.bpmn import load_bpmn, read_bpmn
 from orchestrator.definitions.graph import process_starts
 from orchestrator.errors import DefinitionError
 from orchestrator.model.definition import (
@@ -18,28 +17,12 @@ from orchestrator.model.definition import (
     SubProcess,
     TimerDefinition,
 )
-
-DATA = Path(__file__).resolve().parent.parent / "data" / "bpmn"
-
-
-def source(name: str) -> bytes:
-    return (DATA / name).read_bytes()
-
-
-def nodes(process: BpmnProcess) -> dict[str, Any]:
-    definition = ProcessDefinition.model_validate(process.data)
-    return {node.id: node for node in definition.nodes}
+from tests.support.bpmn_files import bpmn_file, nodes, refused, source
 
 
 def read(text: str | bytes) -> dict[str, Any]:
     (process,) = read_bpmn(text)
     return nodes(process)
-
-
-def refused(text: str | bytes) -> list[str]:
-    with pytest.raises(DefinitionError) as error:
-        read_bpmn(text)
-    return error.value.problems
 
 
 def not_compiled(text: str | bytes) -> list[str]:
@@ -49,17 +32,6 @@ def not_compiled(text: str | bytes) -> list[str]:
     return error.value.problems
 
 
-_NAMESPACES = (
-    'xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" '
-    'xmlns:camunda="http://camunda.org/schema/1.0/bpmn" '
-    'xmlns:zeebe="http://camunda.org/schema/zeebe/1.0" '
-    'xmlns:modeler="http://camunda.org/schema/modeler/1.0" '
-    'xmlns:orch="https://orchestrator.dev/schema/bpmn/1.0" '
-)
-_PLATFORM = {
-    7: 'modeler:executionPlatform="Camunda Platform"',
-    8: 'modeler:executionPlatform="Camunda Cloud"',
-}
 #: A none start, a task and an end: what every snippet's process runs besides (lines 4-8).
 _MAIN = """<bpmn:startEvent id="s" />
 <bpmn:task id="t" />
@@ -71,13 +43,7 @@ _MAIN = """<bpmn:startEvent id="s" />
 def bpmn(body: str, definitions: str = "", camunda: int = 7) -> str:
     """One process: `_MAIN` (lines 4 to 8), then `body` (from line 9); then `definitions`
     (messages, errors) at the level of definitions."""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<bpmn:definitions {_NAMESPACES}{_PLATFORM[camunda]} id="D" '
-        'targetNamespace="http://bpmn.io/schema/bpmn">\n'
-        '<bpmn:process id="p" isExecutable="true">\n'
-        f"{_MAIN}\n{body}\n</bpmn:process>\n{definitions}\n</bpmn:definitions>\n"
-    )
+    return bpmn_file(f"{_MAIN}\n{body}", definitions, camunda)
 
 
 def event_sub(start: str, sub_id: str = "ES", attributes: str = "") -> str:
@@ -424,13 +390,7 @@ def test_embedded_subprocess_starts_with_a_none_start_event() -> None:
             '<bpmn:sequenceFlow id="f1" sourceRef="Sub" targetRef="e" />',
         ]
     )
-    text = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<bpmn:definitions {_NAMESPACES}{_PLATFORM[7]} id="D">\n'
-        f'<bpmn:process id="p" isExecutable="true">\n{body}\n</bpmn:process>\n'
-        "</bpmn:definitions>\n"
-    )
-    problems = not_compiled(text)
+    problems = not_compiled(bpmn_file(body))  # no _MAIN: the body starts on line 4
     assert (
         'line 6: startEvent id="Sub_s": an embedded subprocess starts with a none start event'
         in problems

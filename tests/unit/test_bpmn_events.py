@@ -3,73 +3,28 @@ boundary events, event-based gateways (both dialects), and what stays refused.""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-from orchestrator.definitions.bpmn import BpmnProcess, load_bpmn, read_bpmn
+from orchestrator.definitions.bpmn import load_bpmn, read_bpmn
 from orchestrator.errors import DefinitionError
 from orchestrator.model.definition import (
     EventBasedGateway,
     MessageBoundaryEvent,
     MessageCatchEvent,
     MessageDefinition,
-    ProcessDefinition,
     ReceiveTask,
     TimerBoundaryEvent,
     TimerCatchEvent,
     TimerDefinition,
     VariableMapping,
 )
-
-DATA = Path(__file__).resolve().parent.parent / "data" / "bpmn"
-
-
-def source(name: str) -> bytes:
-    return (DATA / name).read_bytes()
-
-
-def only(name: str) -> BpmnProcess:
-    (process,) = read_bpmn(source(name))
-    return process
-
-
-def nodes(process: BpmnProcess) -> dict[str, Any]:
-    definition = ProcessDefinition.model_validate(process.data)
-    return {node.id: node for node in definition.nodes}
-
-
-def refused(text: str | bytes) -> list[str]:
-    with pytest.raises(DefinitionError) as error:
-        read_bpmn(text)
-    return error.value.problems
-
-
-_NAMESPACES = (
-    'xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" '
-    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-    'xmlns:camunda="http://camunda.org/schema/1.0/bpmn" '
-    'xmlns:zeebe="http://camunda.org/schema/zeebe/1.0" '
-    'xmlns:modeler="http://camunda.org/schema/modeler/1.0" '
-    'xmlns:orch="https://orchestrator.dev/schema/bpmn/1.0" '
-)
-_PLATFORM = {
-    7: 'modeler:executionPlatform="Camunda Platform"',
-    8: 'modeler:executionPlatform="Camunda Cloud"',
-}
+from tests.support.bpmn_files import bpmn_file, nodes, only, refused, source
 
 
 def bpmn(body: str, messages: str = "", camunda: int = 7) -> str:
     """A small file: `body` inside one process (`body` starts on line 4), then `messages` at
     the level of definitions."""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<bpmn:definitions {_NAMESPACES}{_PLATFORM[camunda]} id="D" '
-        'targetNamespace="http://bpmn.io/schema/bpmn">\n'
-        '<bpmn:process id="p" isExecutable="true">\n'
-        f"{body}\n</bpmn:process>\n{messages}\n</bpmn:definitions>\n"
-    )
+    return bpmn_file(body, messages, camunda)
 
 
 def catch(message_ref: str = "M", element_id: str = "C", attributes: str = "") -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,12 +31,7 @@ from orchestrator.model.definition import (
     UserTask,
     VariableMapping,
 )
-
-DATA = Path(__file__).resolve().parent.parent / "data" / "bpmn"
-
-
-def source(name: str) -> bytes:
-    return (DATA / name).read_bytes()
+from tests.support.bpmn_files import nodes, only, refused, source
 
 
 def line_of(name: str, text: str) -> int:
@@ -48,26 +42,9 @@ def line_of(name: str, text: str) -> int:
     raise AssertionError(f"{text!r} not in {name}")
 
 
-def only(name: str) -> BpmnProcess:
-    processes = read_bpmn(source(name))
-    assert len(processes) == 1
-    return processes[0]
-
-
-def nodes(process: BpmnProcess) -> dict[str, Any]:
-    definition = ProcessDefinition.model_validate(process.data)
-    return {node.id: node for node in definition.nodes}
-
-
 def flows(process: BpmnProcess) -> dict[str, Any]:
     definition = ProcessDefinition.model_validate(process.data)
     return {flow.id: flow for flow in definition.flows}
-
-
-def refused(text: str | bytes) -> list[str]:
-    with pytest.raises(DefinitionError) as error:
-        read_bpmn(text)
-    return error.value.problems
 
 
 def mapping(target: str, source_text: str) -> VariableMapping:
