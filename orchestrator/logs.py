@@ -11,7 +11,15 @@ from typing import Any
 import orjson
 
 #: Fields a log call may pass with `extra=` that the JSON line carries when present.
-EXTRA_FIELDS = ("instance_id", "task_id", "attempt", "worker_id", "topic", "process_key")
+EXTRA_FIELDS = (
+    "instance_id",
+    "task_id",
+    "attempt",
+    "worker_id",
+    "topic",
+    "process_key",
+    "traceparent",
+)
 
 
 #: The task a worker's handler runs for (set by the SDK in the handler's asyncio task): every

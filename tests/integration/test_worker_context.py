@@ -97,3 +97,4 @@ async def test_a_handlers_own_log_lines_carry_its_task_ids(
         1,
     )
     assert record.worker_id == worker.worker_id and record.topic == topic
+    assert record.traceparent == task.traceparent is not None
