@@ -65,7 +65,7 @@ class DatabaseGauges:
     outbox_oldest_s: float = 0.0
     #: The broker's side, read with them (None: not read, or the broker was away).
     queues: QueueCounts | None = None
-    #: time.time() of the last read (0: never).
+    #: time.time() when the last read began (0: never).
     read_at: float = 0.0
 
 
@@ -168,11 +168,13 @@ class EngineMetrics:
         """Read the database gauges (and the queues, with `queues`) every `every_s`, until
         `stop`; a failed read is logged and tried again next time."""
         while not stop.is_set():
+            # stamped with the read's start: every value is at least as new as the stamp
+            started = time.time()
             try:
                 async with store.session(timeout=every_s) as db:
                     incidents, waiting, oldest = await db.metrics_gauges()
                 counts = await self._read_queues(queues, every_s)
-                self.gauges = DatabaseGauges(incidents, waiting, oldest, counts, time.time())
+                self.gauges = DatabaseGauges(incidents, waiting, oldest, counts, started)
             except Exception as exc:  # the database away: the gauges keep their last values
                 log.debug("metrics: could not read the gauges: %s", exc)
             with contextlib.suppress(TimeoutError):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
+import time
 import urllib.request
 from typing import Any
 
@@ -74,14 +75,16 @@ async def test_the_engine_and_the_worker_serve_their_counts(
             return (await instance_states(db, "metered")).get("completed") == instances
 
         await wait_until(all_done, timeout=60, what="every metered instance to complete")
+        finished_at = time.time()
 
         async def engine_counted() -> bool:
             samples = await _scrape(engine_port)
             done = ("orch_instances_total", (("process", "metered"), ("state", "completed")))
-            names = {name for name, _ in samples}
-            # a read after the last task message went out: the outbox is empty by then
-            drained = samples.get(("orch_outbox_waiting", ()), -1) == 0
-            return samples.get(done, 0) >= instances and drained and "orch_queue_consumers" in names
+            # The gauges must come from a read after the last instance completed: one read
+            # before it (say, between the deploy and the worker's subscription) shows an empty
+            # outbox and queues without consumers that are long out of date.
+            read_at = samples.get(("orch_metrics_db_read_timestamp_seconds", ()), 0)
+            return samples.get(done, 0) >= instances and read_at > finished_at
 
         # The gauges are read from PostgreSQL every few seconds: wait for such a read.
         await wait_until(engine_counted, timeout=15, what="the engine's metrics", interval=0.2)
