@@ -43,45 +43,36 @@ def flows(*pairs: tuple[str, str]) -> list[dict[str, str]]:
     return [{"id": f"{a}_to_{b}", "from": a, "to": b} for a, b in pairs]
 
 
-def charge_process() -> str:
-    """start -> charge (two attempts, then an incident) -> paid."""
+def one_task_process(key: str, task: dict[str, Any], end: str = "end") -> str:
+    """start -> `task` (a service task) -> `end`, in the YAML form as JSON."""
     nodes = [
         {"id": "start", "type": "start_event"},
-        {
-            "id": "charge",
-            "name": "Charge card",
-            "type": "service_task",
-            "topic": CHARGE,
-            "retry": {"max_attempts": 2, "initial_backoff_ms": 0},
-        },
-        {"id": "paid", "type": "end_event"},
+        {"type": "service_task", **task},
+        {"id": end, "type": "end_event"},
     ]
-    definition = {
-        "key": "pagepay",
-        "nodes": nodes,
-        "flows": flows(("start", "charge"), ("charge", "paid")),
+    links = flows(("start", task["id"]), (task["id"], end))
+    return orjson.dumps({"key": key, "nodes": nodes, "flows": links}).decode()
+
+
+def charge_process() -> str:
+    """start -> charge (two attempts, then an incident) -> paid."""
+    charge = {
+        "id": "charge",
+        "name": "Charge card",
+        "topic": CHARGE,
+        "retry": {"max_attempts": 2, "initial_backoff_ms": 0},
     }
-    return orjson.dumps(definition).decode()
+    return one_task_process("pagepay", charge, end="paid")
 
 
 def idle_process() -> str:
     """start -> a multi-instance task nobody works on -> end: it stays active."""
-    nodes = [
-        {"id": "start", "type": "start_event"},
-        {
-            "id": "each",
-            "type": "service_task",
-            "topic": IDLE,
-            "multi_instance": {"collection": "=items", "element_variable": "item"},
-        },
-        {"id": "end", "type": "end_event"},
-    ]
-    definition = {
-        "key": "pageidle",
-        "nodes": nodes,
-        "flows": flows(("start", "each"), ("each", "end")),
+    each = {
+        "id": "each",
+        "topic": IDLE,
+        "multi_instance": {"collection": "=items", "element_variable": "item"},
     }
-    return orjson.dumps(definition).decode()
+    return one_task_process("pageidle", each)
 
 
 @pytest.fixture
