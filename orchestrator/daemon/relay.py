@@ -95,9 +95,9 @@ class Relay:
         unanswered = [error for error in answered if error is not None]
         if unanswered:  # best effort: workers ask again, clients resend
             log.warning("could not send %d answers: %s", len(unanswered), unanswered[0])
-        confirmed = [row.id for row, error in zip(rows, results, strict=True) if error is None]
-        if self.on_confirmed is not None and confirmed:
-            done = [row for row, error in zip(rows, results, strict=True) if error is None]
+        done = [row for row, error in zip(rows, results, strict=True) if error is None]
+        confirmed = [row.id for row in done]
+        if self.on_confirmed is not None and done:
             self.on_confirmed(done, time.monotonic())
         failed = len(rows) - len(confirmed)
         if failed:
